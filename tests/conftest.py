@@ -1,0 +1,28 @@
+"""Test setup: two logical CPU devices (the multi-replica proxy) before any TensorFlow op runs."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import kbert  # noqa: E402,F401  (sets kbert's environment defaults before TensorFlow starts)
+import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+    config.addinivalue_line("markers", "slow: long test, run with `python -m pytest tests -m slow`")
+
+
+@pytest.fixture
+def two_cpus():
+    """The two logical CPU devices the conftest created."""
+    import tensorflow as tf
+
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    assert len(devices) == 2, devices
+    return devices
