@@ -1,0 +1,594 @@
+"""The TFRecord input pipeline: pre-training records -> `tf.data` of `(x, y, sample_weight)`.
+
+Reads Google's pre-training `tf.train.Example`s (`kbert.features`), whoever wrote them, and
+yields exactly what `model.fit` / `model.evaluate` of kbert's compiled model take:
+
+- `x`: `input_ids`, `segment_ids`, `input_mask` int32 [B, L], `masked_lm_positions` int32 [B, P];
+- `y`: `{'mlm': masked_lm_ids int32 [B, P], 'nsp': next_sentence_labels int32 [B]}`;
+- `sample_weight`: `{'mlm': masked_lm_weights float32 [B, P]` (raw 0/1, the losses normalise),
+  `'nsp': float32 [B]` (1.0 for a record, 0.0 for an evaluation padding row)}.
+
+Every shape is static (TPUs need it). Evaluation pads the last batch with zero-weight rows, so
+every record is evaluated, and the dataset carries its true cardinality (Keras runs one extra,
+empty step on datasets of unknown cardinality, which skews the reported losses).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import math
+import posixpath
+import random
+from typing import Any, Sequence
+
+from google.protobuf.message import DecodeError
+import tensorflow as tf
+
+from kbert import features
+from kbert.masking import DynamicMasking, unmask
+
+__all__ = ["DynamicMasking", "describe", "pretraining_dataset"]
+
+logger = logging.getLogger(__name__)
+
+_GZIP_MAGIC = b"\x1f\x8b\x08"
+_READ_BUFFER_BYTES = 8 << 20
+# Files opened at once to check their first record (matters on gs://, harmless locally).
+_PARALLEL_FILE_CHECKS = 16
+# Files read at once by the interleave; each holds `_READ_BUFFER_BYTES`.
+_MAX_PARALLEL_READS = 16
+# Names a glob may match beside the shards that are not records.
+_NOT_RECORDS = (".json", ".tmp", ".txt")
+
+
+@dataclasses.dataclass(frozen=True)
+class _RecordSet:
+    """The matched shards and what they hold, checked against each other and the metadata."""
+
+    files: tuple[str, ...]
+    compression: tuple[str, ...]
+    max_seq_length: int
+    max_predictions_per_seq: int | None
+    masked: bool
+    known_counts: dict[str, int]
+    metadata: dict[str, features.Metadata]
+
+
+def pretraining_dataset(
+    file_pattern: str | Sequence[str],
+    global_batch_size: int,
+    max_seq_length: int | None = None,
+    max_predictions_per_seq: int | None = None,
+    is_training: bool = True,
+    seed: int | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+    dynamic_masking: DynamicMasking | None = None,
+    num_epochs: int | None = None,
+    shuffle_buffer_size: int = 10_000,
+    compression_type: str | None = None,
+) -> tf.data.Dataset:
+    """A `tf.data.Dataset` of `(x, y, sample_weight)` batches from pre-training TFRecords.
+
+    Training: the shards are sharded per input pipeline (`input_context`), shuffled by `seed`
+    each epoch, read interleaved in parallel, records shuffled, repeated, batched with
+    `drop_remainder=True` and parsed a whole batch at a time. Evaluation: one deterministic pass
+    over every record; the last batch is padded with zero-weight rows and the dataset's
+    cardinality is the true number of batches. GZIP shards are recognised by their first bytes.
+
+    Args:
+        file_pattern: glob(s), comma-separated globs or a directory of shards (any
+            `tf.io.gfile` path, e.g. `gs://`). `*.json`, `*.txt`, `*.tmp` and hidden files
+            are skipped.
+        global_batch_size: sequences per step over all replicas.
+        max_seq_length: L. Default: `kbert_metadata.json` beside the shards, else the first
+            record. A value that disagrees with either is an error.
+        max_predictions_per_seq: P, same rules; for unmasked records (dynamic masking) the
+            length masks are padded to (default: the metadata's).
+        is_training: training pipeline (shuffled, repeated) or evaluation pipeline.
+        seed: seeds file order, record shuffling and dynamic masks; None draws one.
+        input_context: `tf.distribute.InputContext` from
+            `strategy.distribute_datasets_from_function`: this pipeline reads its own shards
+            (its own records when there are fewer shards than pipelines) and batches of
+            `input_context.get_per_replica_batch_size(global_batch_size)`.
+        dynamic_masking: draw masks in the pipeline (RoBERTa-style, new every epoch). Needed
+            for unmasked records; on masked records their masks are undone and drawn anew.
+        num_epochs: training passes over the data; None repeats forever.
+        shuffle_buffer_size: records in the training shuffle buffer.
+        compression_type: "", "GZIP" or "ZLIB" for every shard; None detects GZIP per shard.
+
+    Returns:
+        A dataset whose element_spec is fully defined.
+
+    Examples:
+    >>> import os, tempfile
+    >>> from kbert import features
+    >>> path = os.path.join(tempfile.mkdtemp(), "train.tfrecord")
+    >>> with tf.io.TFRecordWriter(path) as writer:
+    ...     for i in range(8):
+    ...         writer.write(features.to_example({
+    ...             "input_ids": [101, 7, 103, 102], "input_mask": [1, 1, 1, 1],
+    ...             "segment_ids": [0, 0, 0, 0], "masked_lm_positions": [2, 0],
+    ...             "masked_lm_ids": [9, 0], "masked_lm_weights": [1.0, 0.0],
+    ...             "next_sentence_labels": [i % 2]}).SerializeToString())
+    >>> dataset = pretraining_dataset(path, global_batch_size=4, seed=1)
+    >>> x, y, weights = next(iter(dataset))
+    >>> x["input_ids"].shape, y["nsp"].shape, weights["mlm"].dtype.name
+    (TensorShape([4, 4]), TensorShape([4]), 'float32')
+    """
+    _check_positive("global_batch_size", global_batch_size)
+    if num_epochs is not None:
+        _check_positive("num_epochs", num_epochs)
+    records = _resolve(file_pattern, max_seq_length, max_predictions_per_seq, compression_type)
+    prediction_length = records.max_predictions_per_seq
+    if not records.masked and dynamic_masking is None:
+        raise ValueError(
+            f"{records.files[0]}: records carry no masks (written for dynamic masking); pass "
+            "dynamic_masking=kbert.masking.DynamicMasking.from_vocab_file(<vocab.txt>)"
+        )
+    if dynamic_masking is not None:
+        if not prediction_length:
+            raise ValueError(
+                f"{records.files[0]}: max_predictions_per_seq is needed for dynamic masking "
+                "(neither given nor in the metadata)"
+            )
+        _check_vocab_size(records, dynamic_masking)
+    # Evaluation is deterministic, its dynamic masks included.
+    deterministic = seed is not None or not is_training
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31) if is_training else 0
+
+    num_pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    batch_size = (
+        input_context.get_per_replica_batch_size(global_batch_size)
+        if input_context
+        else global_batch_size
+    )
+    shard_files = len(records.files) >= num_pipelines
+    if is_training:
+        dataset, num_records = _training_records(
+            records, seed, num_pipelines, pipeline_id, shard_files, shuffle_buffer_size, num_epochs
+        )
+        dataset = dataset.map(lambda serialized: (serialized, tf.constant(1.0)))
+        num_batches = None
+        if num_records is not None:
+            num_batches = num_records * num_epochs // batch_size
+            if num_batches == 0:
+                raise ValueError(
+                    f"{file_pattern}: {num_records} record(s) x {num_epochs} epoch(s) do not "
+                    f"fill one batch of {batch_size}"
+                )
+    else:
+        dataset, num_batches = _evaluation_records(
+            records, global_batch_size, batch_size, num_pipelines, pipeline_id
+        )
+
+    parse = _batch_parser(records, dynamic_masking, seed, pipeline_id)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    dataset = dataset.enumerate().map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    if num_batches is not None:
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(num_batches))
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    if input_context is not None:
+        # This pipeline already reads only its share; the strategy must not shard it again.
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF
+        )
+    return dataset.with_options(options)
+
+
+def describe(file_pattern: str | Sequence[str], count_records: bool = True) -> dict[str, Any]:
+    """Counts and lengths of a set of pre-training shards, from their metadata and records.
+
+    Per-shard counts come from `kbert_metadata.json`; shards it does not list are counted by
+    reading them when `count_records` (else their count is None).
+
+    Args:
+        file_pattern: as for `pretraining_dataset`.
+        count_records: read shards whose count the metadata does not give.
+
+    Returns:
+        A JSON-able dict: `files`, `num_files`, `compression`, `masked`, `max_seq_length`,
+        `max_predictions_per_seq`, `records_per_file`, `num_records` (None when unknown),
+        `metadata_files` and, from the metadata when there is one, `vocab_size`,
+        `do_lower_case`, `nsp_label_counts`, `num_masked_predictions`, `seed`, `tool_version`.
+
+    Examples:
+    >>> import os, tempfile
+    >>> from kbert import features
+    >>> path = os.path.join(tempfile.mkdtemp(), "eval.tfrecord")
+    >>> with tf.io.TFRecordWriter(path) as writer:
+    ...     for _ in range(3):
+    ...         writer.write(features.to_example({
+    ...             "input_ids": [101, 7, 102], "input_mask": [1, 1, 1], "segment_ids": [0, 0, 0],
+    ...             "next_sentence_labels": [0]}).SerializeToString())
+    >>> info = describe(path)
+    >>> info["num_records"], info["max_seq_length"], info["masked"]
+    (3, 3, False)
+    """
+    records = _resolve(file_pattern, None, None, None)
+    counts = (
+        _count_records(records, records.files)
+        if count_records
+        else {f: records.known_counts.get(f) for f in records.files}
+    )
+    info: dict[str, Any] = {
+        "files": list(records.files),
+        "num_files": len(records.files),
+        "compression": sorted(set(c or "none" for c in records.compression)),
+        "masked": records.masked,
+        "max_seq_length": records.max_seq_length,
+        "max_predictions_per_seq": records.max_predictions_per_seq,
+        "records_per_file": counts,
+        "num_records": None if None in counts.values() else sum(counts.values()),
+        "metadata_files": [features.metadata_path(d) for d in sorted(records.metadata)],
+    }
+    metas = list(records.metadata.values())
+    if len(metas) == 1:
+        meta = metas[0]
+        info.update(
+            vocab_size=meta.vocab_size,
+            do_lower_case=meta.do_lower_case,
+            nsp_label_counts=dict(meta.nsp_label_counts),
+            num_masked_predictions=meta.num_masked_predictions,
+            seed=meta.seed,
+            tool_version=meta.tool_version,
+        )
+    elif metas:
+        nsp: collections.Counter[str] = collections.Counter()
+        for meta in metas:
+            nsp.update(meta.nsp_label_counts)
+        info.update(
+            vocab_size=sorted({m.vocab_size for m in metas}),
+            nsp_label_counts=dict(nsp),
+            num_masked_predictions=sum(m.num_masked_predictions for m in metas),
+        )
+    return info
+
+
+def _training_records(
+    records: _RecordSet,
+    seed: int,
+    num_pipelines: int,
+    pipeline_id: int,
+    shard_files: bool,
+    shuffle_buffer_size: int,
+    num_epochs: int | None,
+) -> tuple[tf.data.Dataset, int | None]:
+    """Serialized records of this pipeline, shuffled and repeated; their count when needed."""
+    indices = list(range(len(records.files)))
+    if shard_files:
+        indices = indices[pipeline_id::num_pipelines]
+    files = [records.files[i] for i in indices]
+    compression = [records.compression[i] for i in indices]
+    dataset = tf.data.Dataset.from_tensor_slices((files, compression))
+    if shard_files:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.interleave(
+        _read_file,
+        cycle_length=min(len(files), _MAX_PARALLEL_READS),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    if not shard_files:
+        logger.warning(
+            "%d shard(s) for %d input pipelines: every pipeline reads all shards and keeps "
+            "every %d-th record",
+            len(records.files),
+            num_pipelines,
+            num_pipelines,
+        )
+        dataset = dataset.shard(num_pipelines, pipeline_id)
+    dataset = dataset.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.repeat(num_epochs)
+    num_records = None
+    if num_epochs is not None:
+        counts = _count_records(records, files)
+        num_records = sum(counts.values())
+        if not shard_files:
+            num_records = len(range(pipeline_id, num_records, num_pipelines))
+    return dataset, num_records
+
+
+def _evaluation_records(
+    records: _RecordSet,
+    global_batch_size: int,
+    batch_size: int,
+    num_pipelines: int,
+    pipeline_id: int,
+) -> tuple[tf.data.Dataset, int]:
+    """(serialized, is_real) of one deterministic pass, padded to whole batches; batch count."""
+    total = sum(_count_records(records, records.files).values())
+    if total == 0:
+        raise ValueError(f"{records.files[0]}: no records to evaluate")
+    dataset = tf.data.Dataset.from_tensor_slices((list(records.files), list(records.compression)))
+    dataset = dataset.interleave(
+        _read_file,
+        cycle_length=min(len(records.files), _MAX_PARALLEL_READS),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    # Records, not files, are sharded so that every pipeline runs the same number of batches.
+    dataset = dataset.shard(num_pipelines, pipeline_id)
+    mine = len(range(pipeline_id, total, num_pipelines))
+    num_batches = math.ceil(total / global_batch_size)
+    padding = _padding_record(records)
+    dataset = dataset.map(lambda serialized: (serialized, tf.constant(1.0))).concatenate(
+        tf.data.Dataset.from_tensors((padding, tf.constant(0.0))).repeat(
+            num_batches * batch_size - mine
+        )
+    )
+    logger.info(
+        "evaluation: %d records in %d batches of %d (%d zero-weight padding rows)",
+        total,
+        num_batches,
+        global_batch_size,
+        num_batches * global_batch_size - total,
+    )
+    return dataset, num_batches
+
+
+def _batch_parser(
+    records: _RecordSet, dynamic_masking: DynamicMasking | None, seed: int, pipeline_id: int
+):
+    """The map function: (batch index, (serialized [B], is_real [B])) -> (x, y, sample_weight)."""
+    spec = features.feature_spec(
+        records.max_seq_length, records.max_predictions_per_seq, masked=records.masked
+    )
+    base_seed = tf.constant([seed, pipeline_id], tf.int64)
+
+    def parse(index, batch):
+        serialized, is_real = batch
+        parsed = tf.io.parse_example(serialized, spec)
+        example = {
+            name: tf.cast(value, tf.int32) if value.dtype == tf.int64 else value
+            for name, value in parsed.items()
+        }
+        if dynamic_masking is not None:
+            input_ids = example[features.INPUT_IDS]
+            if records.masked:
+                input_ids = unmask(
+                    input_ids,
+                    example[features.MASKED_LM_POSITIONS],
+                    example[features.MASKED_LM_IDS],
+                    example[features.MASKED_LM_WEIGHTS],
+                )
+            example.update(
+                dynamic_masking.mask(
+                    input_ids,
+                    example[features.INPUT_MASK],
+                    records.max_predictions_per_seq,
+                    tf.random.fold_in(base_seed, index),
+                )
+            )
+        x = {name: example[name] for name in features.MODEL_INPUTS}
+        y = {
+            "mlm": example[features.MASKED_LM_IDS],
+            "nsp": example[features.NEXT_SENTENCE_LABELS][:, 0],
+        }
+        sample_weight = {"mlm": example[features.MASKED_LM_WEIGHTS], "nsp": is_real}
+        return x, y, sample_weight
+
+    return parse
+
+
+def _read_file(path: tf.Tensor, compression: tf.Tensor) -> tf.data.Dataset:
+    return tf.data.TFRecordDataset(
+        path, compression_type=compression, buffer_size=_READ_BUFFER_BYTES
+    )
+
+
+def _padding_record(records: _RecordSet) -> bytes:
+    """A serialized all-zero record: no real tokens, no predictions (weights 0)."""
+    spec = features.feature_spec(
+        records.max_seq_length, records.max_predictions_per_seq, masked=records.masked
+    )
+    return features.to_example(
+        {name: [0] * feature.shape[0] for name, feature in spec.items()}
+    ).SerializeToString()
+
+
+def _resolve(
+    file_pattern: str | Sequence[str],
+    max_seq_length: int | None,
+    max_predictions_per_seq: int | None,
+    compression_type: str | None,
+) -> _RecordSet:
+    """Match the shards, read their metadata and first records, and settle the lengths."""
+    if max_seq_length is not None:
+        _check_positive("max_seq_length", max_seq_length)
+    if max_predictions_per_seq is not None:
+        _check_positive("max_predictions_per_seq", max_predictions_per_seq)
+    if compression_type not in (None, "", "GZIP", "ZLIB"):
+        raise ValueError(f'compression_type must be "", "GZIP" or "ZLIB", got {compression_type!r}')
+    files = _match_files(file_pattern)
+    with concurrent.futures.ThreadPoolExecutor(min(len(files), _PARALLEL_FILE_CHECKS)) as pool:
+        inspected = list(pool.map(lambda f: _inspect_file(f, compression_type), files))
+    compression = tuple(c for c, _ in inspected)
+    first_lengths = {f: lengths for f, (_, lengths) in zip(files, inspected)}
+
+    metadata = {}
+    for directory in sorted({posixpath.dirname(f) for f in files}):
+        meta = features.read_metadata(directory)
+        if meta is not None:
+            metadata[directory] = meta
+
+    masked_files = [f for f in files if features.MASKED_LM_POSITIONS in first_lengths[f]]
+    unmasked_files = [f for f in files if features.MASKED_LM_POSITIONS not in first_lengths[f]]
+    if masked_files and unmasked_files:
+        raise ValueError(
+            f"{masked_files[0]} holds masked records but {unmasked_files[0]} unmasked ones: "
+            "one dataset reads one kind"
+        )
+    masked = bool(masked_files)
+    for directory, meta in metadata.items():
+        if meta.masked != masked:
+            raise ValueError(
+                f"{features.metadata_path(directory)} says masked={meta.masked} but the records "
+                f"beside it are {'masked' if masked else 'unmasked'}"
+            )
+
+    max_seq_length = _settle_length(
+        "max_seq_length", max_seq_length, metadata, features.INPUT_IDS, first_lengths, True
+    )
+    max_predictions_per_seq = _settle_length(
+        "max_predictions_per_seq",
+        max_predictions_per_seq,
+        metadata,
+        features.MASKED_LM_POSITIONS,
+        first_lengths,
+        masked,
+    )
+    known_counts = {}
+    for f in files:
+        meta = metadata.get(posixpath.dirname(f))
+        if meta is not None and posixpath.basename(f) in meta.shards:
+            known_counts[f] = int(meta.shards[posixpath.basename(f)])
+    return _RecordSet(
+        files=tuple(files),
+        compression=compression,
+        max_seq_length=max_seq_length,
+        max_predictions_per_seq=max_predictions_per_seq,
+        masked=masked,
+        known_counts=known_counts,
+        metadata=metadata,
+    )
+
+
+def _settle_length(
+    name: str,
+    requested: int | None,
+    metadata: dict[str, features.Metadata],
+    feature: str,
+    first_lengths: dict[str, dict[str, int]],
+    in_records: bool,
+) -> int | None:
+    """One length from the request, the metadata and the records; disagreement is an error."""
+    value, source = requested, f"{name}={requested}"
+    for directory, meta in metadata.items():
+        meta_value = getattr(meta, name) or None
+        if meta_value is None or (not in_records and requested is not None):
+            continue
+        meta_source = f"{features.metadata_path(directory)} ({name} {meta_value})"
+        if value is not None and meta_value != value:
+            raise ValueError(f"{name} mismatch: {source} but {meta_source}")
+        value, source = meta_value, meta_source
+    if not in_records:
+        return value
+    for path, lengths in first_lengths.items():
+        if value is None:
+            value, source = lengths[feature], f"the first record of {path} ({name} {lengths[feature]})"
+        elif lengths[feature] != value:
+            raise ValueError(
+                f"{path}: records have {feature} of length {lengths[feature]}, expected {value} "
+                f"from {source}"
+            )
+    return value
+
+
+def _match_files(file_pattern: str | Sequence[str]) -> list[str]:
+    """Sorted shard paths for glob(s) / comma-separated globs / directories."""
+    patterns = file_pattern.split(",") if isinstance(file_pattern, str) else list(file_pattern)
+    patterns = [p.strip() for p in patterns if p and p.strip()]
+    if not patterns:
+        raise FileNotFoundError(f"no file pattern given ({file_pattern!r})")
+    files = set()
+    for pattern in patterns:
+        if tf.io.gfile.isdir(pattern):
+            pattern = tf.io.gfile.join(pattern, "*")
+        for path in tf.io.gfile.glob(pattern):
+            name = posixpath.basename(path)
+            if name.startswith(".") or name.endswith(_NOT_RECORDS) or tf.io.gfile.isdir(path):
+                continue
+            files.add(path)
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files match {','.join(patterns)!r}")
+    return sorted(files)
+
+
+def _inspect_file(path: str, compression_type: str | None) -> tuple[str, dict[str, int]]:
+    """(compression, {feature: length}) from a shard's first bytes and first record."""
+    try:
+        if compression_type is None:
+            with tf.io.gfile.GFile(path, "rb") as f:
+                compression_type = "GZIP" if f.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC else ""
+        first = list(tf.data.TFRecordDataset(path, compression_type).take(1).as_numpy_iterator())
+    except tf.errors.PermissionDeniedError:
+        raise PermissionError(f"{path}: permission denied") from None
+    except tf.errors.NotFoundError:
+        raise FileNotFoundError(f"{path}: not found") from None
+    except tf.errors.OpError as e:
+        raise ValueError(f"{path}: not a readable TFRecord file ({e.message.strip()})") from None
+    if not first:
+        raise ValueError(f"{path}: holds no records")
+    try:
+        example = tf.train.Example.FromString(first[0])
+    except DecodeError:
+        raise ValueError(f"{path}: its first record is not a tf.train.Example") from None
+    lengths = {}
+    for name, feature in example.features.feature.items():
+        if name not in features.ALL_FEATURES:
+            continue
+        expected_kind = "float_list" if name in features.FLOAT_FEATURES else "int64_list"
+        kind = feature.WhichOneof("kind")
+        if kind != expected_kind:
+            raise ValueError(f"{path}: feature {name} is a {kind}, expected {expected_kind}")
+        lengths[name] = len(getattr(feature, kind).value)
+    predictions = [n for n in features.PREDICTION_FEATURES if n in lengths]
+    expected = features.ALL_FEATURES if predictions else features.UNMASKED_FEATURES
+    missing = [n for n in expected if n not in lengths]
+    if missing:
+        raise ValueError(f"{path}: records lack feature(s) {', '.join(missing)}")
+    for group in (features.SEQUENCE_FEATURES, predictions):
+        if len({lengths[n] for n in group}) > 1:
+            raise ValueError(
+                f"{path}: features {', '.join(group)} differ in length "
+                f"({', '.join(str(lengths[n]) for n in group)})"
+            )
+    if lengths[features.NEXT_SENTENCE_LABELS] != 1:
+        raise ValueError(
+            f"{path}: next_sentence_labels has {lengths[features.NEXT_SENTENCE_LABELS]} values, "
+            "expected 1"
+        )
+    return compression_type, lengths
+
+
+def _count_records(records: _RecordSet, files: Sequence[str]) -> dict[str, int]:
+    """Records per shard: from the metadata, else by reading (which names a damaged shard)."""
+    compression = dict(zip(records.files, records.compression))
+
+    def count(path: str) -> int:
+        if path in records.known_counts:
+            return records.known_counts[path]
+        try:
+            return int(
+                tf.data.TFRecordDataset(path, compression[path], _READ_BUFFER_BYTES).reduce(
+                    tf.constant(0, tf.int64), lambda n, _: n + 1
+                )
+            )
+        except tf.errors.OpError as e:
+            raise ValueError(f"{path}: damaged TFRecord file ({e.message.strip()})") from None
+
+    with concurrent.futures.ThreadPoolExecutor(
+        max(1, min(len(files), _PARALLEL_FILE_CHECKS))
+    ) as pool:
+        return dict(zip(files, pool.map(count, files)))
+
+
+def _check_vocab_size(records: _RecordSet, dynamic_masking: DynamicMasking) -> None:
+    for directory, meta in records.metadata.items():
+        if meta.vocab_size and meta.vocab_size != dynamic_masking.vocab_size:
+            raise ValueError(
+                f"vocab_size mismatch: dynamic masking uses {dynamic_masking.vocab_size} ids but "
+                f"{features.metadata_path(directory)} says {meta.vocab_size}"
+            )
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
