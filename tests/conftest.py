@@ -26,3 +26,4 @@ def two_cpus():
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     assert len(devices) == 2, devices
     return devices
+

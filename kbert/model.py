@@ -1,0 +1,206 @@
+"""The pre-training model: keras-hub's BertBackbone shared by an MLM head and an NSP head."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import keras
+import keras_hub
+import tensorflow as tf
+from keras_hub.src.utils.keras_utils import gelu_approximate
+
+from kbert import features
+from kbert.config import BertConfig, resolve_config
+from kbert.losses import WeightedSparseCrossEntropy, per_example_cross_entropy
+
+OUTPUTS = ("mlm", "nsp")
+# keras-hub's BertBackbone initialises with a truncated normal of this stddev.
+_BACKBONE_INITIALIZER_RANGE = 0.02
+
+
+@keras.saving.register_keras_serializable(package="kbert")
+class BertPretrainingModel(keras.Model):
+    """The joint MLM + NSP pre-training model over one shared encoder (a functional Keras model).
+
+    Built by `build_pretraining_model` (see there for inputs and outputs). Beyond any functional
+    model: when compiled with kbert's losses (`compile_for_pretraining`), the logged `mlm_loss`,
+    `nsp_loss` and `loss` are weighted means over every real prediction (and every real sequence)
+    seen since the metrics were reset — Google's evaluation — instead of Keras' mean of per-batch
+    means, which is wrong when batches hold different numbers of real predictions. `get_config`
+    holds the BERT config and lengths, so `.keras` files reload with the embedding still tied.
+    """
+
+    def __init__(
+        self,
+        config: BertConfig | dict | str,
+        max_seq_length: int,
+        max_predictions_per_seq: int,
+        **kwargs: Any,
+    ):
+        config = resolve_config(BertConfig.from_dict(config) if isinstance(config, dict) else config)
+        inputs, outputs = _build_graph(config, max_seq_length, max_predictions_per_seq)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.bert_config = config
+        self.max_seq_length = max_seq_length
+        self.max_predictions_per_seq = max_predictions_per_seq
+        self._whole_set_loss_trackers = {
+            name: keras.metrics.Mean(name=f"{name}_loss") for name in OUTPUTS
+        }
+        self._logged_loss_weights: dict[str, float] | None = None
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "config": self.bert_config.to_dict(),
+            "max_seq_length": self.max_seq_length,
+            "max_predictions_per_seq": self.max_predictions_per_seq,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "BertPretrainingModel":
+        return cls(**config)
+
+    def compile(self, *args: Any, **kwargs: Any) -> None:
+        bound = inspect.signature(keras.Model.compile).bind(self, *args, **kwargs).arguments
+        super().compile(*args, **kwargs)
+        loss, weights = bound.get("loss"), bound.get("loss_weights") or {}
+        exact = isinstance(loss, dict) and all(
+            isinstance(loss.get(name), WeightedSparseCrossEntropy) for name in OUTPUTS
+        )
+        self._logged_loss_weights = (
+            {name: float(weights.get(name, 1.0)) for name in OUTPUTS} if exact else None
+        )
+
+    # Keras skips re-compiling a loaded model whose class overrides `compile`, unless it says how.
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if self._logged_loss_weights is not None:
+            for name, tracker in self._whole_set_loss_trackers.items():
+                weight = None if sample_weight is None else sample_weight.get(name)
+                ce = per_example_cross_entropy(y[name], y_pred[name])
+                if weight is not None:
+                    weight = tf.reshape(tf.cast(weight, ce.dtype), tf.shape(ce))
+                tracker.update_state(ce, sample_weight=weight)
+        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    def get_metrics_result(self):
+        logs = super().get_metrics_result()
+        if self._logged_loss_weights is not None:
+            total = 0.0
+            for name, tracker in self._whole_set_loss_trackers.items():
+                logs[f"{name}_loss"] = tracker.result()
+                total += self._logged_loss_weights[name] * logs[f"{name}_loss"]
+            logs["loss"] = total
+        return logs
+
+
+def build_pretraining_model(
+    config: BertConfig | str,
+    max_seq_length: int,
+    max_predictions_per_seq: int,
+    name: str = "kbert_pretraining",
+) -> BertPretrainingModel:
+    """The joint MLM + NSP pre-training model over one shared encoder.
+
+    Inputs (int32, Google's names): `input_ids`, `segment_ids`, `input_mask` [B, max_seq_length]
+    and `masked_lm_positions` [B, max_predictions_per_seq]. Outputs: `{'mlm': [B, P, vocab],
+    'nsp': [B, 2]}` float32 logits, also under a mixed-precision policy. NSP index 0 means
+    "B follows A" (Google's label 0). The encoder is `model.get_layer('encoder')`, a keras-hub
+    `BertBackbone`; the MLM head is keras-hub's `MaskedLMHead`, which gathers the masked positions
+    before projecting onto the vocabulary through the token embedding (tied weights).
+
+    Args:
+        config: a `BertConfig`, a preset name (`tiny` … `large`) or a `bert_config.json` path.
+        max_seq_length: L, tokens per sequence (<= config.max_position_embeddings).
+        max_predictions_per_seq: P, masked positions per sequence.
+        name: the model's name.
+
+    Examples:
+    >>> import kbert
+    >>> config = kbert.BertConfig.from_preset("tiny", vocab_size=100)
+    >>> model = kbert.build_pretraining_model(config, 16, 3)
+    >>> sorted(model.output.keys())
+    ['mlm', 'nsp']
+    """
+    return BertPretrainingModel(config, max_seq_length, max_predictions_per_seq, name=name)
+
+
+def _build_graph(
+    config: BertConfig, max_seq_length: int, max_predictions_per_seq: int
+) -> tuple[dict[str, keras.KerasTensor], dict[str, keras.KerasTensor]]:
+    """Inputs and outputs of the pre-training graph."""
+    for arg, value in (
+        ("max_seq_length", max_seq_length),
+        ("max_predictions_per_seq", max_predictions_per_seq),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{arg} must be a positive integer, got {value!r}")
+    if max_seq_length > config.max_position_embeddings:
+        raise ValueError(
+            f"max_seq_length ({max_seq_length}) exceeds the config's max_position_embeddings "
+            f"({config.max_position_embeddings})"
+        )
+    if max_predictions_per_seq > max_seq_length:
+        raise ValueError(
+            f"max_predictions_per_seq ({max_predictions_per_seq}) exceeds max_seq_length "
+            f"({max_seq_length})"
+        )
+    initializer = keras.initializers.TruncatedNormal(stddev=config.initializer_range)
+
+    inputs = {
+        feature: keras.Input(shape=(max_seq_length,), dtype="int32", name=feature)
+        for feature in (features.INPUT_IDS, features.SEGMENT_IDS, features.INPUT_MASK)
+    }
+    inputs[features.MASKED_LM_POSITIONS] = keras.Input(
+        shape=(max_predictions_per_seq,), dtype="int32", name=features.MASKED_LM_POSITIONS
+    )
+
+    encoder = keras_hub.models.BertBackbone(
+        vocabulary_size=config.vocab_size,
+        num_layers=config.num_hidden_layers,
+        num_heads=config.num_attention_heads,
+        hidden_dim=config.hidden_size,
+        intermediate_dim=config.intermediate_size,
+        dropout=config.dropout,
+        max_sequence_length=config.max_position_embeddings,
+        num_segments=config.type_vocab_size,
+        name="encoder",
+    )
+    if config.initializer_range != _BACKBONE_INITIALIZER_RANGE:
+        _reinitialize(encoder, initializer)
+    encoded = encoder(
+        {
+            "token_ids": inputs[features.INPUT_IDS],
+            "segment_ids": inputs[features.SEGMENT_IDS],
+            "padding_mask": inputs[features.INPUT_MASK],
+        }
+    )
+    # The heads run in float32 under mixed precision: the losses need full-precision logits, and
+    # MaskedLMHead cannot add its float32 bias to bfloat16 logits on the TF backend.
+    encoder.token_embedding.reverse_dtype = "float32"
+    mlm_head = keras_hub.layers.MaskedLMHead(
+        token_embedding=encoder.token_embedding,
+        intermediate_activation=gelu_approximate,
+        kernel_initializer=initializer,
+        layer_norm_epsilon=1e-12,
+        dtype="float32",
+        name="mlm_head",
+    )
+    mlm = mlm_head(encoded["sequence_output"], inputs[features.MASKED_LM_POSITIONS])
+    mlm = keras.layers.Activation("linear", dtype="float32", name="mlm")(mlm)
+    nsp = keras.layers.Dense(2, kernel_initializer=initializer, dtype="float32", name="nsp")(
+        encoded["pooled_output"]
+    )
+    return inputs, {"mlm": mlm, "nsp": nsp}
+
+
+def _reinitialize(encoder: keras.Model, initializer: keras.initializers.Initializer) -> None:
+    """Redraw the encoder's kernels and embeddings with the config's initializer range."""
+    for variable in encoder.weights:
+        if variable.name in ("kernel", "embeddings"):
+            variable.assign(initializer(variable.shape, dtype=variable.dtype))

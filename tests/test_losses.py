@@ -1,0 +1,191 @@
+"""The joint objective: MLM + NSP summed, one update, Google's MLM normalisation on any strategy."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kbert
+from helpers import random_batch, tiny_config
+
+
+def numpy_cross_entropy(labels, logits):
+    logits = logits - logits.max(-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return -np.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+
+
+def expected_losses(model, x, y, w):
+    """Google's definitions computed in numpy from the model's logits."""
+    out = model(x)
+    mlm_ce = numpy_cross_entropy(y["mlm"], out["mlm"].numpy().astype("float64"))
+    nsp_ce = numpy_cross_entropy(y["nsp"], out["nsp"].numpy().astype("float64"))
+    mlm = (w["mlm"] * mlm_ce).sum() / w["mlm"].sum()
+    nsp = (w["nsp"] * nsp_ce).sum() / w["nsp"].sum()
+    return mlm, nsp
+
+
+def compiled_tiny(optimizer=None, seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
+    model = kbert.build_pretraining_model(tiny_config(), 16, 4)
+    kbert.compile_for_pretraining(model, optimizer or keras.optimizers.SGD(0.5), **kwargs)
+    return model
+
+
+def test_total_loss_is_sum_of_mlm_and_nsp_in_the_logs():
+    model = compiled_tiny()
+    x, y, w = random_batch()
+    logs = model.train_on_batch(x, y, sample_weight=w, return_dict=True)
+    assert logs["loss"] == pytest.approx(logs["mlm_loss"] + logs["nsp_loss"], abs=1e-6)
+    logs = model.evaluate(
+        tf.data.Dataset.from_tensors((x, y, w)), return_dict=True, verbose=0
+    )
+    assert logs["loss"] == pytest.approx(logs["mlm_loss"] + logs["nsp_loss"], abs=1e-6)
+
+
+def logits_with_loss(labels, num_classes, loss):
+    """Logits whose softmax gives each label probability exp(-loss)."""
+    p = np.exp(-loss)
+    boost = np.log(p * (num_classes - 1) / (1 - p))
+    logits = np.zeros(labels.shape + (num_classes,), "float32")
+    np.put_along_axis(logits, labels[..., None], boost, axis=-1)
+    return logits
+
+
+def test_mlm_loss_1_8_and_nsp_loss_0_6_give_total_2_4():
+    model = compiled_tiny()
+    x, y, w = random_batch()
+    mlm_logits = logits_with_loss(y["mlm"], 100, 1.8)
+    # Padded predictions carry garbage logits: they must not count.
+    mlm_logits[w["mlm"] == 0] = np.random.default_rng(1).normal(0, 9, (100,))
+    y_pred = {"mlm": tf.constant(mlm_logits), "nsp": tf.constant(logits_with_loss(y["nsp"], 2, 0.6))}
+    total = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w)
+    assert float(total) == pytest.approx(2.4, abs=1e-5)
+
+
+def test_one_step_moves_weights_by_minus_lr_times_gradient_of_the_sum():
+    lr = 0.5
+    model = compiled_tiny(keras.optimizers.SGD(lr))
+    x, y, w = random_batch()
+    before = [v.numpy() for v in model.trainable_weights]
+
+    with tf.GradientTape() as tape:
+        out = model(x, training=True)
+        mlm_ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y["mlm"], out["mlm"])
+        nsp_ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y["nsp"], out["nsp"])
+        total = tf.reduce_sum(w["mlm"] * mlm_ce) / w["mlm"].sum() + tf.reduce_mean(nsp_ce)
+    grads = tape.gradient(total, model.trainable_weights)
+
+    model.train_on_batch(x, y, sample_weight=w)
+    assert int(model.optimizer.iterations) == 1
+    for v, b, g in zip(model.trainable_weights, before, grads):
+        g = tf.convert_to_tensor(g).numpy()
+        np.testing.assert_allclose(v.numpy(), b - lr * g, atol=1e-5, err_msg=v.path)
+
+    model.train_on_batch(x, y, sample_weight=w)
+    assert int(model.optimizer.iterations) == 2
+
+
+def test_one_summed_update_differs_from_an_mlm_update_then_an_nsp_update():
+    x, y, w = random_batch()
+    joint = compiled_tiny(keras.optimizers.SGD(0.5))
+    joint.train_on_batch(x, y, sample_weight=w)
+
+    sequential = compiled_tiny(keras.optimizers.SGD(0.5))
+    optimizer = keras.optimizers.SGD(0.5)
+    for name in ("mlm", "nsp"):
+        with tf.GradientTape() as tape:
+            out = sequential(x, training=True)
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y[name], out[name])
+            loss = tf.reduce_sum(w[name] * ce) / w[name].sum()
+        grads = tape.gradient(loss, sequential.trainable_weights)
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, sequential.trainable_weights)]
+        optimizer.apply_gradients(zip(grads, sequential.trainable_weights))
+    differences = [
+        np.abs(a.numpy() - b.numpy()).max()
+        for a, b in zip(joint.trainable_weights, sequential.trainable_weights)
+    ]
+    assert max(differences) > 1e-4
+
+
+def test_mlm_loss_is_weighted_sum_over_weight_sum_not_over_all_slots():
+    model = compiled_tiny()
+    x, y, w = random_batch()
+    mlm, nsp = expected_losses(model, x, y, w)
+    logs = model.test_on_batch(x, y, sample_weight=w, return_dict=True)
+    assert logs["mlm_loss"] == pytest.approx(mlm, abs=1e-5)
+    assert logs["nsp_loss"] == pytest.approx(nsp, abs=1e-5)
+    # Keras' default reduction would divide by B * P: clearly different on this batch.
+    out = model(x)
+    keras_default = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+        y["mlm"], out["mlm"], sample_weight=w["mlm"]
+    )
+    assert abs(float(keras_default) - mlm) > 0.1
+
+
+def test_mlm_accuracy_counts_only_real_predictions():
+    model = compiled_tiny()
+    x, y, w = random_batch()
+    predicted = model(x)["mlm"].numpy().argmax(-1)
+    # Make every padded slot "correct": it must still not count.
+    y = dict(y, mlm=np.where(w["mlm"] > 0, y["mlm"], predicted).astype("int32"))
+    y["mlm"][0, 0] = predicted[0, 0]  # one real prediction right
+    expected = ((predicted == y["mlm"]) * w["mlm"]).sum() / w["mlm"].sum()
+    logs = model.test_on_batch(x, y, sample_weight=w, return_dict=True)
+    assert logs["mlm_accuracy"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_loss_and_gradients_are_the_same_on_one_device_and_two_mirrored_replicas(two_cpus):
+    x, y, w = random_batch(batch_size=8)
+    # Replica 0 gets the first 4 sequences (1-4 real predictions), replica 1 the rest (1 each).
+    w["mlm"][4:] = [1.0, 0.0, 0.0, 0.0]
+    single = compiled_tiny(keras.optimizers.SGD(0.5))
+    initial = [v.numpy() for v in single.weights]
+    mlm, nsp = expected_losses(single, x, y, w)
+    dataset = tf.data.Dataset.from_tensors((x, y, w))
+    single_logs = single.fit(dataset, epochs=1, verbose=0).history
+
+    strategy = tf.distribute.MirroredStrategy(two_cpus)
+    with strategy.scope():
+        mirrored = kbert.build_pretraining_model(tiny_config(), 16, 4)
+        kbert.compile_for_pretraining(mirrored, keras.optimizers.SGD(0.5))
+    for v, value in zip(mirrored.weights, initial):
+        v.assign(value)
+    mirrored_logs = mirrored.fit(dataset, epochs=1, verbose=0).history
+
+    for logs in (single_logs, mirrored_logs):
+        assert logs["mlm_loss"][0] == pytest.approx(mlm, abs=1e-5)
+        assert logs["nsp_loss"][0] == pytest.approx(nsp, abs=1e-5)
+    # Same update, hence the same gradient of the global-batch loss.
+    for a, b in zip(single.weights, mirrored.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
+
+
+def test_evaluate_reports_whole_set_weighted_means_over_batches_of_unequal_predictions():
+    model = compiled_tiny()
+    batches = [random_batch(seed=s) for s in range(3)]
+    # Batches with very different numbers of real predictions.
+    batches[1][2]["mlm"][:] = 0.0
+    batches[1][2]["mlm"][:, 0] = 1.0
+    total = {"mlm": [0.0, 0.0], "nsp": [0.0, 0.0]}
+    correct = 0.0
+    for x, y, w in batches:
+        out = model(x)
+        for name in ("mlm", "nsp"):
+            ce = numpy_cross_entropy(y[name], out[name].numpy().astype("float64"))
+            total[name][0] += (w[name] * ce).sum()
+            total[name][1] += w[name].sum()
+        correct += ((out["mlm"].numpy().argmax(-1) == y["mlm"]) * w["mlm"]).sum()
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter(batches),
+        output_signature=tf.nest.map_structure(
+            lambda a: tf.TensorSpec(a.shape, a.dtype), batches[0]
+        ),
+    ).apply(tf.data.experimental.assert_cardinality(3))
+    logs = model.evaluate(dataset, return_dict=True, verbose=0)
+    mlm = total["mlm"][0] / total["mlm"][1]
+    nsp = total["nsp"][0] / total["nsp"][1]
+    assert logs["mlm_loss"] == pytest.approx(mlm, abs=1e-5)
+    assert logs["nsp_loss"] == pytest.approx(nsp, abs=1e-5)
+    assert logs["loss"] == pytest.approx(mlm + nsp, abs=1e-5)
+    assert logs["mlm_accuracy"] == pytest.approx(correct / total["mlm"][1], abs=1e-6)

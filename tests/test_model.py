@@ -1,0 +1,107 @@
+"""The functional pre-training model: inputs, outputs, tied embedding, precision, XLA, saving."""
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kbert
+from helpers import random_batch, tiny_config
+
+
+def test_model_has_google_inputs_and_named_mlm_and_nsp_logits():
+    model = kbert.build_pretraining_model(tiny_config(), max_seq_length=16, max_predictions_per_seq=4)
+    assert {t.name for t in model.inputs} == {
+        "input_ids",
+        "segment_ids",
+        "input_mask",
+        "masked_lm_positions",
+    }
+    assert all(t.dtype == "int32" for t in model.inputs)
+    x, _, _ = random_batch()
+    out = model(x)
+    assert set(out) == {"mlm", "nsp"}
+    assert tuple(out["mlm"].shape) == (8, 4, 100)
+    assert tuple(out["nsp"].shape) == (8, 2)
+
+
+def test_encoder_is_a_keras_hub_bert_backbone():
+    model = kbert.build_pretraining_model(tiny_config(), 16, 4)
+    assert isinstance(model.get_layer("encoder"), keras_hub.models.BertBackbone)
+
+
+def test_mlm_output_embedding_is_the_input_token_embedding():
+    model = kbert.build_pretraining_model(tiny_config(), 16, 4)
+    head = model.get_layer("mlm_head")
+    table = model.get_layer("encoder").token_embedding.embeddings
+    assert head.token_embedding.embeddings is table
+    # One variable, counted once among the trainable weights.
+    assert sum(w is table for w in model.trainable_weights) == 1
+    # Changing the input table changes the MLM logits through the projection.
+    x, _, _ = random_batch()
+    before = model(x)["mlm"].numpy()
+    table.assign(table.numpy() * 2.0)
+    assert not np.allclose(before, model(x)["mlm"].numpy())
+
+
+def test_mlm_logits_depend_only_on_the_masked_positions():
+    model = kbert.build_pretraining_model(tiny_config(), 16, 4)
+    x, _, _ = random_batch()
+    full = model.get_layer("encoder")(
+        {"token_ids": x["input_ids"], "segment_ids": x["segment_ids"], "padding_mask": x["input_mask"]}
+    )["sequence_output"]
+    gathered = np.take_along_axis(full.numpy(), x["masked_lm_positions"][..., None], axis=1)
+    head = model.get_layer("mlm_head")
+    positions = np.broadcast_to(np.arange(4), (8, 4)).astype("int32")
+    expected = head(tf.constant(gathered), tf.constant(positions)).numpy()
+    np.testing.assert_allclose(model(x)["mlm"].numpy(), expected, atol=1e-5)
+
+
+def test_outputs_are_float32_under_bfloat16_policy():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = kbert.build_pretraining_model(tiny_config(), 16, 4)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    out = model(random_batch()[0])
+    assert out["mlm"].dtype == tf.float32 and out["nsp"].dtype == tf.float32
+    assert model.get_layer("encoder").compute_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ((16, 0), "max_predictions_per_seq must be a positive integer"),
+        ((128, 4), r"max_seq_length \(128\) exceeds the config's max_position_embeddings \(64\)"),
+        ((8, 9), r"max_predictions_per_seq \(9\) exceeds max_seq_length \(8\)"),
+    ],
+)
+def test_bad_lengths_are_clear_errors(args, message):
+    with pytest.raises(ValueError, match=message):
+        kbert.build_pretraining_model(tiny_config(), *args)
+
+
+def test_xla_compiled_train_step_runs_on_cpu():
+    model = kbert.build_pretraining_model(tiny_config(), 16, 4)
+    kbert.compile_for_pretraining(model, keras.optimizers.SGD(0.1), jit_compile=True)
+    assert model.jit_compile is True
+    logs = model.train_on_batch(*random_batch(), return_dict=True)
+    assert np.isfinite(logs["loss"])
+    assert int(model.optimizer.iterations) == 1
+
+
+def test_saved_keras_model_reloads_with_identical_outputs(tmp_path):
+    model = kbert.build_pretraining_model(tiny_config(), 16, 4)
+    kbert.compile_for_pretraining(model, kbert.create_optimizer(1e-3, 10, 2))
+    x, y, w = random_batch()
+    model.train_on_batch(x, y, sample_weight=w)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded, kbert.BertPretrainingModel)
+    for key in ("mlm", "nsp"):
+        np.testing.assert_allclose(loaded(x)[key].numpy(), model(x)[key].numpy(), atol=1e-6)
+    # The reloaded model keeps training with the same losses and exact logging.
+    logs = loaded.test_on_batch(x, y, sample_weight=w, return_dict=True)
+    assert logs["loss"] == pytest.approx(logs["mlm_loss"] + logs["nsp_loss"], abs=1e-6)

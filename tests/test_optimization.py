@@ -1,0 +1,96 @@
+"""Google's optimiser recipe: AdamW with exclusions, warmup + linear decay, global-norm clipping."""
+
+import keras
+import numpy as np
+import pytest
+
+import kbert
+from kbert.optimization import WarmupLinearDecay, create_optimizer
+
+
+def test_layer_norm_gamma_and_bias_do_not_decay_but_a_kernel_does():
+    model = kbert.build_pretraining_model(
+        kbert.BertConfig.from_preset("tiny", vocab_size=50), 8, 2
+    )
+    optimizer = create_optimizer(0.1, num_train_steps=10, num_warmup_steps=0, weight_decay=0.5)
+    gamma = model.get_layer("encoder").embeddings_layer_norm.gamma
+    bias = model.get_layer("nsp").bias
+    output_bias = model.get_layer("mlm_head").weights[0]
+    kernel = model.get_layer("nsp").kernel
+    bias.assign(np.ones(bias.shape))
+    output_bias.assign(np.ones(output_bias.shape))
+    watched = [gamma, bias, output_bias, kernel]
+    before = [v.numpy() for v in watched]
+    optimizer.apply_gradients([(np.zeros(v.shape, "float32"), v) for v in watched])
+    for v, b in zip(watched[:3], before[:3]):
+        np.testing.assert_array_equal(v.numpy(), b, err_msg=v.path)
+    # Decoupled decay: kernel <- kernel * (1 - lr * weight_decay) with lr 0.1 at step 0.
+    np.testing.assert_allclose(kernel.numpy(), before[3] * (1 - 0.1 * 0.5), rtol=1e-6)
+
+
+def test_schedule_warms_up_linearly_then_decays_linearly_to_zero():
+    schedule = WarmupLinearDecay(2e-4, total_steps=1000, warmup_steps=100)
+    values = {s: float(schedule(s)) for s in (0, 50, 100, 550, 1000, 1200)}
+    assert values[0] == 0.0
+    assert values[50] == pytest.approx(1e-4)
+    assert values[100] == pytest.approx(2e-4)
+    assert values[550] == pytest.approx(1e-4)  # halfway through the decay
+    assert values[1000] == 0.0 and values[1200] == 0.0
+
+
+def test_schedule_round_trips_through_keras_serialization():
+    schedule = WarmupLinearDecay(3e-4, total_steps=70, warmup_steps=7)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert [float(restored(s)) for s in (3, 7, 40)] == [float(schedule(s)) for s in (3, 7, 40)]
+
+
+def adam_reference(grads, lr_at, beta_1=0.9, beta_2=0.999, epsilon=1e-6, clip=1.0):
+    """Adam (no decay) on one variable starting at 0, with global-norm clipping, in numpy."""
+    value = np.zeros_like(grads[0])
+    m = np.zeros_like(value)
+    v = np.zeros_like(value)
+    for t, g in enumerate(grads, start=1):
+        norm = np.sqrt((g**2).sum())
+        g = g * min(1.0, clip / norm)
+        m = beta_1 * m + (1 - beta_1) * g
+        v = beta_2 * v + (1 - beta_2) * g**2
+        alpha = lr_at(t - 1) * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+        value = value - alpha * m / (np.sqrt(v) + epsilon)
+    return value
+
+
+def test_gradients_are_clipped_to_global_norm_one():
+    # A huge first gradient then a small one: Adam's second step depends on the first's size.
+    grads = [np.array([300.0, -400.0], "float32"), np.array([0.3, 0.1], "float32")]
+    optimizer = create_optimizer(0.01, num_train_steps=100, num_warmup_steps=0, weight_decay=0.0)
+    variable = keras.Variable(np.zeros(2, "float32"), name="kernel")
+    for g in grads:
+        optimizer.apply_gradients([(g, variable)])
+
+    def lr_at(step):
+        return 0.01 * (100 - step) / 100
+
+    np.testing.assert_allclose(variable.numpy(), adam_reference(grads, lr_at), rtol=1e-5)
+    unclipped = adam_reference(grads, lr_at, clip=np.inf)
+    assert not np.allclose(variable.numpy(), unclipped, rtol=1e-3)
+
+
+def test_gradient_accumulation_updates_once_per_k_batches_on_the_stretched_schedule():
+    optimizer = create_optimizer(
+        0.01, num_train_steps=10, num_warmup_steps=2, gradient_accumulation_steps=2
+    )
+    variable = keras.Variable(np.zeros(2, "float32"), name="kernel")
+    optimizer.apply_gradients([(np.ones(2, "float32"), variable)])
+    np.testing.assert_array_equal(variable.numpy(), 0.0)
+    optimizer.apply_gradients([(np.ones(2, "float32"), variable)])
+    assert int(optimizer.iterations) == 1
+    assert not np.allclose(variable.numpy(), 0.0)
+    # Warmup is 2 updates = 4 batches: after 2 batches the rate is halfway up.
+    assert float(optimizer.learning_rate) == pytest.approx(0.005)
+
+
+def test_bad_schedule_arguments_are_named():
+    with pytest.raises(ValueError, match="warmup_steps"):
+        create_optimizer(1e-4, num_train_steps=10, num_warmup_steps=11)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        create_optimizer(1e-4, 10, gradient_accumulation_steps=0)
