@@ -20,6 +20,7 @@ setup(
         "safetensors",
         "matplotlib",
         "tensorflow-serving-api~=2.21",
+        "tensorboard",
     ],
     extras_require={
         "test": ["pytest", "psutil"],

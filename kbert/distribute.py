@@ -1,0 +1,131 @@
+"""Which `tf.distribute` strategy to train under: one device, MirroredStrategy or TPUStrategy."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import glob
+import logging
+from typing import Sequence
+
+import tensorflow as tf
+
+logger = logging.getLogger(__name__)
+
+STRATEGY_KINDS = ("auto", "cpu", "mirrored", "tpu")
+# Connecting to a remote TPU can block for minutes when the address is wrong; give up sooner.
+TPU_CONNECT_TIMEOUT_SECONDS = 120
+
+
+def resolve_strategy(
+    kind: str = "auto",
+    tpu: str = "local",
+    devices: Sequence[str] | None = None,
+) -> tf.distribute.Strategy:
+    """The distribution strategy for `kind`, logging one line that says what and why.
+
+    `tpu` connects through `TPUClusterResolver` (`tpu="local"` on Colab / Cloud TPU VMs, or a
+    TPU name or `grpc://` address), initialises the TPU system and returns a `TPUStrategy`;
+    `mirrored` returns a `MirroredStrategy` over `devices` (default: every visible GPU);
+    `cpu` returns the default one-device strategy; `auto` picks a TPU when one is attached to
+    this machine, else Mirrored when there is more than one GPU, else one device. Asking for a
+    local TPU where none is attached raises at once (no minutes-long hang).
+
+    Args:
+        kind: "auto", "cpu", "mirrored" or "tpu".
+        tpu: the TPU to use for `kind="tpu"`: "local", a TPU name or a grpc address.
+        devices: devices for `kind="mirrored"`, e.g. `["/gpu:0", "/gpu:1"]`.
+
+    Returns:
+        A `tf.distribute.Strategy`; build the model and optimizer inside its `scope()`.
+
+    Examples:
+    >>> strategy = resolve_strategy("cpu")
+    >>> strategy.num_replicas_in_sync
+    1
+    """
+    if kind not in STRATEGY_KINDS:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGY_KINDS)}, got {kind!r}")
+    if devices is not None and kind != "mirrored":
+        raise ValueError(f"devices={list(devices)} is only used with strategy 'mirrored', not {kind!r}")
+    gpus = tf.config.list_logical_devices("GPU")
+    if kind == "auto":
+        if tpu != "local" or _local_tpu_attached():
+            return _tpu_strategy(tpu, "auto: a TPU is attached")
+        if len(gpus) > 1:
+            return _mirrored_strategy(None, f"auto: {len(gpus)} GPUs visible")
+        where = "one GPU" if gpus else "no GPU or TPU"
+        return _default_strategy(f"auto: {where} visible")
+    if kind == "tpu":
+        return _tpu_strategy(tpu, "requested")
+    if kind == "mirrored":
+        return _mirrored_strategy(devices, "requested")
+    return _default_strategy("requested")
+
+
+def _default_strategy(why: str) -> tf.distribute.Strategy:
+    strategy = tf.distribute.get_strategy()
+    device = "/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0"
+    logger.info("strategy: default (one device, %s) — %s", device, why)
+    return strategy
+
+
+def _mirrored_strategy(devices: Sequence[str] | None, why: str) -> tf.distribute.Strategy:
+    if devices is not None and not devices:
+        raise ValueError("devices for strategy 'mirrored' is empty")
+    strategy = tf.distribute.MirroredStrategy(list(devices) if devices else None)
+    replicas = strategy.extended.worker_devices
+    logger.info(
+        "strategy: MirroredStrategy over %d replica(s) (%s) — %s",
+        len(replicas),
+        ", ".join(replicas),
+        why,
+    )
+    return strategy
+
+
+def _local_tpu_attached() -> bool:
+    """Whether this machine has a TPU chip (a TPU VM), without initialising anything."""
+    if tf.config.list_physical_devices("TPU"):
+        return True
+    # TPU VMs expose their chips as /dev/accel* (v2-v4) or VFIO devices (v5e and later).
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def _tpu_strategy(tpu: str, why: str) -> tf.distribute.Strategy:
+    if tpu == "local" and not _local_tpu_attached():
+        raise ValueError(
+            "strategy 'tpu': no TPU is attached to this machine (tpu='local' looks for a TPU "
+            "VM's chips: no TPU device, no /dev/accel*, no /dev/vfio). On Colab choose a TPU "
+            "runtime and `pip install tensorflow-tpu`; for a remote TPU pass its name or "
+            "grpc:// address as tpu=...; or use strategy 'cpu' / 'mirrored'"
+        )
+
+    def connect() -> tf.distribute.cluster_resolver.TPUClusterResolver:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        if tpu != "local":
+            tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return resolver
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        resolver = pool.submit(connect).result(timeout=TPU_CONNECT_TIMEOUT_SECONDS)
+    except concurrent.futures.TimeoutError:
+        raise ValueError(
+            f"strategy 'tpu': no answer from TPU {tpu!r} within {TPU_CONNECT_TIMEOUT_SECONDS} s "
+            "(check the TPU name / address and that it is running)"
+        ) from None
+    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+        raise ValueError(f"strategy 'tpu': cannot connect to TPU {tpu!r} ({e})") from None
+    finally:
+        # Do not wait for a connection attempt that hangs; its thread ends with the process.
+        pool.shutdown(wait=False)
+    strategy = tf.distribute.TPUStrategy(resolver)
+    logger.info(
+        "strategy: TPUStrategy on %r with %d core(s) — %s",
+        tpu,
+        strategy.num_replicas_in_sync,
+        why,
+    )
+    return strategy
+
