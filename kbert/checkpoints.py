@@ -534,9 +534,11 @@ def init_encoder(model: keras.Model, source: str) -> LoadReport:
 
     keras-hub's `BertBackbone.from_preset` reads the source (a Hugging Face folder needs
     `config.json` + `model.safetensors`); its weights are then copied into the model's encoder.
-    A Hugging Face checkpoint of `BertForPreTraining` / `BertForMaskedLM` also carries heads
-    (`cls.predictions.*`, `cls.seq_relationship.*`): those are loaded too; heads the source does
-    not have start fresh. A source position table longer than the model's is cut to its rows.
+    Heads the source holds are loaded too: a Hugging Face `BertForPreTraining` /
+    `BertForMaskedLM` checkpoint's `cls.predictions.*` and `cls.seq_relationship.*`, a keras-hub
+    `BertMaskedLM` preset's MLM head; heads the source lacks start fresh (and are reported). A
+    source position table longer than the model's is cut to its rows. Nothing is assigned
+    unless every weight fits.
 
     Args:
         model: a kbert pre-training model (or a keras-hub BertBackbone).
@@ -572,10 +574,24 @@ def init_encoder(model: keras.Model, source: str) -> LoadReport:
     _check_backbone_fits(location, source_fields, encoder)
 
     report = LoadReport(kind, location)
-    # keras-hub's HF converter does not read type_vocab_size; without it, any value but 2 fails.
-    kwargs = {"num_segments": source_fields["num_segments"]} if kind == HF_FOLDER else {}
-    loaded = keras_hub.models.BertBackbone.from_preset(location, **kwargs)
+    heads: dict[str, list[tuple[str, keras.Variable, np.ndarray]]] = {}
+    task = _masked_lm_task(location) if kind == KERAS_HUB_PRESET else None
+    if task is not None:
+        loaded = task.backbone
+        heads = _keras_hub_heads(model, task)
+        report.notes.append(
+            "keras-hub's MLM head was trained with exact GELU and LayerNorm epsilon 1e-5; "
+            "kbert's uses Google's tanh GELU and 1e-12"
+        )
+    else:
+        kwargs = {}
+        if kind == HF_FOLDER:
+            heads = _hf_heads(model, location)
+            # keras-hub's HF converter ignores type_vocab_size; without it any value but 2 fails.
+            kwargs["num_segments"] = source_fields["num_segments"]
+        loaded = keras_hub.models.BertBackbone.from_preset(location, **kwargs)
     sources = {variable.path: variable for variable in loaded.weights}
+    assignments = []
     for variable in encoder.weights:
         value = np.asarray(sources[variable.path].numpy())
         rows = variable.shape[0]
@@ -584,30 +600,29 @@ def init_encoder(model: keras.Model, source: str) -> LoadReport:
                 f"position table cut from {value.shape[0]} to the model's {rows} rows"
             )
             value = value[:rows]
-        variable.assign(value.astype(variable.dtype))
-        report.loaded.append(variable.path)
+        assignments.append((variable.path, variable, value))
     report.parts.append("encoder")
 
-    heads = _hf_head_tensors(location) if kind == HF_FOLDER else {}
-    for part, slots in _hf_head_slots(model).items():
-        names = [_pick(heads, spellings) for spellings, _, _ in slots]
-        if None in names:
-            report.missing.extend(
-                spellings[0] if kind == HF_FOLDER else variable.path
-                for spellings, variable, _ in slots
-            )
+    head_variables: dict[str, list[keras.Variable]] = {}
+    for slot in _google_slots(model):
+        if slot.part != "encoder":
+            head_variables.setdefault(slot.part, []).append(slot.variable)
+    for part, variables in head_variables.items():
+        if part not in heads:
+            report.missing.extend(variable.path for variable in variables)
             continue
-        for name, (_, variable, transpose) in zip(names, slots):
-            value = heads[name].T if transpose else heads[name]
+        for name, variable, value in heads[part]:
             if tuple(value.shape) != tuple(variable.shape):
                 raise ValueError(
-                    f"{location}: tensor {name} has shape {list(heads[name].shape)}, which does "
-                    f"not fit the model's {part} weight {list(variable.shape)}"
-                    f"{' (transposed)' if transpose else ''}; check vocab_size and hidden_size"
+                    f"{location}: {name} has shape {list(value.shape)} in kbert's layout, but the "
+                    f"model's {part} weight {variable.path} has {list(variable.shape)}"
                 )
-            variable.assign(value.astype(variable.dtype))
-            report.loaded.append(name)
+        assignments.extend(heads[part])
         report.parts.append(part)
+
+    for name, variable, value in assignments:
+        variable.assign(value.astype(variable.dtype))
+        report.loaded.append(name)
     _log(report)
     return report
 
@@ -628,21 +643,45 @@ def _check_backbone_fits(
             )
 
 
-def _pick(tensors: dict[str, np.ndarray], names: tuple[str, ...]) -> str | None:
-    """The first of `names` (alternative spellings of one tensor) that `tensors` holds."""
-    return next((name for name in names if name in tensors), None)
+def _masked_lm_task(preset: str) -> keras_hub.models.BertMaskedLM | None:
+    """The keras-hub BertMaskedLM saved in `preset` (task.json), if it holds one."""
+    if not preset_utils.check_file_exists(preset, preset_utils.TASK_CONFIG_FILE):
+        return None
+    task_config = preset_utils.load_json(preset, preset_utils.TASK_CONFIG_FILE)
+    if task_config.get("class_name") != "BertMaskedLM":
+        return None
+    return keras_hub.models.BertMaskedLM.from_preset(preset, preprocessor=None)
 
 
-def _hf_head_slots(
-    model: keras.Model,
-) -> dict[str, list[tuple[tuple[str, ...], keras.Variable, bool]]]:
-    """HF BertForPreTraining head tensors (spellings, kbert variable, transposed?) per head."""
-    slots = {}
+def _keras_hub_heads(
+    model: keras.Model, task: keras_hub.models.BertMaskedLM
+) -> dict[str, list[tuple[str, keras.Variable, np.ndarray]]]:
+    """The MLM head of a keras-hub BertMaskedLM as (name, kbert variable, value)."""
+    mlm = _head(model, "mlm_head")
+    if mlm is None:
+        return {}
+    source = task.masked_lm_head
+    pairs = (
+        (source._intermediate_dense.kernel, mlm._intermediate_dense.kernel),
+        (source._intermediate_dense.bias, mlm._intermediate_dense.bias),
+        (source._intermediate_layer_norm.gamma, mlm._intermediate_layer_norm.gamma),
+        (source._intermediate_layer_norm.beta, mlm._intermediate_layer_norm.beta),
+        (source._bias, mlm._bias),
+    )
+    return {"MLM head": [(s.path, ours, np.asarray(s.numpy())) for s, ours in pairs]}
+
+
+def _hf_heads(
+    model: keras.Model, preset: str
+) -> dict[str, list[tuple[str, keras.Variable, np.ndarray]]]:
+    """The heads a Hugging Face checkpoint holds completely, as (name, kbert variable, value)."""
+    tensors = _hf_head_tensors(preset)
+    wanted = {}
     mlm = _head(model, "mlm_head")
     if mlm is not None:
         dense, norm = "cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm"
         # Older HF checkpoints spell LayerNorm weights gamma/beta; the bias may sit on the decoder.
-        slots["MLM head"] = [
+        wanted["MLM head"] = [
             ((f"{dense}.weight",), mlm._intermediate_dense.kernel, True),
             ((f"{dense}.bias",), mlm._intermediate_dense.bias, False),
             ((f"{norm}.weight", f"{norm}.gamma"), mlm._intermediate_layer_norm.gamma, False),
@@ -651,11 +690,20 @@ def _hf_head_slots(
         ]
     nsp = _head(model, "nsp")
     if nsp is not None:
-        slots["NSP head"] = [
+        # HF linear weights are [out, in]; Keras kernels are [in, out].
+        wanted["NSP head"] = [
             (("cls.seq_relationship.weight",), nsp.kernel, True),
             (("cls.seq_relationship.bias",), nsp.bias, False),
         ]
-    return slots
+    heads = {}
+    for part, entries in wanted.items():
+        names = [next((n for n in spellings if n in tensors), None) for spellings, _, _ in entries]
+        if None not in names:
+            heads[part] = [
+                (name, variable, tensors[name].T if transpose else tensors[name])
+                for name, (_, variable, transpose) in zip(names, entries)
+            ]
+    return heads
 
 
 def _hf_head_tensors(preset: str) -> dict[str, np.ndarray]:
@@ -666,8 +714,13 @@ def _hf_head_tensors(preset: str) -> dict[str, np.ndarray]:
         index = preset_utils.load_json(preset, preset_utils.SAFETENSOR_CONFIG_FILE)
         weight_map = index["weight_map"]
         files = sorted({file for name, file in weight_map.items() if name.startswith("cls.")})
-    else:
+    elif preset_utils.check_file_exists(preset, preset_utils.SAFETENSOR_FILE):
         files = [preset_utils.SAFETENSOR_FILE]
+    else:
+        raise FileNotFoundError(
+            f"{preset}: no {preset_utils.SAFETENSOR_FILE}; keras-hub reads Hugging Face weights "
+            "from safetensors only (re-save with save_pretrained(..., safe_serialization=True))"
+        )
     tensors = {}
     for file in files:
         with safe_open(preset_utils.get_file(preset, file), framework="np") as f:

@@ -442,3 +442,41 @@ def test_unknown_source_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no TF checkpoint here"):
         detect_source(str(tmp_path / "empty"))
+
+
+def test_keras_hub_masked_lm_preset_also_gives_the_mlm_head(tmp_path):
+    config = config_of()
+    task = keras_hub.models.BertMaskedLM(keras_hub_backbone(config), preprocessor=None)
+    task.save_to_preset(str(tmp_path / "masked_lm"))
+    model = pretraining_model(config)
+
+    report = init_encoder(model, str(tmp_path / "masked_lm"))
+
+    assert report.parts == ["encoder", "MLM head"]
+    assert sorted(report.missing) == ["nsp/bias", "nsp/kernel"]
+    theirs = {v.path: v.numpy() for v in task.masked_lm_head.weights if "mlm_head" in v.path}
+    ours = weights_by_path(model)
+    assert len(theirs) == 5
+    for path, value in theirs.items():
+        np.testing.assert_array_equal(ours[path], value, err_msg=path)
+
+
+def test_hf_folder_without_safetensors_is_a_clear_error(tmp_path):
+    write_hf_folder(str(tmp_path / "hf"), config_of())
+    os.rename(tmp_path / "hf" / "model.safetensors", tmp_path / "hf" / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        init_encoder(pretraining_model(), str(tmp_path / "hf"))
+
+
+def test_checkpoints_load_and_save_under_mirrored_strategy(google_checkpoint, tmp_path, two_cpus):
+    config, values, prefix = google_checkpoint
+    with tf.distribute.MirroredStrategy(two_cpus).scope():
+        model = pretraining_model(config)
+        load_google_checkpoint(model, prefix)
+    kernel = model.get_layer("nsp").kernel
+    for replica_value in kernel.value.values:
+        np.testing.assert_array_equal(replica_value.numpy(), values["cls/seq_relationship/output_weights"].T)
+
+    saved = save_google_checkpoint(model, str(tmp_path / "bert_model.ckpt"))
+    np.testing.assert_array_equal(tf.train.load_checkpoint(saved).get_tensor("cls/seq_relationship/output_weights"),
+                                  values["cls/seq_relationship/output_weights"])
