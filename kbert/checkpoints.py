@@ -74,6 +74,11 @@ class LoadReport:
         unused: source variables that match no weight of the model.
         ignored: optimizer state in the source, skipped on purpose.
         notes: anything else worth knowing (a position table cut to the model's length, ...).
+
+    Examples:
+    >>> LoadReport("google-checkpoint", "bert_model.ckpt", parts=["encoder"],
+    ...            loaded=["bert/pooler/dense/kernel"], ignored=["global_step"]).describe()
+    'Google TF1 checkpoint bert_model.ckpt: 1 variables loaded (encoder); 1 optimizer variables ignored'
     """
 
     kind: str
@@ -526,7 +531,10 @@ def read_source_config(source: str) -> BertConfig:
         logger.info("%s: config fields kbert does not use: %s", source, ", ".join(skipped))
     if fields.get("hidden_act") == "gelu" and kind == HF_FOLDER:
         logger.info("%s: HF's 'gelu' is the exact GELU; kbert's encoder uses the tanh form", source)
-    return BertConfig.from_dict({k: v for k, v in fields.items() if k in known})
+    try:
+        return BertConfig.from_dict({k: v for k, v in fields.items() if k in known})
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 def init_encoder(model: keras.Model, source: str) -> LoadReport:
@@ -774,7 +782,9 @@ def save_encoder_preset(
     The directory holds the BertBackbone (`config.json`, `model.weights.h5`), a `BertTokenizer`
     over `vocab_file` and a `BertTextClassifierPreprocessor`, so
     `keras_hub.models.BertTextClassifier.from_preset(preset_dir, num_classes=...)` builds a
-    classifier on the pre-trained encoder. Written to a temporary name, then renamed.
+    classifier on the pre-trained encoder. Written to a temporary name, then renamed. Note that
+    keras-hub's `BertTokenizer` with `lowercase=True` does not strip accents as Google's and HF's
+    uncased tokenizers do (accented words become [UNK]): strip them from the text beforehand.
 
     Args:
         model: a kbert pre-training model (or a keras-hub BertBackbone).

@@ -58,7 +58,8 @@ def google_values(config, seed=0, positions=GOOGLE_POSITIONS, heads=True):
         for name in ("attention/self/query", "attention/self/key", "attention/self/value",
                      "attention/output/dense"):
             shapes[f"{p}/{name}/kernel"], shapes[f"{p}/{name}/bias"] = [h, h], [h]
-        shapes[f"{p}/intermediate/dense/kernel"], shapes[f"{p}/intermediate/dense/bias"] = [h, i], [i]
+        shapes[f"{p}/intermediate/dense/kernel"] = [h, i]
+        shapes[f"{p}/intermediate/dense/bias"] = [i]
         shapes[f"{p}/output/dense/kernel"], shapes[f"{p}/output/dense/bias"] = [i, h], [h]
         for name in ("attention/output/LayerNorm", "output/LayerNorm"):
             shapes[f"{p}/{name}/gamma"], shapes[f"{p}/{name}/beta"] = [h], [h]
@@ -117,7 +118,8 @@ def expected_from_google(values, config):
                 g[f"{p}/attention/self/{name}/bias"].reshape(a, h // a))
         expected[f"{k}/self_attention_layer/attention_output/kernel"] = (
             g[f"{p}/attention/output/dense/kernel"].reshape(a, h // a, h))
-        expected[f"{k}/self_attention_layer/attention_output/bias"] = g[f"{p}/attention/output/dense/bias"]
+        expected[f"{k}/self_attention_layer/attention_output/bias"] = (
+            g[f"{p}/attention/output/dense/bias"])
         for ours, theirs in (("self_attention_layer_norm", "attention/output/LayerNorm"),
                              ("feedforward_layer_norm", "output/LayerNorm")):
             expected[f"{k}/{ours}/gamma"] = g[f"{p}/{theirs}/gamma"]
@@ -130,8 +132,10 @@ def expected_from_google(values, config):
         expected.update({
             "mlm_head/intermediate_dense/kernel": g["cls/predictions/transform/dense/kernel"],
             "mlm_head/intermediate_dense/bias": g["cls/predictions/transform/dense/bias"],
-            "mlm_head/intermediate_layer_norm/gamma": g["cls/predictions/transform/LayerNorm/gamma"],
-            "mlm_head/intermediate_layer_norm/beta": g["cls/predictions/transform/LayerNorm/beta"],
+            "mlm_head/intermediate_layer_norm/gamma":
+                g["cls/predictions/transform/LayerNorm/gamma"],
+            "mlm_head/intermediate_layer_norm/beta":
+                g["cls/predictions/transform/LayerNorm/beta"],
             "mlm_head/output_bias": g["cls/predictions/output_bias"],
             "nsp/kernel": g["cls/seq_relationship/output_weights"].T,
             "nsp/bias": g["cls/seq_relationship/output_bias"],
@@ -172,7 +176,8 @@ def test_save_google_checkpoint_then_load_is_the_identity(tmp_path):
     source = pretraining_model(config)
     prefix = save_google_checkpoint(source, str(tmp_path / "out" / "bert_model.ckpt"))
     target = pretraining_model(config)
-    assert not np.array_equal(target.get_layer("nsp").kernel.numpy(), source.get_layer("nsp").kernel.numpy())
+    assert not np.array_equal(target.get_layer("nsp").kernel.numpy(),
+                              source.get_layer("nsp").kernel.numpy())
 
     report = load_google_checkpoint(target, prefix)
 
@@ -212,14 +217,17 @@ def test_saved_checkpoint_restores_in_tf1_under_googles_names(tmp_path):
 @pytest.mark.parametrize(
     "checkpoint_overrides, match",
     [
-        (dict(hidden_size=64, intermediate_size=128), r"bert/embeddings/word_embeddings .*hidden_size=32"),
+        (dict(hidden_size=64, intermediate_size=128),
+         r"bert/embeddings/word_embeddings .*hidden_size=32"),
         (dict(vocab_size=120), r"bert/embeddings/word_embeddings .*vocab_size=100"),
-        (dict(intermediate_size=128), r"bert/encoder/layer_0/intermediate/dense/kernel .*intermediate_size=64"),
+        (dict(intermediate_size=128),
+         r"bert/encoder/layer_0/intermediate/dense/kernel .*intermediate_size=64"),
         (dict(num_hidden_layers=3), r"bert/encoder/layer_2/.* num_hidden_layers=2"),
         (dict(num_hidden_layers=1), r"no variable bert/encoder/layer_1/"),
     ],
 )
-def test_checkpoint_of_another_config_fails_naming_the_variable(tmp_path, checkpoint_overrides, match):
+def test_checkpoint_of_another_config_fails_naming_the_variable(
+        tmp_path, checkpoint_overrides, match):
     values = google_values(config_of(**checkpoint_overrides))
     prefix = write_tf1_checkpoint(values, str(tmp_path / "bert_model.ckpt"), optimizer_state=False)
     model = pretraining_model()
@@ -231,7 +239,8 @@ def test_checkpoint_of_another_config_fails_naming_the_variable(tmp_path, checkp
     assert all(np.array_equal(before[path], after[path]) for path in before)
 
 
-def test_head_count_differing_from_bert_config_json_fails_naming_the_field(google_checkpoint, tmp_path):
+def test_head_count_differing_from_bert_config_json_fails_naming_the_field(
+        google_checkpoint, tmp_path):
     config, values, _ = google_checkpoint
     prefix = write_tf1_checkpoint(values, str(tmp_path / "bert_model.ckpt"), optimizer_state=False)
     kbert.BertConfig(**{**config.to_dict(), "num_attention_heads": 4}).to_json_file(
@@ -303,7 +312,8 @@ def hf_tensors(config, positions, seed=0):
         "bert.embeddings.position_embeddings.weight": [positions, h],
         "bert.embeddings.token_type_embeddings.weight": [config.type_vocab_size, h],
         "bert.pooler.dense.weight": [h, h], "bert.pooler.dense.bias": [h],
-        "cls.predictions.transform.dense.weight": [h, h], "cls.predictions.transform.dense.bias": [h],
+        "cls.predictions.transform.dense.weight": [h, h],
+        "cls.predictions.transform.dense.bias": [h],
         "cls.predictions.bias": [v],
         "cls.seq_relationship.weight": [2, h], "cls.seq_relationship.bias": [2],
     }
@@ -379,7 +389,8 @@ def test_hf_folder_initialises_encoder_and_heads(tmp_path):
 
 
 def test_hf_folder_of_another_config_fails_naming_the_field(tmp_path):
-    write_hf_folder(str(tmp_path / "hf"), config_of(hidden_size=64, intermediate_size=128), heads=False)
+    other = config_of(hidden_size=64, intermediate_size=128)
+    write_hf_folder(str(tmp_path / "hf"), other, heads=False)
     with pytest.raises(ValueError, match="hidden_size=64 does not fit the model's hidden_size=32"):
         init_encoder(pretraining_model(), str(tmp_path / "hf"))
 
@@ -432,7 +443,8 @@ def test_read_source_config_of_a_google_checkpoint_skips_fields_kbert_does_not_u
     config = config_of()
     prefix = save_google_checkpoint(pretraining_model(config), str(tmp_path / "bert_model.ckpt"))
     with open(tmp_path / "bert_config.json", "w") as f:
-        json.dump({**config.to_dict(), "directionality": "bidi", "pooler_type": "first_token_transform"}, f)
+        json.dump({**config.to_dict(), "directionality": "bidi",
+                   "pooler_type": "first_token_transform"}, f)
     assert read_source_config(prefix) == config
 
 
@@ -474,9 +486,12 @@ def test_checkpoints_load_and_save_under_mirrored_strategy(google_checkpoint, tm
         model = pretraining_model(config)
         load_google_checkpoint(model, prefix)
     kernel = model.get_layer("nsp").kernel
+    nsp_weights = values["cls/seq_relationship/output_weights"]
     for replica_value in kernel.value.values:
-        np.testing.assert_array_equal(replica_value.numpy(), values["cls/seq_relationship/output_weights"].T)
+        np.testing.assert_array_equal(replica_value.numpy(), nsp_weights.T)
 
     saved = save_google_checkpoint(model, str(tmp_path / "bert_model.ckpt"))
-    np.testing.assert_array_equal(tf.train.load_checkpoint(saved).get_tensor("cls/seq_relationship/output_weights"),
-                                  values["cls/seq_relationship/output_weights"])
+    reader = tf.train.load_checkpoint(saved)
+    np.testing.assert_array_equal(reader.get_tensor("cls/seq_relationship/output_weights"),
+                                  nsp_weights)
+
