@@ -32,6 +32,7 @@ _EXPORTS = {
     "save_google_checkpoint": "kbert.checkpoints",
     "init_encoder": "kbert.checkpoints",
     "save_encoder_preset": "kbert.checkpoints",
+    "init_from": "kbert.checkpoints",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
