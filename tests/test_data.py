@@ -304,3 +304,109 @@ def test_describe_reports_counts_and_lengths(tmp_path):
     assert (info["max_seq_length"], info["max_predictions_per_seq"]) == (SEQ, PRED)
     assert info["masked"] is True and info["vocab_size"] == VOCAB
     assert info["compression"] == ["GZIP", "none"]
+
+
+@pytest.fixture(scope="module")
+def mirrored():
+    """MirroredStrategy over the two logical CPUs, reducing without collective ops.
+
+    With the default collective all-reduce, a MirroredStrategy that trains after another one
+    evaluated in the same process aborts (collective instance keys collide, TF 2.21), which
+    would break other modules' strategy tests run after these.
+    """
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    assert len(devices) == 2, devices
+    return tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
+
+
+def tiny_model():
+    import keras
+
+    import kbert
+
+    config = kbert.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    keras.utils.set_random_seed(0)
+    model = kbert.build_pretraining_model(config, SEQ, PRED)
+    kbert.compile_for_pretraining(model, keras.optimizers.SGD(0.01))
+    return model
+
+
+def numpy_log_softmax(logits):
+    logits = logits - logits.max(axis=-1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_evaluate_reports_whole_set_weighted_means(tmp_path, request, replicas):
+    instances = make_instances(10, seed=30)
+    path = write_shard(tmp_path / "eval.tfrecord", instances)
+    dataset = pretraining_dataset(path, global_batch_size=4, is_training=False)
+    real_predictions = [
+        collect(dataset.skip(i).take(1))["w_mlm"].sum() for i in range(3)
+    ]
+    assert len(set(real_predictions)) > 1
+
+    if replicas == 2:
+        with request.getfixturevalue("mirrored").scope():
+            model = tiny_model()
+    else:
+        model = tiny_model()
+    logs = model.evaluate(dataset, return_dict=True, verbose=0)
+
+    x = {name: stacked(instances, name).astype(np.int32) for name in features.MODEL_INPUTS}
+    outputs = model(x, training=False)
+    mlm_logp = numpy_log_softmax(np.asarray(outputs["mlm"], np.float64))
+    nsp_logp = numpy_log_softmax(np.asarray(outputs["nsp"], np.float64))
+    labels = stacked(instances, "masked_lm_ids")
+    weights = stacked(instances, "masked_lm_weights")
+    nsp_labels = stacked(instances, "next_sentence_labels")[:, 0]
+    mlm_ce = -np.take_along_axis(mlm_logp, labels[..., None], axis=-1)[..., 0]
+    nsp_ce = -nsp_logp[np.arange(10), nsp_labels]
+    expected = {
+        "mlm_loss": (weights * mlm_ce).sum() / weights.sum(),
+        "mlm_accuracy": (weights * (mlm_logp.argmax(-1) == labels)).sum() / weights.sum(),
+        "nsp_loss": nsp_ce.mean(),
+        "nsp_accuracy": (nsp_logp.argmax(-1) == nsp_labels).mean(),
+    }
+    expected["loss"] = expected["mlm_loss"] + expected["nsp_loss"]
+    for name, value in expected.items():
+        assert logs[name] == pytest.approx(value, abs=1e-5), name
+
+
+def test_fit_over_n_finite_batches_takes_exactly_n_steps(tmp_path):
+    path = write_shard(tmp_path / "a.tfrecord", make_instances(10, seed=31))
+    evaluation = pretraining_dataset(path, 4, is_training=False)
+    training = pretraining_dataset(path, 4, seed=2, num_epochs=2)
+    model = tiny_model()
+
+    model.fit(evaluation, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations) == 3
+    model.fit(training, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations) == 3 + 5
+
+
+def test_fit_runs_under_mirrored_strategy(tmp_path, mirrored):
+    for i in range(2):
+        write_shard(tmp_path / f"s{i}.tfrecord", make_instances(8, seed=40 + i))
+    with mirrored.scope():
+        model = tiny_model()
+
+    history = model.fit(
+        pretraining_dataset(str(tmp_path), 4, seed=3), steps_per_epoch=3, epochs=1, verbose=0
+    )
+    distributed = mirrored.distribute_datasets_from_function(
+        lambda context: pretraining_dataset(str(tmp_path), 4, seed=3, input_context=context)
+    )
+    model.fit(distributed, steps_per_epoch=2, epochs=1, verbose=0)
+
+    assert np.isfinite(history.history["loss"]).all()
+    assert int(model.optimizer.iterations.numpy()) == 5
