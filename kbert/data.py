@@ -196,8 +196,10 @@ def describe(file_pattern: str | Sequence[str], count_records: bool = True) -> d
     Returns:
         A JSON-able dict: `files`, `num_files`, `compression`, `masked`, `max_seq_length`,
         `max_predictions_per_seq`, `records_per_file`, `num_records` (None when unknown),
-        `metadata_files` and, from the metadata when there is one, `vocab_size`,
-        `do_lower_case`, `nsp_label_counts`, `num_masked_predictions`, `seed`, `tool_version`.
+        `metadata_files` and, from the metadata when there is one, `num_instances` (all the
+        shards it describes), `vocab_size`, `do_lower_case`, `nsp_label_counts`,
+        `num_masked_predictions`, `seed`, `tool_version` (several metadata files: summed counts,
+        the list of vocab sizes).
 
     Examples:
     >>> import os, tempfile
@@ -233,6 +235,7 @@ def describe(file_pattern: str | Sequence[str], count_records: bool = True) -> d
     if len(metas) == 1:
         meta = metas[0]
         info.update(
+            num_instances=meta.num_instances,
             vocab_size=meta.vocab_size,
             do_lower_case=meta.do_lower_case,
             nsp_label_counts=dict(meta.nsp_label_counts),
@@ -245,6 +248,7 @@ def describe(file_pattern: str | Sequence[str], count_records: bool = True) -> d
         for meta in metas:
             nsp.update(meta.nsp_label_counts)
         info.update(
+            num_instances=sum(m.num_instances for m in metas),
             vocab_size=sorted({m.vocab_size for m in metas}),
             nsp_label_counts=dict(nsp),
             num_masked_predictions=sum(m.num_masked_predictions for m in metas),

@@ -218,6 +218,23 @@ def test_two_input_pipelines_read_disjoint_files_that_cover_all(tmp_path):
     assert seen[0] | seen[1] == set(range(5))
 
 
+def test_evaluation_pipelines_share_records_and_run_the_same_number_of_batches(tmp_path):
+    instances = make_instances(11, seed=21)
+    write_shard(tmp_path / "a.tfrecord", instances[:8])
+    write_shard(tmp_path / "b.tfrecord", instances[8:])
+
+    rows, cardinalities = [], []
+    for pipeline_id in range(2):
+        context = tf.distribute.InputContext(2, pipeline_id, 2)
+        dataset = pretraining_dataset(str(tmp_path), 4, is_training=False, input_context=context)
+        got = collect(dataset)
+        cardinalities.append(int(dataset.cardinality()))
+        rows += [tuple(r) for r, w in zip(got["input_ids"], got["w_nsp"]) if w == 1.0]
+
+    assert cardinalities == [3, 3]
+    assert sorted(rows) == sorted(tuple(i["input_ids"]) for i in instances)
+
+
 def test_lengths_come_from_metadata(tmp_path):
     write_shard(tmp_path / "a.tfrecord", make_instances(4))
     write_metadata(tmp_path, {"a.tfrecord": 4})

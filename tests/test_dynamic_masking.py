@@ -151,6 +151,8 @@ def test_the_same_seed_reproduces_the_masks(tmp_path, vocab_file):
         dataset = pretraining_dataset(
             path, 8, max_predictions_per_seq=PRED, seed=seed, dynamic_masking=masking
         )
+        x, y, w = dataset.element_spec
+        assert x["masked_lm_positions"].shape == y["mlm"].shape == w["mlm"].shape == (8, PRED)
         return collect(dataset.take(6))
 
     first, again, other = masks(11), masks(11), masks(12)
