@@ -6,7 +6,8 @@ A run directory holds everything a run writes:
     run_config.json         the arguments of the run (checked again on resume)
     backup/                 keras BackupAndRestore state: weights, optimizer, epoch (exact resume)
     checkpoints/            ckpt-<step>.weights.h5, the last `keep_checkpoints` intervals
-    history.csv             one row per interval: step, losses, accuracies, learning_rate
+    history.csv             one row per interval: step, losses, accuracies, learning_rate and
+                            (with eval_interval) val_* held-out losses and accuracies
     logs/                   TensorBoard scalars
     model.keras             the final pre-training model (reloads with `keras.saving.load_model`)
     encoder.weights.h5      the final encoder's weights (keras-hub `BertBackbone`)
@@ -58,6 +59,9 @@ TENSORBOARD_DIR = "logs"
 MODEL_FILE = "model.keras"
 ENCODER_WEIGHTS_FILE = "encoder.weights.h5"
 EVAL_RESULTS_FILE = "eval_results.json"
+_METRICS = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy")
+# history.csv: "epoch" (Keras' interval index), then these.
+HISTORY_COLUMNS = ("step", *_METRICS, "learning_rate", *(f"val_{m}" for m in _METRICS))
 # Arguments that must not change when a run is resumed: they fix the data order and the schedule.
 _RESUME_INVARIANTS = (
     "train_files",
@@ -112,6 +116,7 @@ def pretrain(
     gradient_accumulation_steps: int = 1,
     checkpoint_interval: int | None = None,
     keep_checkpoints: int = 3,
+    eval_interval: int | None = None,
     seed: int = 0,
     dropout: float | None = None,
     max_predictions_per_seq: int | None = None,
@@ -152,6 +157,8 @@ def pretrain(
         checkpoint_interval: updates between history rows, checkpoints and backups; must divide
             `steps` (default: the largest divisor of `steps` up to 1000).
         keep_checkpoints: weight checkpoints kept in `checkpoints/`.
+        eval_interval: updates between evaluations on `eval_files` during training, logged as
+            `val_*` in the history; a multiple of `checkpoint_interval` (None: at the end only).
         seed: seeds the initial weights, data order and dynamic masks.
         dropout: overrides the config's dropout rates.
         max_predictions_per_seq: P for records without masks (default: their metadata).
@@ -209,6 +216,15 @@ def pretrain(
             f"checkpoint_interval ({checkpoint_interval}) must divide steps ({steps}): training "
             "runs in whole intervals so that every one ends with a checkpoint"
         )
+    if eval_interval is not None:
+        _check_positive("eval_interval", eval_interval)
+        if not eval_files:
+            raise ValueError("eval_interval needs eval_files")
+        if eval_interval % checkpoint_interval:
+            raise ValueError(
+                f"eval_interval ({eval_interval}) must be a multiple of checkpoint_interval "
+                f"({checkpoint_interval})"
+            )
 
     train_info = describe(train_files, count_records=False)
     max_seq_length = train_info["max_seq_length"]
@@ -297,11 +313,22 @@ def pretrain(
         max_predictions_per_seq=max_predictions_per_seq,
         dynamic_masking=dynamic_masking,
     )
-    num_epochs = steps // checkpoint_interval
+    validation = {}
+    if eval_interval:
+        validation = dict(
+            validation_data=_evaluation_dataset(
+                eval_files,
+                eval_batch_size or batch_size,
+                model,
+                dynamic_masking_vocab,
+            ),
+            validation_freq=eval_interval // checkpoint_interval,
+        )
     history = model.fit(
         dataset,
-        epochs=num_epochs,
+        epochs=steps // checkpoint_interval,
         steps_per_epoch=batches_per_epoch,
+        **validation,
         callbacks=_callbacks(output_dir, keep_checkpoints) + list(callbacks),
         verbose=verbose,
         shuffle=False,
@@ -377,32 +404,43 @@ def evaluate(
         model = load_model(model, strategy=strategy, tpu=tpu, jit_compile=jit_compile)
     if not isinstance(model, BertPretrainingModel):
         raise ValueError(f"evaluate needs a kbert BertPretrainingModel, got {type(model).__name__}")
-    dynamic_masking = (
-        DynamicMasking.from_vocab_file(dynamic_masking_vocab) if dynamic_masking_vocab else None
-    )
-    dataset = pretraining_dataset(
-        eval_files,
-        batch_size,
-        max_seq_length=model.max_seq_length,
-        max_predictions_per_seq=model.max_predictions_per_seq,
-        is_training=False,
-        dynamic_masking=dynamic_masking,
-    )
+    dataset = _evaluation_dataset(eval_files, batch_size, model, dynamic_masking_vocab)
     logs = model.evaluate(dataset, return_dict=True, verbose=verbose)
     num_sequences = describe(eval_files)["num_records"]
     results: dict[str, Any] = {
         name: float(logs[name])
-        for name in ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy")
+        for name in _METRICS
     }
     results["mlm_perplexity"] = _safe_exp(results["mlm_loss"])
     results["num_sequences"] = num_sequences
     results["eval_files"] = eval_files if isinstance(eval_files, str) else list(eval_files)
     optimizer = getattr(model, "optimizer", None)
-    results["step"] = int(optimizer.iterations) if optimizer is not None and optimizer.built else None
+    results["step"] = _step(model) if optimizer is not None and optimizer.built else None
     if output_path:
         _write_json_atomically(output_path, results)
         logger.info("evaluation written to %s", output_path)
     return results
+
+
+def _evaluation_dataset(
+    eval_files: str | Sequence[str],
+    batch_size: int,
+    model: BertPretrainingModel,
+    dynamic_masking_vocab: str | None,
+) -> tf.data.Dataset:
+    """One deterministic pass over every record of `eval_files`, at the model's lengths."""
+    return pretraining_dataset(
+        eval_files,
+        batch_size,
+        max_seq_length=model.max_seq_length,
+        max_predictions_per_seq=model.max_predictions_per_seq,
+        is_training=False,
+        dynamic_masking=(
+            DynamicMasking.from_vocab_file(dynamic_masking_vocab)
+            if dynamic_masking_vocab
+            else None
+        ),
+    )
 
 
 def load_model(
@@ -574,7 +612,7 @@ class _StepLogs(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:
-            logs["step"] = int(self.model.optimizer.iterations)
+            logs["step"] = _step(self.model)
             logs["learning_rate"] = float(self.model.optimizer.learning_rate)
 
 
@@ -593,7 +631,7 @@ class _StopOnNonFiniteLoss(keras.callbacks.TerminateOnNaN):
         loss = (logs or {}).get("loss")
         if loss is None or math.isfinite(float(loss)):
             return
-        step = int(self.model.optimizer.iterations)
+        step = _step(self.model)
         checkpoints = _checkpoint_files(posixpath.join(self.output_dir, CHECKPOINT_DIR))
         last_good = checkpoints[-1] if checkpoints else "none yet"
         raise TrainingDivergedError(
@@ -622,6 +660,19 @@ class _LastCheckpoints(keras.callbacks.ModelCheckpoint):
             tf.io.gfile.remove(stale)
 
 
+class _History(keras.callbacks.CSVLogger):
+    """CSVLogger with fixed columns (HISTORY_COLUMNS); intervals without evaluation leave the
+    `val_*` cells empty (Keras writes "NA", which is not a number)."""
+
+    def __init__(self, path: str):
+        super().__init__(path, append=True)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        self.keys = list(HISTORY_COLUMNS)
+        super().on_epoch_end(epoch, {key: logs.get(key, "") for key in HISTORY_COLUMNS})
+
+
 def _checkpoint_files(directory: str) -> list[str]:
     """Weight checkpoints in `directory`, oldest first (the step is zero-padded in the name)."""
     return sorted(tf.io.gfile.glob(posixpath.join(directory, "ckpt-*.weights.h5")))
@@ -641,7 +692,7 @@ def _callbacks(output_dir: str, keep_checkpoints: int) -> list[keras.callbacks.C
             delete_checkpoint=False,
         ),
         _LastCheckpoints(posixpath.join(output_dir, CHECKPOINT_DIR), keep_checkpoints),
-        keras.callbacks.CSVLogger(posixpath.join(output_dir, HISTORY_FILE), append=True),
+        _History(posixpath.join(output_dir, HISTORY_FILE)),
         keras.callbacks.TensorBoard(posixpath.join(output_dir, TENSORBOARD_DIR)),
     ]
 
@@ -724,6 +775,11 @@ def _write_json_atomically(path: str, data: dict[str, Any]) -> None:
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _step(model: keras.Model) -> int:
+    """Optimizer updates so far (a mirrored variable under a strategy)."""
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
 def _safe_exp(value: float) -> float:

@@ -1,0 +1,56 @@
+"""`kbert evaluate`: held-out MLM / NSP loss, accuracy and MLM perplexity of a run or model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from kbert.cli import add_flag
+from kbert.cli.train import STRATEGIES, _jit_compile
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `kbert evaluate`, named like `kbert.train.evaluate`'s arguments."""
+    parser.add_argument("model", help="a run directory (its model.keras) or a .keras file")
+    add_flag(parser, "eval_files", required=True,
+             help="held-out TFRecords: glob(s), comma-separated, or a directory")
+    add_flag(parser, "batch_size", type=int, default=256,
+             help="global batch size (the last batch is padded with zero-weight rows)")
+    add_flag(parser, "output_path", default=None,
+             help="JSON to write (default: MODEL/eval_results.json for a run directory, "
+                  "else none)")
+    add_flag(parser, "strategy", choices=STRATEGIES, default="auto",
+             help="auto, cpu, mirrored or tpu (as for kbert train)")
+    add_flag(parser, "tpu", default="local", help="TPU for --strategy tpu")
+    add_flag(parser, "jit_compile", type=_jit_compile, default="auto",
+             metavar="{auto,true,false}", help="XLA compilation")
+    add_flag(parser, "dynamic_masking_vocab", default=None, metavar="VOCAB_TXT",
+             help="draw deterministic masks with this vocab.txt (records without masks)")
+    add_flag(parser, "verbose", type=int, choices=(0, 1, 2), default=1,
+             help="0 silent, 1 progress bar (default), 2 one line")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print the results as JSON."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import tensorflow as tf
+
+    from kbert.train import EVAL_RESULTS_FILE, evaluate
+
+    output_path = args.output_path
+    if output_path is None and tf.io.gfile.isdir(args.model):
+        output_path = tf.io.gfile.join(args.model, EVAL_RESULTS_FILE)
+    results = evaluate(
+        args.model,
+        args.eval_files,
+        batch_size=args.batch_size,
+        output_path=output_path,
+        strategy=args.strategy,
+        tpu=args.tpu,
+        jit_compile=args.jit_compile,
+        dynamic_masking_vocab=args.dynamic_masking_vocab,
+        verbose=args.verbose,
+    )
+    print(json.dumps(results, indent=2, sort_keys=True))
+    return 0
