@@ -1,0 +1,41 @@
+"""`kbert export`: a run's model → a TF Serving SavedModel in `EXPORT_BASE/NAME/VERSION/`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from kbert.cli import add_flag
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `kbert export`, named like `kbert.export.export_for_serving`'s arguments."""
+    parser.add_argument("model", help="a run directory (its model.keras) or a .keras file")
+    add_flag(parser, "vocab_file", required=True, help="the vocab.txt the model was trained with")
+    add_flag(parser, "export_base", default="saved_models",
+             help="TF Serving's model base directory (default: saved_models)")
+    add_flag(parser, "name", default="kbert", help="model name, a directory under EXPORT_BASE")
+    add_flag(parser, "version", type=int, default=None,
+             help="version directory (default: the next integer; an existing one is an error)")
+    add_flag(parser, "top_k", type=int, default=5, help="tokens reported per [MASK] (default 5)")
+    add_flag(parser, "do_lower_case", action=argparse.BooleanOptionalAction, default=True,
+             help="lower-case and strip accents in the text signatures (uncased vocab; default)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export and print the version directory."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from kbert.export import SIGNATURES, export_for_serving
+
+    path = export_for_serving(
+        args.model,
+        args.vocab_file,
+        export_base=args.export_base,
+        name=args.name,
+        version=args.version,
+        top_k=args.top_k,
+        do_lower_case=args.do_lower_case,
+    )
+    print(path)
+    print(f"signatures: {', '.join(SIGNATURES)}")
+    return 0
