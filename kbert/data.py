@@ -40,8 +40,9 @@ _READ_BUFFER_BYTES = 8 << 20
 _PARALLEL_FILE_CHECKS = 16
 # Files read at once by the interleave; each holds `_READ_BUFFER_BYTES`.
 _MAX_PARALLEL_READS = 16
-# Names a glob may match beside the shards that are not records.
-_NOT_RECORDS = (".json", ".tmp", ".txt")
+# Names a glob may match beside the shards that are not records (metadata, vocab, state files,
+# shards still being written by tfrecords_tools).
+_NOT_RECORDS = (".json", ".tmp", ".txt", ".incomplete")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +81,8 @@ def pretraining_dataset(
 
     Args:
         file_pattern: glob(s), comma-separated globs or a directory of shards (any
-            `tf.io.gfile` path, e.g. `gs://`). `*.json`, `*.txt`, `*.tmp` and hidden files
-            are skipped.
+            `tf.io.gfile` path, e.g. `gs://`). `*.json`, `*.txt`, `*.tmp`, `*.incomplete`
+            and hidden files are skipped.
         global_batch_size: sequences per step over all replicas.
         max_seq_length: L. Default: `kbert_metadata.json` beside the shards, else the first
             record. A value that disagrees with either is an error.
@@ -486,7 +487,8 @@ def _settle_length(
         return value
     for path, lengths in first_lengths.items():
         if value is None:
-            value, source = lengths[feature], f"the first record of {path} ({name} {lengths[feature]})"
+            value = lengths[feature]
+            source = f"the first record of {path} ({name} {value})"
         elif lengths[feature] != value:
             raise ValueError(
                 f"{path}: records have {feature} of length {lengths[feature]}, expected {value} "

@@ -2,23 +2,21 @@
 
 The rules are Google's `create_pretraining_data.py`, so a model cannot tell dynamically masked
 batches from records masked offline: min(P, max(1, round(n * 0.15))) positions per sequence
-(n = real tokens, [CLS] and [SEP] included, as Google counts them), never a special token; of
-the chosen positions 80 % become [MASK], 10 % a random non-special token, 10 % stay unchanged;
-positions ascending, padded with position 0, id 0, weight 0.
+(n = real tokens, [CLS] and [SEP] included, as Google counts them), never a special token but
+[UNK] (it stands for a word, and Google masks it like one); of the chosen positions 80 % become
+[MASK], 10 % a random non-special token, 10 % stay unchanged; positions ascending, padded with
+position 0, id 0, weight 0. tfrecords_tools masks offline by the same rules.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import tensorflow as tf
 import tensorflow_text as tf_text
 
 from kbert import features
 
-# Bracketed vocabulary entries: [PAD] [UNK] [CLS] [SEP] [MASK] and Google's [unused0..].
-_SPECIAL_TOKEN = re.compile(r"^\[[^\]\s]+\]$")
 REQUIRED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
@@ -29,12 +27,14 @@ class DynamicMasking:
     Args:
         vocab_size: number of WordPiece ids.
         mask_token_id: id of `[MASK]`.
-        special_token_ids: ids that are never masked and never drawn as a random replacement
-            (at least `[PAD]`, `[CLS]`, `[SEP]`, `[MASK]`).
+        special_token_ids: ids never drawn as a random replacement and never masked, except
+            `unk_token_id` (at least `[PAD]`, `[CLS]`, `[SEP]`, `[MASK]`).
         masked_lm_prob: share of a sequence's tokens to predict (Google: 0.15).
         mask_token_rate: share of chosen positions replaced by `[MASK]` (0.8).
         random_token_rate: share replaced by a random non-special token (0.1); the rest keep
             their token.
+        unk_token_id: id of `[UNK]`, maskable although special; None if not in
+            `special_token_ids`.
 
     Examples:
     >>> masking = DynamicMasking(vocab_size=100, mask_token_id=4, special_token_ids=(0, 1, 2, 3, 4))
@@ -50,24 +50,27 @@ class DynamicMasking:
     masked_lm_prob: float = 0.15
     mask_token_rate: float = 0.8
     random_token_rate: float = 0.1
+    unk_token_id: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "special_token_ids", tuple(sorted(set(self.special_token_ids))))
         if self.vocab_size <= 0:
             raise ValueError(f"DynamicMasking.vocab_size must be positive, got {self.vocab_size}")
-        bad = [i for i in self.special_token_ids + (self.mask_token_id,) if not 0 <= i < self.vocab_size]
+        ids = self.special_token_ids + (self.mask_token_id,)
+        unk = () if self.unk_token_id is None else (self.unk_token_id,)
+        bad = [i for i in ids + unk if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(
                 f"DynamicMasking: token id(s) {bad} outside the vocabulary [0, {self.vocab_size})"
             )
         if self.mask_token_id not in self.special_token_ids:
-            object.__setattr__(
-                self, "special_token_ids", tuple(sorted(self.special_token_ids + (self.mask_token_id,)))
-            )
+            object.__setattr__(self, "special_token_ids", tuple(sorted(ids)))
         if len(self.special_token_ids) >= self.vocab_size:
             raise ValueError("DynamicMasking: every vocabulary id is special; nothing to draw from")
         if not 0 < self.masked_lm_prob <= 1:
-            raise ValueError(f"DynamicMasking.masked_lm_prob must be in (0, 1], got {self.masked_lm_prob}")
+            raise ValueError(
+                f"DynamicMasking.masked_lm_prob must be in (0, 1], got {self.masked_lm_prob}"
+            )
         if min(self.mask_token_rate, self.random_token_rate) < 0 or (
             self.mask_token_rate + self.random_token_rate > 1
         ):
@@ -80,6 +83,9 @@ class DynamicMasking:
     def from_vocab_file(cls, vocab_file: str, **rates: float) -> "DynamicMasking":
         """Read a WordPiece `vocab.txt` (one token a line); every `[...]` token is special.
 
+        Bracketed tokens are `[PAD] [UNK] [CLS] [SEP] [MASK]` and Google's `[unused0]`...; of them
+        only `[UNK]` is ever masked (tfrecords_tools uses the same rule).
+
         Args:
             vocab_file: path of the vocabulary (any `tf.io.gfile` path).
             **rates: `masked_lm_prob`, `mask_token_rate`, `random_token_rate` overrides.
@@ -87,7 +93,8 @@ class DynamicMasking:
         Examples:
         >>> import tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "vocab.txt")
-        >>> _ = open(path, "w").write("\\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]))
+        >>> tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]
+        >>> _ = open(path, "w").write("\\n".join(tokens))
         >>> DynamicMasking.from_vocab_file(path).mask_token_id
         4
         """
@@ -103,9 +110,13 @@ class DynamicMasking:
             raise ValueError(f"{vocab_file}: vocabulary lacks {' '.join(missing)}")
         if ids["[PAD]"] != features.PAD_ID:
             raise ValueError(f"{vocab_file}: [PAD] must be id {features.PAD_ID}, is {ids['[PAD]']}")
-        special = tuple(i for i, token in enumerate(tokens) if _SPECIAL_TOKEN.match(token))
+        special = tuple(i for i, token in enumerate(tokens) if _is_special_token(token))
         return cls(
-            vocab_size=len(tokens), mask_token_id=ids["[MASK]"], special_token_ids=special, **rates
+            vocab_size=len(tokens),
+            mask_token_id=ids["[MASK]"],
+            special_token_ids=special,
+            unk_token_id=ids["[UNK]"],
+            **rates,
         )
 
     def mask(
@@ -130,16 +141,17 @@ class DynamicMasking:
         seeds = tf.random.split(tf.convert_to_tensor(seed, tf.int64), 3)
         lengths = tf.reduce_sum(tf.cast(input_mask, tf.int64), axis=1)
         ragged = tf.RaggedTensor.from_tensor(input_ids, lengths=lengths)
-        is_special = tf.scatter_nd(
-            tf.constant(self.special_token_ids, tf.int64)[:, None],
-            tf.ones([len(self.special_token_ids)], tf.bool),
+        unmaskable = [i for i in self.special_token_ids if i != self.unk_token_id]
+        is_unmaskable = tf.scatter_nd(
+            tf.constant(unmaskable, tf.int64)[:, None],
+            tf.ones([len(unmaskable)], tf.bool),
             [self.vocab_size],
         )
         replacements = tf.constant(
             sorted(set(range(self.vocab_size)) - set(self.special_token_ids)), input_ids.dtype
         )
         selector = _GoogleCountSelector(
-            is_special, max_predictions_per_seq, self.masked_lm_prob, seeds[0]
+            is_unmaskable, max_predictions_per_seq, self.masked_lm_prob, seeds[0]
         )
         chooser = _SeededMaskValuesChooser(
             self.vocab_size,
@@ -166,6 +178,10 @@ class DynamicMasking:
         }
 
 
+def _is_special_token(token: str) -> bool:
+    return len(token) > 2 and token.startswith("[") and token.endswith("]")
+
+
 def unmask(
     input_ids: tf.Tensor,
     masked_lm_positions: tf.Tensor,
@@ -182,23 +198,25 @@ def unmask(
 
 
 class _GoogleCountSelector(tf_text.RandomItemSelector):
-    """Chooses min(P, max(1, round(n * rate))) non-special items per row, uniformly.
+    """Chooses min(P, max(1, round(n * rate))) maskable items per row, uniformly.
 
     tf_text's RandomItemSelector takes ceil(selectable * rate) and draws from the global
     stateful generator; Google's count and a per-batch seed need these two overrides.
     """
 
-    def __init__(self, is_special: tf.Tensor, max_selections: int, rate: float, seed: tf.Tensor):
+    def __init__(
+        self, is_unmaskable: tf.Tensor, max_selections: int, rate: float, seed: tf.Tensor
+    ):
         super().__init__(max_selections_per_batch=max_selections, selection_rate=rate)
-        self._is_special = is_special
+        self._is_unmaskable = is_unmaskable
         self._seed = seed
 
     def get_selectable(self, input_ids: tf.RaggedTensor, axis: int) -> tf.RaggedTensor:
-        vocab_size = tf.shape(self._is_special, out_type=input_ids.dtype)[0]
+        vocab_size = tf.shape(self._is_unmaskable, out_type=input_ids.dtype)[0]
         ids = input_ids.flat_values
         in_vocab = (ids >= 0) & (ids < vocab_size)
-        special = tf.gather(self._is_special, tf.clip_by_value(ids, 0, vocab_size - 1))
-        return input_ids.with_flat_values(in_vocab & ~special)
+        unmaskable = tf.gather(self._is_unmaskable, tf.clip_by_value(ids, 0, vocab_size - 1))
+        return input_ids.with_flat_values(in_vocab & ~unmaskable)
 
     def get_selection_mask(self, input_ids: tf.RaggedTensor, axis: int = 1) -> tf.RaggedTensor:
         selectable = self.get_selectable(input_ids, axis)

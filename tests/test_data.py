@@ -112,7 +112,8 @@ def test_element_spec_is_fully_static_with_int32_ids_and_float32_weights(tmp_pat
     assert set(x) == {"input_ids", "segment_ids", "input_mask", "masked_lm_positions"}
     for name in ("input_ids", "segment_ids", "input_mask"):
         assert x[name].shape == (4, SEQ) and x[name].dtype == tf.int32
-    assert x["masked_lm_positions"].shape == (4, PRED) and x["masked_lm_positions"].dtype == tf.int32
+    positions = x["masked_lm_positions"]
+    assert positions.shape == (4, PRED) and positions.dtype == tf.int32
     assert y["mlm"].shape == (4, PRED) and y["mlm"].dtype == tf.int32
     assert y["nsp"].shape == (4,) and y["nsp"].dtype == tf.int32
     assert w["mlm"].shape == (4, PRED) and w["mlm"].dtype == tf.float32

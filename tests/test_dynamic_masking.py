@@ -15,6 +15,7 @@ VOCAB_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]", "[unu
 VOCAB = len(VOCAB_TOKENS)
 PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
 SPECIAL = set(range(7))
+UNMASKABLE = SPECIAL - {UNK}  # Google masks [UNK] like the word it stands for
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ def test_masking_statistics_follow_googles_rules(tmp_path, vocab_file):
     for i, row in enumerate(rows):
         original, masked = row["input_ids"], got["input_ids"][i]
         n = int(row["input_mask"].sum())
-        candidates = [p for p in range(n) if original[p] not in SPECIAL]
+        candidates = [p for p in range(n) if original[p] not in UNMASKABLE]
         k = int(got["weights"][i].sum())
         assert k == min(PRED, max(1, round(n * 0.15)), len(candidates))
         np.testing.assert_array_equal(got["weights"][i], [1.0] * k + [0.0] * (PRED - k))
@@ -195,7 +196,7 @@ def test_vocab_file_gives_the_mask_id_and_the_special_tokens(vocab_file):
     masking = DynamicMasking.from_vocab_file(vocab_file)
 
     assert masking.vocab_size == VOCAB and masking.mask_token_id == MASK
-    assert set(masking.special_token_ids) == SPECIAL
+    assert set(masking.special_token_ids) == SPECIAL and masking.unk_token_id == UNK
 
 
 def test_vocab_file_without_mask_token_is_an_error(tmp_path):
