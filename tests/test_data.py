@@ -428,3 +428,40 @@ def test_fit_runs_under_mirrored_strategy(tmp_path, mirrored):
 
     assert np.isfinite(history.history["loss"]).all()
     assert int(model.optimizer.iterations.numpy()) == 5
+
+
+def test_records_written_by_tfrecords_tools_are_read_masked_gzip_and_unmasked(tmp_path):
+    from tfrecords_tools import corpora, vocab
+    from tfrecords_tools.create_pretraining_data import create_pretraining_data
+
+    from kbert.masking import DynamicMasking
+
+    documents = [
+        [f"Document {d} says {s} things about {d * s % 7}." for s in range(6)] for d in range(12)
+    ]
+    vocab_file = str(tmp_path / "vocab.txt")
+    vocab.learn_vocab(corpora.sentences_of(documents), vocab_file, vocab_size=200)
+    settings = dict(max_seq_length=SEQ, max_predictions_per_seq=PRED, dupe_factor=2, num_shards=2)
+    masked = create_pretraining_data(
+        documents, str(tmp_path / "masked" / "train"), vocab_file, compression="gzip", **settings
+    )
+    unmasked = create_pretraining_data(
+        documents, str(tmp_path / "unmasked" / "train"), vocab_file, mask=False, **settings
+    )
+
+    info = describe(str(tmp_path / "masked"), count_records=False)
+    assert info["num_records"] == masked.num_instances and info["compression"] == ["GZIP"]
+    got = collect(pretraining_dataset(str(tmp_path / "masked"), 4, is_training=False))
+    assert got["w_nsp"].sum() == masked.num_instances
+    assert got["w_mlm"].sum() == info["num_masked_predictions"]
+
+    dynamic = pretraining_dataset(
+        str(tmp_path / "unmasked"),
+        4,
+        is_training=False,
+        dynamic_masking=DynamicMasking.from_vocab_file(vocab_file),
+    )
+    got = collect(dynamic)
+    assert dynamic.element_spec[1]["mlm"].shape == (4, PRED)
+    assert got["w_nsp"].sum() == unmasked.num_instances
+    assert (got["w_mlm"].sum(axis=1)[got["w_nsp"] == 1] >= 1).all()
