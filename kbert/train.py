@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 
+from kbert import checkpoints
 from kbert.config import PRESET_SIZES, BertConfig, resolve_config
 from kbert.data import describe, pretraining_dataset
 from kbert.distribute import resolve_strategy
@@ -122,6 +123,7 @@ def pretrain(
     max_predictions_per_seq: int | None = None,
     dynamic_masking_vocab: str | None = None,
     eval_batch_size: int | None = None,
+    init_from: str | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
 ) -> PretrainResult:
@@ -146,7 +148,8 @@ def pretrain(
         learning_rate: peak learning rate.
         warmup_steps: linear warmup updates (default: 10 % of `steps`).
         weight_decay: AdamW's decoupled weight decay.
-        optimizer: "adamw" (Google's recipe) or "sgd" (same schedule and clipping, no momentum).
+        optimizer: "adamw" (Google's recipe) or "sgd" (plain SGD on the same schedule: no
+            momentum, clipping or weight decay; a baseline whose updates are easy to check).
         strategy: "auto", "cpu", "mirrored", "tpu" (see `resolve_strategy`) or a strategy.
         tpu: the TPU for strategy "tpu"/"auto": "local" (TPU VM), a name or a grpc address.
         steps_per_execution: batches run per `tf.function` call (large values help TPUs).
@@ -165,6 +168,9 @@ def pretrain(
         dynamic_masking_vocab: a `vocab.txt`: draw masks in the pipeline, new each epoch
             (needed for records written without masks).
         eval_batch_size: global batch size of the evaluation (default: `batch_size`).
+        init_from: pre-trained weights to continue from: a Google TF1 checkpoint, a keras-hub
+            preset or a Hugging Face BERT folder (`kbert.checkpoints.init_from`; what it detected
+            is logged). Ignored when resuming: the backup holds newer weights.
         callbacks: extra Keras callbacks, run after kbert's own.
         verbose: Keras' progress bar: 0, 1 (bar), 2 (one line per interval) or "auto".
 
@@ -267,6 +273,7 @@ def pretrain(
         "max_seq_length": max_seq_length,
         "max_predictions_per_seq": max_predictions_per_seq,
         "dynamic_masking_vocab": dynamic_masking_vocab,
+        "init_from": init_from,
     }
     tf.io.gfile.makedirs(output_dir)
     backup_dir = posixpath.join(output_dir, BACKUP_DIR)
@@ -285,6 +292,8 @@ def pretrain(
     keras.utils.set_random_seed(seed)
     with _dtype_policy(MIXED_PRECISION_POLICIES[mixed_precision]), strategy.scope():
         model = build_pretraining_model(bert_config, max_seq_length, max_predictions_per_seq)
+        if init_from and not initial_epoch:
+            logger.info("init from %s", checkpoints.init_from(model, init_from))
         keras_optimizer = _build_optimizer(
             optimizer,
             learning_rate,
@@ -584,15 +593,13 @@ def _build_optimizer(
     weight_decay: float,
     gradient_accumulation_steps: int,
 ) -> keras.optimizers.Optimizer:
-    """Google's AdamW (or SGD) on warmup + linear decay counted in updates."""
+    """Google's AdamW (or plain SGD) on warmup + linear decay counted in updates."""
     accumulation = gradient_accumulation_steps if gradient_accumulation_steps > 1 else None
     schedule = WarmupLinearDecay(learning_rate, total_steps=steps, warmup_steps=warmup_steps)
     if accumulation:
         schedule = PerUpdateSchedule(schedule, accumulation)
     if name == "sgd":
-        return keras.optimizers.SGD(
-            learning_rate=schedule, global_clipnorm=1.0, gradient_accumulation_steps=accumulation
-        )
+        return keras.optimizers.SGD(learning_rate=schedule, gradient_accumulation_steps=accumulation)
     optimizer = create_optimizer(
         learning_rate,
         num_train_steps=steps,

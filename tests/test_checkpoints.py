@@ -495,3 +495,48 @@ def test_checkpoints_load_and_save_under_mirrored_strategy(google_checkpoint, tm
     np.testing.assert_array_equal(reader.get_tensor("cls/seq_relationship/output_weights"),
                                   nsp_weights)
 
+
+
+def write_pretraining_records(directory, num_records=16, seed=0):
+    """A few masked pre-training records (Google's layout) for a short `pretrain` run."""
+    from kbert import features
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(directory, exist_ok=True)
+    with tf.io.TFRecordWriter(os.path.join(directory, "train.tfrecord")) as writer:
+        for i in range(num_records):
+            ids = [2, *rng.integers(5, 100, 3), 3, *rng.integers(5, 100, 2), 3]
+            writer.write(features.to_example({
+                "input_ids": ids, "input_mask": [1] * 8, "segment_ids": [0] * 5 + [1] * 3,
+                "masked_lm_positions": [1, 5], "masked_lm_ids": [ids[1], ids[5]],
+                "masked_lm_weights": [1.0, 1.0], "next_sentence_labels": [i % 2],
+            }).SerializeToString())
+    return directory
+
+
+class _WeightsAtTrainBegin(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.weights = weights_by_path(self.model)
+
+
+def test_pretraining_continues_from_a_google_checkpoint(tmp_path, caplog):
+    from kbert.train import pretrain
+
+    config = config_of()
+    source = kbert.build_pretraining_model(config, 8, 2)
+    for variable in source.weights:  # no fresh initialisation can match these
+        variable.assign(variable + 1.0)
+    prefix = save_google_checkpoint(source, str(tmp_path / "google" / "bert_model.ckpt"))
+    data = write_pretraining_records(str(tmp_path / "data"))
+    start = _WeightsAtTrainBegin()
+
+    with caplog.at_level("INFO", logger="kbert"):
+        result = pretrain(config, data, str(tmp_path / "run"), steps=2, batch_size=8,
+                          strategy="cpu", init_from=prefix, callbacks=[start], verbose=0)
+
+    for path, value in weights_by_path(source).items():
+        np.testing.assert_array_equal(start.weights[path], value, err_msg=path)
+    assert np.all(np.isfinite(result.history["loss"]))
+    trained = weights_by_path(result.model)
+    assert not np.array_equal(trained["pooled_dense/kernel"], start.weights["pooled_dense/kernel"])
+    assert f"init from Google TF1 checkpoint {prefix}" in caplog.text
