@@ -43,6 +43,7 @@ import tensorflow as tf
 from kbert import features
 from kbert.model import BertPretrainingModel
 from kbert.serving_tokenizer import MASK, ServingTextEncoder, read_vocab, write_vocab
+from kbert.train import MODEL_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +54,6 @@ TOKENIZE = "tokenize"
 SIGNATURES = (SERVING_DEFAULT, ENCODE, FILL_MASK, TOKENIZE)
 TEXT_INPUTS = ("text_a", "text_b")
 ENCODER_INPUTS = (features.INPUT_IDS, features.SEGMENT_IDS, features.INPUT_MASK)
-# A run directory of `kbert.train.pretrain` holds its final model under this name.
-RUN_MODEL_FILE = "model.keras"
 WARMUP_FILE = posixpath.join("assets.extra", "tf_serving_warmup_requests")
 # TF Serving replays each warm-up record once at load; two batch sizes cover the single-request
 # path and a batched one.
@@ -99,8 +98,8 @@ def export_for_serving(
     >>> os.path.relpath(path, workdir)
     'saved_models/kbert/1'
     """
-    model = _load_model(model_or_run_dir)
     tokens = read_vocab(vocab_file)
+    model = _load_model(model_or_run_dir)
     vocab_size = model.bert_config.vocab_size
     if len(tokens) != vocab_size:
         raise ValueError(
@@ -134,9 +133,9 @@ def export_for_serving(
                 model.max_predictions_per_seq,
                 do_lower_case=do_lower_case,
             )
-            module, signatures = serving_signatures(model, text_encoder, top_k)
+            module, signatures = _serving_signatures(model, text_encoder, top_k)
             tf.saved_model.save(module, tmp_dir, signatures=signatures)
-            write_warmup_requests(posixpath.join(tmp_dir, WARMUP_FILE), name, text_encoder)
+            _write_warmup_requests(posixpath.join(tmp_dir, WARMUP_FILE), name, text_encoder)
         _check_free(export_dir)
         tf.io.gfile.rename(tmp_dir, export_dir, overwrite=False)
     finally:
@@ -155,7 +154,7 @@ def next_version(model_dir: str) -> int:
     return max(versions, default=0) + 1
 
 
-def serving_signatures(
+def _serving_signatures(
     model: BertPretrainingModel, text_encoder: ServingTextEncoder, top_k: int
 ) -> tuple[tf.Module, dict[str, tf.types.experimental.ConcreteFunction]]:
     """The four serving signatures (see the module docstring) and the module that holds their
@@ -179,7 +178,7 @@ def serving_signatures(
             "nsp_probs": tf.nn.softmax(outputs["nsp"], axis=-1),
         }
 
-    def serving_default(input_ids, segment_ids, input_mask, masked_lm_positions):
+    def predict_ids(input_ids, segment_ids, input_mask, masked_lm_positions):
         return predict(
             {
                 features.INPUT_IDS: input_ids,
@@ -189,7 +188,7 @@ def serving_signatures(
             }
         )
 
-    def encode(input_ids, segment_ids, input_mask):
+    def encode_ids(input_ids, segment_ids, input_mask):
         outputs = encoder(
             {"token_ids": input_ids, "segment_ids": segment_ids, "padding_mask": input_mask},
             training=False,
@@ -199,7 +198,7 @@ def serving_signatures(
             "pooled_output": tf.cast(outputs["pooled_output"], tf.float32),
         }
 
-    def fill_mask(text_a, text_b):
+    def fill_mask_text(text_a, text_b):
         inputs = text_encoder(text_a, text_b)
         outputs = predict(inputs)
         positions = inputs[features.MASKED_LM_POSITIONS]
@@ -213,14 +212,14 @@ def serving_signatures(
             "nsp_probs": outputs["nsp_probs"],
         }
 
-    def tokenize(text_a, text_b):
+    def tokenize_text(text_a, text_b):
         return text_encoder(text_a, text_b)
 
     endpoints: tuple[tuple[str, Callable, list[tf.TensorSpec]], ...] = (
-        (SERVING_DEFAULT, serving_default, model_specs),
-        (ENCODE, encode, encoder_specs),
-        (FILL_MASK, fill_mask, text_specs),
-        (TOKENIZE, tokenize, text_specs),
+        (SERVING_DEFAULT, predict_ids, model_specs),
+        (ENCODE, encode_ids, encoder_specs),
+        (FILL_MASK, fill_mask_text, text_specs),
+        (TOKENIZE, tokenize_text, text_specs),
     )
     signatures = {
         name: tf.function(fn, input_signature=specs, autograph=False).get_concrete_function()
@@ -238,7 +237,7 @@ def serving_signatures(
     return module, signatures
 
 
-def write_warmup_requests(path: str, model_name: str, text_encoder: ServingTextEncoder) -> int:
+def _write_warmup_requests(path: str, model_name: str, text_encoder: ServingTextEncoder) -> int:
     """Write TF Serving's warm-up file: PredictionLog records for every signature, every
     batch size in WARMUP_BATCH_SIZES. Returns the number of records."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
@@ -326,11 +325,11 @@ def _load_model(model_or_run_dir: keras.Model | str) -> BertPretrainingModel:
     if isinstance(model_or_run_dir, (str, os.PathLike)):
         path = os.fspath(model_or_run_dir)
         if tf.io.gfile.isdir(path):
-            path = posixpath.join(path, RUN_MODEL_FILE)
+            path = posixpath.join(path, MODEL_FILE)
         if not tf.io.gfile.exists(path):
             raise FileNotFoundError(
                 f"{path}: no model to export (expected a run directory holding "
-                f"{RUN_MODEL_FILE}, or a .keras file)"
+                f"{MODEL_FILE}, or a .keras file)"
             )
         model = keras.saving.load_model(path, compile=False)
     if not isinstance(model, BertPretrainingModel):

@@ -126,7 +126,6 @@ class ServingTextEncoder(tf.Module):
         self.max_predictions_per_seq = max_predictions_per_seq
         self.do_lower_case = do_lower_case
         self._cls_id, self._sep_id, self._mask_id = (tokens.index(t) for t in (CLS, SEP, MASK))
-        self.vocab_size = len(tokens)
         self.token_to_id = tf.lookup.StaticHashTable(
             tf.lookup.TextFileInitializer(
                 vocab_file,

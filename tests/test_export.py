@@ -458,3 +458,21 @@ def test_cli_predict_on_a_missing_export_is_a_clear_error(tmp_path, capsys):
 
     assert main(["predict", "--model", str(tmp_path / "none"), "a [MASK]"]) == 1
     assert "kbert predict: error:" in capsys.readouterr().err
+
+
+def test_cased_text_encoder_keeps_case_and_accents_like_hf(tmp_path):
+    import tensorflow as tf
+    from tokenizers import BertWordPieceTokenizer
+
+    from kbert.serving_tokenizer import SPECIAL_TOKENS, ServingTextEncoder, write_vocab
+
+    tokens = list(SPECIAL_TOKENS) + "Paris paris is the Café cafe ##s , . ! ΣΑΣ σας".split()
+    path = str(tmp_path / "vocab.txt")
+    write_vocab(tokens, path)
+    encoder = ServingTextEncoder(path, tokens, L, P, do_lower_case=False)
+    hf = BertWordPieceTokenizer(path, lowercase=False)
+    sentences = ["Paris is the [MASK], Cafés!", "paris cafe Café.", "ΣΑΣ σας [mask]"]
+    got = encoder.tokenize(tf.constant(sentences)).to_list()
+    for sentence, pieces in zip(sentences, got):
+        expected = hf.encode(sentence, add_special_tokens=False).tokens
+        assert [p.decode() for p in pieces] == expected, sentence
