@@ -120,6 +120,7 @@ def pretraining_dataset(
     (TensorShape([4, 4]), TensorShape([4]), 'float32')
     """
     _check_positive("global_batch_size", global_batch_size)
+    _check_positive("shuffle_buffer_size", shuffle_buffer_size)
     if num_epochs is not None:
         _check_positive("num_epochs", num_epochs)
     records = _resolve(file_pattern, max_seq_length, max_predictions_per_seq, compression_type)
