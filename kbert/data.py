@@ -96,7 +96,10 @@ def pretraining_dataset(
             `input_context.get_per_replica_batch_size(global_batch_size)`.
         dynamic_masking: draw masks in the pipeline (RoBERTa-style, new every epoch). Needed
             for unmasked records; on masked records their masks are undone and drawn anew.
-        num_epochs: training passes over the data; None repeats forever.
+        num_epochs: training passes over the data; None repeats forever. A finite count
+            gives the dataset its true cardinality (counting records once when the metadata
+            does not); with several input pipelines each counts its own shards, so prefer
+            None with `steps_per_epoch` there.
         shuffle_buffer_size: records in the training shuffle buffer.
         compression_type: "", "GZIP" or "ZLIB" for every shard; None detects GZIP per shard.
 
