@@ -114,7 +114,7 @@ def _is_abbreviation(text: str, dot: int) -> bool:
     # Initials ("J. Smith") and dotted acronyms ("U.S.") keep their periods.
     if len(word) == 1 and word.isalpha():
         return True
-    if "." in word and all(len(part) <= 2 for part in word.split(".")):
+    if "." in word and all(part.isalpha() and len(part) <= 2 for part in word.split(".")):
         return True
     return word in ABBREVIATIONS
 
