@@ -27,3 +27,17 @@ def two_cpus():
     assert len(devices) == 2, devices
     return devices
 
+
+
+@pytest.fixture(autouse=True)
+def fresh_collective_keys():
+    """Give each test's MirroredStrategy its own collective keys.
+
+    Every MirroredStrategy in a process starts its collective group/instance keys at the same
+    numbers; a second strategy whose all-reduces differ in shape from the first's then aborts
+    with "Shape mismatch in the collective instance". kbert.distribute does the same per strategy.
+    """
+    import tensorflow as tf
+
+    tf.distribute.MirroredStrategy._collective_key_base += 1000
+    yield
