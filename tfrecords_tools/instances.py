@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import os
 import random
 import struct
 from typing import Iterator, Sequence
@@ -28,7 +29,7 @@ from tfrecords_tools.vocab import CLS, MASK, SEP, WORDPIECE_PREFIX, is_special_t
 
 # A block of documents is tokenized together and is, with the block before it, the pool that
 # negatives ("B is random") are drawn from; this bounds memory whatever the corpus size.
-BLOCK_CHARS = 2_000_000
+BLOCK_CHARS = 1_000_000
 _RECORDS_PER_MESSAGE = 2048
 
 
@@ -214,17 +215,16 @@ class _InstanceMaker:
 
     def block_records(self, block: list, pool: list, offset: int) -> list[bytes]:
         """All instances of a block (dupe_factor passes), masked, serialized and shuffled."""
-        instances: list[tuple[list[int], int, int]] = []
+        records: list[bytes] = []
         for _ in range(self.config.dupe_factor):
+            # One pass at a time: only the compact serialized records of earlier passes are kept.
+            instances: list[tuple[list[int], int, int]] = []
             for i, document in enumerate(block):
                 self._document_instances(document, pool, offset + i, instances)
-        if not instances:
-            return []
-        arrays = self._arrays(instances)
-        records = self.encoder.encode(arrays)
+            if instances:
+                records += self.encoder.encode(self._arrays(instances))
         # Google shuffles all instances of a run; a stream shuffles within a block.
-        self.rng.shuffle(records)
-        return records
+        return [records[i] for i in self.np_rng.permutation(len(records)).tolist()]
 
     def _document_instances(self, document: list, pool: list, own: int, out: list) -> None:
         """Google's create_instances_from_document: (tokens, len(A), label) tuples appended to `out`."""
@@ -238,11 +238,12 @@ class _InstanceMaker:
         chunk: list = []
         current_length = 0
         i = 0
-        while i < len(document):
+        last = len(document) - 1
+        while i <= last:
             segment = document[i]
             chunk.append(segment)
             current_length += len(segment)
-            if i == len(document) - 1 or current_length >= target_seq_length:
+            if i == last or current_length >= target_seq_length:
                 # (int(random() * n) is a uniform draw from range(n), cheaper than randrange.)
                 a_end = 1 if len(chunk) < 2 else 1 + int(random_float() * (len(chunk) - 1))
                 tokens_a = list(itertools.chain.from_iterable(chunk[:a_end]))
@@ -482,22 +483,26 @@ class _ExampleEncoder:
             counts = arrays["num_predictions"].tolist()
             weights_header = header("weights", 4 * self.p, is_float=True)
         records = []
+        headers = self._headers
+        segment_header = header("segment_ids", seq)
         for k in range(len(ids)):
             n, a = lengths[k], len_a[k]
             segment_payload = b"\x00" * (a + 2) + b"\x01" * (n - a - 2) + b"\x00" * (seq - n)
+            row_ids = ids[k]
             parts = [
-                header("ids", len(ids[k])),
-                ids[k],
+                headers.get(("ids", len(row_ids))) or header("ids", len(row_ids)),
+                row_ids,
                 mask_entries[n],
-                header("segment_ids", seq),
+                segment_header,
                 segment_payload,
             ]
             if masked:
+                row_positions, row_masked = positions[k], masked_ids[k]
                 parts += [
-                    header("positions", len(positions[k])),
-                    positions[k],
-                    header("masked_ids", len(masked_ids[k])),
-                    masked_ids[k],
+                    headers.get(("positions", len(row_positions))) or header("positions", len(row_positions)),
+                    row_positions,
+                    headers.get(("masked_ids", len(row_masked))) or header("masked_ids", len(row_masked)),
+                    row_masked,
                     weights_header,
                     self.weight_payloads[counts[k]],
                 ]
@@ -514,6 +519,8 @@ class _ExampleEncoder:
 def worker_main(tasks, results, corpus, plan, config: InstanceConfig) -> None:
     """Process shard indices from `tasks` (None = stop), sending ("records", shard, records,
     bytes_read, documents), ("done", shard, ShardStats) or ("error", shard, type name, message)."""
+    # The workers already use every core: the Rust tokenizer's own thread pool would only contend.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     while True:
         shard_index = tasks.get()
         if shard_index is None:
