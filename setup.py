@@ -17,6 +17,7 @@ setup(
         "tensorflow-text~=2.21",
         "tensorflow-datasets",
         "tokenizers",
+        "tqdm",
         "safetensors",
         "matplotlib",
         "tensorflow-serving-api~=2.21",

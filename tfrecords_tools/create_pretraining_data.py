@@ -177,7 +177,7 @@ def create_pretraining_data(
     directory = _prepare_directory(prefix)
     spool_dir = None
     try:
-        corpus, corpus_fingerprint, spool_dir = _text_corpus(input_file, input_format)
+        corpus, corpus_fingerprint, spool_dir, spool_invalid = _text_corpus(input_file, input_format)
         num_shards = num_shards or _auto_shards(corpus.total_bytes)
         config = InstanceConfig(
             vocab=tuple(tokens),
@@ -227,6 +227,7 @@ def create_pretraining_data(
         totals = ShardStats()
         for name in names:
             totals.add(state.stats(name))
+        totals.invalid_utf8_replaced += spool_invalid  # bytes decoded before spooling (e.g. TFDS)
         if totals.num_documents and totals.num_single_sentence_documents == totals.num_documents:
             logger.warning(
                 "every document has a single sentence, so every NSP label is 1 (random): "
@@ -330,28 +331,31 @@ def _prepare_directory(prefix: str) -> str:
 
 
 def _text_corpus(input_file, input_format: str):
-    """(TextFiles, fingerprint, spool directory or None): other sources are first written to a
-    local temporary file in Google's layout, so every source is cut into shards the same way."""
+    """(TextFiles, fingerprint, spool directory or None, invalid UTF-8 replaced while spooling):
+    other sources are first written to a local temporary file in Google's layout, so every source
+    is cut into shards the same way."""
     if isinstance(input_file, corpora.TextFiles):
-        return input_file, input_file.fingerprint(), None
+        return input_file, input_file.fingerprint(), None, 0
     names_files = input_file is None or isinstance(input_file, str) or (
         isinstance(input_file, (list, tuple)) and bool(input_file) and all(isinstance(x, str) for x in input_file)
     )
     source = corpora.resolve_corpus(input_file, input_format) if names_files else input_file
     if isinstance(source, corpora.TextFiles):
-        return source, source.fingerprint(), None
+        return source, source.fingerprint(), None, 0
     spool_dir = tempfile.mkdtemp(prefix="kbert-corpus-")
     path = os.path.join(spool_dir, "corpus.txt")
-    count, digest = corpora.write_google_layout(source, path)
-    if count == 0:
-        raise ValueError(f"{getattr(source, 'description', 'input corpus')}: the corpus holds no documents")
+    try:
+        count, digest = corpora.write_google_layout(source, path)
+        if count == 0:
+            raise ValueError(f"{getattr(source, 'description', 'input corpus')}: the corpus holds no documents")
+    except BaseException:
+        shutil.rmtree(spool_dir, ignore_errors=True)
+        raise
     text_files = corpora.TextFiles(path, "google")
     text_files.description = getattr(source, "description", "Python iterable of documents")
     text_files.source = text_files.description
     stats = getattr(source, "stats", None)
-    if stats is not None and stats.invalid_utf8_replaced:
-        logger.warning("%s: replaced %d invalid UTF-8 sequence(s)", text_files.description, stats.invalid_utf8_replaced)
-    return text_files, digest, spool_dir
+    return text_files, digest, spool_dir, stats.invalid_utf8_replaced if stats is not None else 0
 
 
 def _prescan(corpus: corpora.TextFiles, plan) -> None:

@@ -97,11 +97,9 @@ def run(args: argparse.Namespace) -> int:
     from tfrecords_tools.create_pretraining_data import create_pretraining_data
 
     logging.basicConfig(level=logging.WARNING, format="kbert create-data: %(levelname)s: %(message)s")
-    corpus = args.input_file if args.input_file and not args.tfds_name and args.input_file != "builtin" else None
-    corpus = corpus if corpus is not None else corpus_from_args(args)
     try:
         summary = create_pretraining_data(
-            corpus,
+            corpus_from_args(args),
             args.output_file,
             args.vocab_file,
             do_lower_case=args.do_lower_case,
