@@ -10,7 +10,8 @@ Layout (TF Serving's `model_base_path/<name>/<version>/`):
 
 Signatures (batch dimension None, L = max_seq_length, P = max_predictions_per_seq, k = top_k):
 
-    serving_default  input_ids, segment_ids, input_mask int32 [b, L], masked_lm_positions int32 [b, P]
+    serving_default  input_ids, segment_ids, input_mask int32 [b, L],
+                     masked_lm_positions int32 [b, P]
                      → mlm_top_ids int32 [b, P, k], mlm_top_probs float32 [b, P, k],
                        nsp_probs float32 [b, 2] (index 0 = "B follows A", Google's label 0)
     encode           input_ids, segment_ids, input_mask int32 [b, L]

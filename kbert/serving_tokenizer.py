@@ -2,13 +2,14 @@
 
 `tf_text.FastBertTokenizer` would be one line, but its `FastBertNormalize` /
 `FastWordpieceTokenizeWithOffsets` ops are missing from TF Serving builds (tensorflow/serving#2064).
-`ServingTextEncoder` composes TensorFlow core string ops with tensorflow-text's `RegexSplitWithOffsets`,
-`NormalizeUTF8` and `WordpieceTokenizeWithOffsets` (the `BertTokenizer` family, linked by the
-model server) and gives the tokens of Hugging Face's `BertWordPieceTokenizer` / Google's
-`FullTokenizer`: control characters removed, Unicode whitespace, CJK characters and punctuation
-split, NFD accent stripping then lower-casing when uncased, greedy longest-match WordPiece. Unlike
-Google's tokenizer, and like Hugging Face's, the special tokens (`[MASK]`, `[SEP]`, ...) written in
-the text stay whole, so `"Paris is the [MASK] of France."` has one `[MASK]` to fill.
+`ServingTextEncoder` composes TensorFlow core string ops with tensorflow-text's
+`RegexSplitWithOffsets`, `NormalizeUTF8` and `WordpieceTokenizeWithOffsets` (the `BertTokenizer`
+family, linked by the model server) and gives the tokens of Hugging Face's `BertWordPieceTokenizer`,
+the tokenizer `tfrecords_tools.tokenization` builds the training data with: Google's BERT rules
+(control characters removed, Unicode whitespace, CJK characters and punctuation split, NFD accent
+stripping then lower-casing when uncased, greedy longest-match WordPiece). Like Hugging Face's and
+unlike Google's, special tokens written in the text (`[MASK]`, `[SEP]`, ...) stay whole, so
+`"Paris is the [MASK] of France."` has one `[MASK]` to fill.
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ class ServingTextEncoder(tf.Module):
 
     def _lower_except_special(self, words: tf.Tensor) -> tf.Tensor:
         special = tf.strings.regex_full_match(words, self._special_pattern)
-        # ICU maps a word-final capital sigma to "ς"; Hugging Face lower-cases per character ("σ").
+        # ICU maps a word-final capital sigma to "ς"; Hugging Face lower-cases each character
+        # on its own, to "σ".
         lowered = tf.strings.lower(tf.strings.regex_replace(words, "Σ", "σ"), encoding="utf-8")
         return tf.where(special, words, lowered)
 

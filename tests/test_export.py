@@ -27,6 +27,7 @@ PAIRS = [
     ("Paris is the [MASK] of France.", ""),
     ("Hello world!", "The dog is big."),
 ]
+ENCODER_INPUTS = ("input_ids", "segment_ids", "input_mask")
 
 # Op types of the exported graphs that the stock TF Serving model server can run.
 # TensorFlow core ops used by the encoder, the heads, the saver and the string / ragged / table
@@ -42,14 +43,16 @@ CORE_OPS = {
     "Placeholder", "Pow", "Prod", "RaggedGather", "RaggedRange", "RaggedTensorToTensor", "Range",
     "ReadVariableOp", "RealDiv", "Relu", "Reshape", "RestoreV2", "Rsqrt", "SaveV2", "Select",
     "SelectV2", "Shape", "ShardedFilename", "Size", "Slice", "Softmax", "Split", "Sqrt", "Square",
-    "SquaredDifference", "Squeeze", "StatefulPartitionedCall", "StatelessIf", "StaticRegexFullMatch",
-    "StaticRegexReplace", "StopGradient", "StridedSlice", "StringJoin", "StringLower", "Sub",
-    "Sum", "Tanh", "Tile", "TopKV2", "Transpose", "Unpack", "UnsortedSegmentSum", "VarHandleOp",
+    "SquaredDifference", "Squeeze", "StatefulPartitionedCall", "StatelessIf",
+    "StaticRegexFullMatch", "StaticRegexReplace", "StopGradient", "StridedSlice", "StringJoin",
+    "StringLower", "Sub", "Sum", "Tanh", "Tile", "TopKV2", "Transpose", "Unpack", "UnsortedSegmentSum", "VarHandleOp",
     "VarIsInitializedOp", "Where", "ZerosLike",
 }
 # tensorflow-text's BertTokenizer-family kernels, in tensorflow_text:ops_lib, which the model
 # server links (tensorflow_serving/model_servers: SUPPORTED_TENSORFLOW_OPS). Not the Fast* ops.
-TF_TEXT_OPS = {"CaseFoldUTF8", "NormalizeUTF8", "RegexSplitWithOffsets", "WordpieceTokenizeWithOffsets"}
+TF_TEXT_OPS = {
+    "CaseFoldUTF8", "NormalizeUTF8", "RegexSplitWithOffsets", "WordpieceTokenizeWithOffsets"
+}
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +116,7 @@ def keras_predictions(model, x):
 def hf_features(hf_tokenizer, pairs):
     """[CLS] A [SEP] (B [SEP]) padded to L, and the first P [MASK] positions, by HF tokenizers."""
     mask_id = hf_tokenizer.token_to_id("[MASK]")
-    x = {name: np.zeros((len(pairs), L), "int32") for name in ("input_ids", "segment_ids", "input_mask")}
+    x = {name: np.zeros((len(pairs), L), "int32") for name in ENCODER_INPUTS}
     x["masked_lm_positions"] = np.zeros((len(pairs), P), "int32")
     for row, (a, b) in enumerate(pairs):
         encoding = hf_tokenizer.encode(a, b) if b else hf_tokenizer.encode(a)
@@ -133,7 +136,7 @@ def keras_fill_mask(model, hf_tokenizer, tokens, pairs):
     expected = keras_predictions(model, x)
     real = x["masked_lm_positions"][:, :, None] > 0
     return {
-        "mlm_top_tokens": np.where(real, np.array(tokens, dtype=object)[expected["mlm_top_ids"]], ""),
+        "mlm_top_tokens": np.where(real, np.array(tokens, object)[expected["mlm_top_ids"]], ""),
         "mlm_top_probs": np.where(real, expected["mlm_top_probs"], 0.0),
         "masked_lm_positions": x["masked_lm_positions"],
         "nsp_probs": expected["nsp_probs"],
@@ -161,9 +164,10 @@ CHILD = textwrap.dedent(
     signatures = tf.saved_model.load(export_dir).signatures
     texts = {k: tf.constant(inputs[k].astype(bytes)) for k in ("text_a", "text_b")}
     ids = {k: tf.constant(inputs[k]) for k in ("input_ids", "segment_ids", "input_mask")}
+    positions = inputs["masked_lm_positions"]
     results = {}
     calls = {
-        "serving_default": dict(ids, masked_lm_positions=tf.constant(inputs["masked_lm_positions"])),
+        "serving_default": dict(ids, masked_lm_positions=tf.constant(positions)),
         "encode": ids,
         "fill_mask": texts,
         "tokenize": texts,
@@ -209,7 +213,8 @@ def test_fresh_process_signatures_equal_the_keras_model(
         np.testing.assert_allclose(got[f"serving_default/{key}"], expected[key], atol=1e-5)
 
     encoded = model.get_layer("encoder")(
-        {"token_ids": x["input_ids"], "segment_ids": x["segment_ids"], "padding_mask": x["input_mask"]}
+        {"token_ids": x["input_ids"], "segment_ids": x["segment_ids"],
+         "padding_mask": x["input_mask"]}
     )
     for key in ("sequence_output", "pooled_output"):
         np.testing.assert_allclose(got[f"encode/{key}"], np.asarray(encoded[key]), atol=1e-5)
@@ -217,7 +222,9 @@ def test_fresh_process_signatures_equal_the_keras_model(
     expected = keras_fill_mask(model, hf_tokenizer, tokens, PAIRS)
     decoded = np.vectorize(bytes.decode, otypes=[object])(got["fill_mask/mlm_top_tokens"])
     np.testing.assert_array_equal(decoded, expected["mlm_top_tokens"])
-    np.testing.assert_array_equal(got["fill_mask/masked_lm_positions"], expected["masked_lm_positions"])
+    np.testing.assert_array_equal(
+        got["fill_mask/masked_lm_positions"], expected["masked_lm_positions"]
+    )
     for key in ("mlm_top_probs", "nsp_probs"):
         np.testing.assert_allclose(got[f"fill_mask/{key}"], expected[key], atol=1e-5)
 
@@ -261,7 +268,8 @@ def test_tokenize_truncates_the_longer_segment_first_like_google(export_dir, tok
         expected = [cls] + a + [sep] + (b + [sep] if len_b else [])
         n = len(expected)
         assert list(got["input_ids"][row, :n].numpy()) == expected, (len_a, len_b)
-        assert list(got["segment_ids"][row, :n].numpy()) == [0] * (len(a) + 2) + [1] * (n - len(a) - 2)
+        segments = [0] * (len(a) + 2) + [1] * (n - len(a) - 2)
+        assert list(got["segment_ids"][row, :n].numpy()) == segments
         assert got["input_mask"][row].numpy().sum() == n
 
 
@@ -271,38 +279,39 @@ def test_saved_model_cli_lists_the_signatures_with_names_dtypes_shapes(export_di
         [cli, "show", "--all", "--dir", export_dir],
         check=True, capture_output=True, text=True, timeout=300,
     ).stdout
-    sections = dict(re.findall(r"signature_def\['(\w+)'\]:\n(.*?)(?=\nsignature_def|\Z)", shown, re.S))
+    sections = dict(
+        re.findall(r"signature_def\['(\w+)'\]:\n(.*?)(?=\nsignature_def|\Z)", shown, re.S)
+    )
+    ids, positions = ("DT_INT32", f"(-1, {L})"), ("DT_INT32", f"(-1, {P})")
+    top_probs, nsp = ("DT_FLOAT", f"(-1, {P}, {K})"), ("DT_FLOAT", "(-1, 2)")
     hidden = 32
+    model_inputs = {"input_ids": ids, "segment_ids": ids, "input_mask": ids}
+    text_inputs = {"text_a": ("DT_STRING", "(-1)"), "text_b": ("DT_STRING", "(-1)")}
     expected = {
         "serving_default": (
-            {"input_ids": ("DT_INT32", f"(-1, {L})"), "segment_ids": ("DT_INT32", f"(-1, {L})"),
-             "input_mask": ("DT_INT32", f"(-1, {L})"), "masked_lm_positions": ("DT_INT32", f"(-1, {P})")},
-            {"mlm_top_ids": ("DT_INT32", f"(-1, {P}, {K})"), "mlm_top_probs": ("DT_FLOAT", f"(-1, {P}, {K})"),
-             "nsp_probs": ("DT_FLOAT", "(-1, 2)")},
+            dict(model_inputs, masked_lm_positions=positions),
+            {"mlm_top_ids": ("DT_INT32", f"(-1, {P}, {K})"), "mlm_top_probs": top_probs,
+             "nsp_probs": nsp},
         ),
         "encode": (
-            {"input_ids": ("DT_INT32", f"(-1, {L})"), "segment_ids": ("DT_INT32", f"(-1, {L})"),
-             "input_mask": ("DT_INT32", f"(-1, {L})")},
+            model_inputs,
             {"sequence_output": ("DT_FLOAT", f"(-1, {L}, {hidden})"),
              "pooled_output": ("DT_FLOAT", f"(-1, {hidden})")},
         ),
         "fill_mask": (
-            {"text_a": ("DT_STRING", "(-1)"), "text_b": ("DT_STRING", "(-1)")},
-            {"mlm_top_tokens": ("DT_STRING", f"(-1, {P}, {K})"),
-             "mlm_top_probs": ("DT_FLOAT", f"(-1, {P}, {K})"),
-             "masked_lm_positions": ("DT_INT32", f"(-1, {P})"), "nsp_probs": ("DT_FLOAT", "(-1, 2)")},
+            text_inputs,
+            {"mlm_top_tokens": ("DT_STRING", f"(-1, {P}, {K})"), "mlm_top_probs": top_probs,
+             "masked_lm_positions": positions, "nsp_probs": nsp},
         ),
-        "tokenize": (
-            {"text_a": ("DT_STRING", "(-1)"), "text_b": ("DT_STRING", "(-1)")},
-            {"input_ids": ("DT_INT32", f"(-1, {L})"), "segment_ids": ("DT_INT32", f"(-1, {L})"),
-             "input_mask": ("DT_INT32", f"(-1, {L})"), "masked_lm_positions": ("DT_INT32", f"(-1, {P})")},
-        ),
+        "tokenize": (text_inputs, dict(model_inputs, masked_lm_positions=positions)),
     }
     assert set(sections) - {"__saved_model_init_op"} == set(expected)
     for name, (inputs, outputs) in expected.items():
         inputs_text, outputs_text = sections[name].split("contains the following output(s):")
         for text, tensors in ((inputs_text, inputs), (outputs_text, outputs)):
-            listed = re.findall(r"\['(\w+)'\] tensor_info:\s+dtype: (\w+)\s+shape: (\([^)]*\))", text)
+            listed = re.findall(
+                r"\['(\w+)'\] tensor_info:\s+dtype: (\w+)\s+shape: (\([^)]*\))", text
+            )
             assert {key: (dtype, shape) for key, dtype, shape in listed} == tensors, name
         assert "Method name is: tensorflow/serving/predict" in sections[name]
 
@@ -311,7 +320,7 @@ def test_predict_request_feeds_serving_default_by_signature_tensor_names(export_
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    x, _, _ = random_batch(batch_size=3, seq_len=L, num_predictions=P, vocab_size=len(tokens), seed=1)
+    x, _, _ = random_batch(3, seq_len=L, num_predictions=P, vocab_size=len(tokens), seed=1)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "kbert"
     request.model_spec.signature_name = "serving_default"
@@ -339,7 +348,8 @@ def test_warmup_records_are_prediction_logs_matching_every_signature(export_dir)
 
     signature_defs = read_signature_defs(export_dir).meta_graphs[0].signature_def
     path = os.path.join(export_dir, "assets.extra", "tf_serving_warmup_requests")
-    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+    records = tf.data.TFRecordDataset(path)
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in records]
     requests = [log.predict_log.request for log in logs]
     assert {r.model_spec.signature_name for r in requests} == {
         "serving_default", "encode", "fill_mask", "tokenize"
@@ -408,7 +418,8 @@ def test_vocab_of_another_size_than_the_model_is_a_clear_error(model, tokens, tm
 
     path = str(tmp_path / "vocab.txt")
     write_vocab(tokens[:-1], path)
-    with pytest.raises(ValueError, match=rf"{len(tokens) - 1} tokens, but the model's vocab_size is {len(tokens)}"):
+    message = rf"{len(tokens) - 1} tokens, but the model's vocab_size is {len(tokens)}"
+    with pytest.raises(ValueError, match=message):
         export_for_serving(model, path, str(tmp_path / "saved_models"))
 
 
@@ -445,9 +456,8 @@ def test_cli_predict_prints_fillings_and_nsp_from_the_saved_model(
     lines = capsys.readouterr().out.splitlines()
     expected = keras_fill_mask(model, hf_tokenizer, tokens, [(text, text_b)])
     position = expected["masked_lm_positions"][0, 0]
-    fillings = "  ".join(
-        f"{t} {p:.4f}" for t, p in zip(expected["mlm_top_tokens"][0, 0], expected["mlm_top_probs"][0, 0])
-    )
+    top = zip(expected["mlm_top_tokens"][0, 0], expected["mlm_top_probs"][0, 0])
+    fillings = "  ".join(f"{t} {p:.4f}" for t, p in top)
     assert lines[0] == f"[MASK] 1 (token {position}): {fillings}"
     assert lines[1] == f"P(text_b follows text) = {expected['nsp_probs'][0, 0]:.4f}"
     assert len(lines) == 2
