@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from kbert.cli import add_flag
 
@@ -38,4 +39,9 @@ def run(args: argparse.Namespace) -> int:
     )
     print(path)
     print(f"signatures: {', '.join(SIGNATURES)}")
+    model_base_path = os.path.dirname(path)
+    if "://" not in model_base_path:
+        model_base_path = os.path.abspath(model_base_path)
+    print(f"serve with: tensorflow_model_server --rest_api_port=8501 --model_name={args.name} "
+          f"--model_base_path={model_base_path}")
     return 0
