@@ -375,6 +375,8 @@ def test_warmup_records_are_prediction_logs_matching_every_signature(export_dir)
 
 
 def test_graph_op_types_are_all_servable(export_dir):
+    import tensorflow as tf
+
     saved_model = read_signature_defs(export_dir)
     op_types = set()
     for meta_graph in saved_model.meta_graphs:
@@ -383,6 +385,8 @@ def test_graph_op_types_are_all_servable(export_dir):
             op_types |= {node.op for node in function.node_def}
     assert op_types - CORE_OPS - TF_TEXT_OPS == set()
     assert op_types & TF_TEXT_OPS, "the text signatures tokenize in the graph"
+    # Every other op is one of TensorFlow's own (tensorflow-text's are not in tf.raw_ops).
+    assert [op for op in op_types - TF_TEXT_OPS if not hasattr(tf.raw_ops, op)] == []
 
 
 def test_existing_version_is_a_clear_error(export_dir, model, vocab_file):
