@@ -143,7 +143,7 @@ def keras_fill_mask(model, hf_tokenizer, tokens, pairs):
     }
 
 
-def read_signature_defs(export_dir):
+def read_saved_model(export_dir):
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved_model = saved_model_pb2.SavedModel()
@@ -346,7 +346,7 @@ def test_warmup_records_are_prediction_logs_matching_every_signature(export_dir)
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    signature_defs = read_signature_defs(export_dir).meta_graphs[0].signature_def
+    signature_defs = read_saved_model(export_dir).meta_graphs[0].signature_def
     path = os.path.join(export_dir, "assets.extra", "tf_serving_warmup_requests")
     records = tf.data.TFRecordDataset(path)
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in records]
@@ -377,7 +377,7 @@ def test_warmup_records_are_prediction_logs_matching_every_signature(export_dir)
 def test_graph_op_types_are_all_servable(export_dir):
     import tensorflow as tf
 
-    saved_model = read_signature_defs(export_dir)
+    saved_model = read_saved_model(export_dir)
     op_types = set()
     for meta_graph in saved_model.meta_graphs:
         op_types |= {node.op for node in meta_graph.graph_def.node}
