@@ -276,14 +276,6 @@ def _training_records(
         indices = indices[pipeline_id::num_pipelines]
     files = [records.files[i] for i in indices]
     compression = [records.compression[i] for i in indices]
-    dataset = tf.data.Dataset.from_tensor_slices((files, compression))
-    if shard_files:
-        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.interleave(
-        _read_file,
-        cycle_length=min(len(files), _MAX_PARALLEL_READS),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
     if not shard_files:
         logger.warning(
             "%d shard(s) for %d input pipelines: every pipeline reads all shards and keeps "
@@ -292,9 +284,26 @@ def _training_records(
             num_pipelines,
             num_pipelines,
         )
-        dataset = dataset.shard(num_pipelines, pipeline_id)
-    dataset = dataset.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.repeat(num_epochs)
+
+    def shuffled_records() -> tf.data.Dataset:
+        dataset = tf.data.Dataset.from_tensor_slices((files, compression))
+        if shard_files:
+            dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.interleave(
+            _read_file,
+            cycle_length=min(len(files), _MAX_PARALLEL_READS),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        if not shard_files:
+            dataset = dataset.shard(num_pipelines, pipeline_id)
+        dataset = dataset.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+        return dataset.repeat(num_epochs)
+
+    # Built inside a dataset function, every iterator gets its own shuffle state. Built outside,
+    # the shuffles' seed generators advance with each iterator made from the dataset: Keras makes
+    # a different number of them on one device and under a strategy, which changed the order,
+    # and a resumed run could not find its position.
+    dataset = tf.data.Dataset.range(1).flat_map(lambda _: shuffled_records())
     num_records = None
     if num_epochs is not None:
         counts = _count_records(records, files)

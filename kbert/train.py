@@ -22,12 +22,13 @@ over a seeded, deterministic pipeline).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import posixpath
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import keras
 import tensorflow as tf
@@ -500,13 +501,14 @@ def training_input(
     seed: int,
     start_batch: int = 0,
     **dataset_kwargs: Any,
-) -> tf.data.Dataset | tf.distribute.DistributedDataset:
-    """The training batches from batch `start_batch` on: a dataset, or a distributed one.
+) -> tf.distribute.DistributedDataset:
+    """The training batches from batch `start_batch` on, distributed for `strategy`.
 
-    On one device a `pretraining_dataset` of global batches; under a multi-replica strategy one
-    pipeline per worker via `distribute_datasets_from_function` (each reads its own shards and
-    batches per-replica). The pipeline is deterministic for a given seed, so skipping the batches
-    already trained puts a resumed run exactly where the interrupted one was.
+    One `pretraining_dataset` pipeline per worker via `distribute_datasets_from_function` (each
+    reads its own shards and batches per replica; one device is the one-replica case). The
+    pipeline is deterministic for a given seed (and only that seed: TensorFlow's global seed is
+    left out), so skipping the batches already trained puts a resumed run exactly where the
+    interrupted one was.
 
     Args:
         strategy: the strategy training runs under.
@@ -528,15 +530,10 @@ def training_input(
     ...             "masked_lm_ids": [9], "masked_lm_weights": [1.0],
     ...             "next_sentence_labels": [i % 2]}).SerializeToString())
     >>> dataset = training_input(tf.distribute.get_strategy(), path, 4, seed=1, start_batch=3)
-    >>> dataset.element_spec[0]["input_ids"].shape
+    >>> x, y, sample_weight = next(iter(dataset))
+    >>> x["input_ids"].shape
     TensorShape([4, 4])
     """
-    if strategy.num_replicas_in_sync == 1 and not isinstance(
-        strategy, tf.distribute.TPUStrategy
-    ):
-        return pretraining_dataset(
-            train_files, global_batch_size, is_training=True, seed=seed, **dataset_kwargs
-        ).skip(start_batch)
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         dataset = pretraining_dataset(
@@ -553,7 +550,24 @@ def training_input(
         )
         return dataset.skip(start_batch * replicas_per_pipeline)
 
-    return strategy.distribute_datasets_from_function(dataset_fn)
+    with _without_global_tf_seed():
+        return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+@contextlib.contextmanager
+def _without_global_tf_seed() -> Iterator[None]:
+    """Builds datasets as if no TensorFlow global seed were set, then restores it.
+
+    tf.data folds the global seed into every shuffle seed, and reads it from the eager context
+    or from the graph a dataset function is traced in: the same `seed` would give one record
+    order on one device and another under a strategy, or after any `tf.random.set_seed`.
+    """
+    global_seed, _ = tf.compat.v1.get_seed(None)
+    tf.random.set_seed(None)
+    try:
+        yield
+    finally:
+        tf.random.set_seed(global_seed)
 
 
 @keras.saving.register_keras_serializable(package="kbert")

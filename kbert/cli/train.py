@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              help="linear warmup updates before linear decay to 0 (default: 10%% of --steps)")
     add_flag(opt, "weight_decay", type=float, default=0.01, help="AdamW weight decay (0.01)")
     add_flag(opt, "optimizer", choices=("adamw", "sgd"), default="adamw",
-             help="adamw (Google's recipe, default) or sgd (same schedule and clipping)")
+             help="adamw (Google's recipe, default) or sgd (plain SGD on the same schedule: no "
+                  "momentum, clipping or weight decay)")
     add_flag(opt, "gradient_accumulation_steps", type=int, default=1,
              help="batches averaged per update (effective batch = batch size x this)")
     add_flag(opt, "seed", type=int, default=0,
