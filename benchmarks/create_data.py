@@ -12,7 +12,7 @@ ratio), the vocabulary learner not chosen (tensorflow-text's `bert_vocab_from_da
 2 MB sample), and google-research/bert's script as quoted in the issue for this machine kind
 (0.11 MB/s, ~1,700 instances/s, one core; not runnable offline here).
 
-    python benchmarks/create_data.py [--work_dir DIR] [--target_mb 10]
+    python benchmarks/create_data.py [--work_dir DIR] [--target_mb 10] [--reuse_corpus]
 """
 
 from __future__ import annotations
@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--work_dir", default="/tmp/kbert-bench-create-data")
     parser.add_argument("--target_mb", type=float, default=10.0)
     parser.add_argument("--skip_learner_comparison", action="store_true")
+    parser.add_argument("--reuse_corpus", action="store_true", help="keep a corpus built by an earlier run")
     args = parser.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
     corpus = os.path.join(args.work_dir, "corpus_1x.txt")
@@ -150,7 +151,10 @@ def main() -> None:
     vocab = os.path.join(args.work_dir, "vocab.txt")
 
     start = time.perf_counter()
-    description = build_corpus(corpus, int(args.target_mb * 1e6))
+    if args.reuse_corpus and os.path.exists(corpus) and os.path.getsize(corpus) >= args.target_mb * 1e6:
+        description = f"{os.path.getsize(corpus) / 1e6:.1f} MB reused from {corpus}"
+    else:
+        description = build_corpus(corpus, int(args.target_mb * 1e6))
     with open(corpus, "rb") as f, open(corpus_4x, "wb") as g:
         data = f.read()
         for _ in range(4):
