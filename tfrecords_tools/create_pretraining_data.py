@@ -506,18 +506,23 @@ def _run_parallel(corpus, plan, config, todo, num_workers, on_records, on_done) 
         worker.start()
     remaining = set(todo)
     try:
+        checked = time.monotonic()
         while remaining:
             try:
                 message = results.get(timeout=1.0)
             except queue.Empty:
+                message = None
+            if message is None or time.monotonic() - checked > 1.0:
+                checked = time.monotonic()
                 dead = [w for w in workers if w.exitcode not in (None, 0)]
-                if dead or all(w.exitcode is not None for w in workers):
+                if dead or (message is None and all(w.exitcode is not None for w in workers)):
                     code = dead[0].exitcode if dead else 0
                     raise RuntimeError(
                         f"a worker process died (exit code {code}) with shard(s) "
                         f"{sorted(remaining)} unfinished; complete shards are kept, rerun the same "
                         "command to finish the set"
-                    ) from None
+                    )
+            if message is None:
                 continue
             kind, shard = message[0], message[1]
             if kind == "records":

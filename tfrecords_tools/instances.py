@@ -307,7 +307,7 @@ class _InstanceMaker:
         flat = np.fromiter(itertools.chain.from_iterable(token_lists), np.int32, int(lengths.sum()))
         starts = np.cumsum(lengths) - lengths
         rows = np.repeat(np.arange(n), lengths)
-        input_ids = np.zeros((n, seq), np.int32)
+        input_ids = np.full((n, seq), config.layout.pad_id, np.int32)
         input_ids[rows, np.arange(len(flat)) - np.repeat(starts, lengths)] = flat
         real = np.arange(seq)[None, :] < lengths[:, None]
         self.stats.num_instances += n
@@ -349,7 +349,7 @@ class _InstanceMaker:
         valid = positions < seq
         positions = np.where(valid, positions, 0)
         rows = np.arange(n)[:, None]
-        original = np.where(valid, input_ids[rows, positions], 0).astype(np.int32)
+        original = np.where(valid, input_ids[rows, positions], self.config.layout.pad_id).astype(np.int32)
         # 80% [MASK]; 10% a random token (so the model cannot assume the input at a masked position
         # is wrong); 10% unchanged (so it also learns to represent the real token there).
         r_mask = self.np_rng.random((n, p))
