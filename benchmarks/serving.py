@@ -77,7 +77,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kbert_serving_bench_") as workdir:
+        run(args, workdir)
 
+
+def run(args: argparse.Namespace, workdir: str) -> None:
+    """Build, export, reload and time (see the module docstring)."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -89,7 +94,6 @@ def main() -> None:
     from kbert.serving_tokenizer import write_vocab
 
     keras.utils.set_random_seed(0)
-    workdir = tempfile.mkdtemp(prefix="kbert_serving_bench_")
     tokens = vocabulary(VOCAB)
     vocab_file = os.path.join(workdir, "vocab.txt")
     write_vocab(tokens, vocab_file)
