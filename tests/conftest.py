@@ -45,3 +45,13 @@ def fresh_collective_keys():
 
     tf.distribute.MirroredStrategy._collective_key_base += 1000
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip `slow` tests unless a marker expression asks for them (`-m slow`)."""
+    if config.option.markexpr:
+        return
+    skip = pytest.mark.skip(reason="slow: run with `python -m pytest tests -m slow`")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
