@@ -32,7 +32,8 @@ def demo_run(tmp_path_factory):
 def test_demo_writes_eval_results_with_the_metrics_and_baseline(demo_run):
     workdir, _ = demo_run
     results = json.loads((workdir / "runs/demo/run/eval_results.json").read_text())
-    for key in ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "mlm_baseline_accuracy"):
+    for key in ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "mlm_baseline_accuracy",
+                "nsp_majority_accuracy"):
         assert isinstance(results[key], float), key
     assert 0.0 < results["mlm_baseline_accuracy"] < 1.0
 
