@@ -1,0 +1,65 @@
+"""`kbert train` and `kbert evaluate`: flags named like the Python API, errors as one line."""
+
+import json
+
+import pytest
+
+from helpers import tiny_config, write_pretraining_records
+from kbert.cli import build_parser, main
+from kbert.train import pretrain
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_every_flag_is_explained_in_help(command):
+    parser = build_parser(command)
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    for action in sub._actions:
+        if action.dest != "help":
+            assert action.help and len(action.help) > 10, action.dest
+
+
+def test_train_flags_are_pretrain_arguments_in_both_spellings():
+    parser = build_parser("train")
+    args = parser.parse_args([
+        "train", "--config", "mini", "--train-files", "a", "--output_dir", "b", "--steps", "4",
+        "--batch-size", "8", "--jit-compile", "true", "--mixed_precision", "bf16",
+    ])
+    arguments = {k: v for k, v in vars(args).items() if k != "command"}
+    assert arguments["batch_size"] == 8 and arguments["jit_compile"] is True
+    assert set(arguments) <= set(pretrain.__code__.co_varnames[: pretrain.__code__.co_argcount])
+
+
+def test_kbert_train_then_kbert_evaluate_on_the_run_directory(tmp_path, capsys):
+    data = write_pretraining_records(str(tmp_path / "data"), num_records=24)
+    config = tmp_path / "bert_config.json"
+    tiny_config().to_json_file(str(config))
+    run = tmp_path / "run"
+    code = main([
+        "train", "--config", str(config), "--train-files", data, "--eval-files", data,
+        "--output-dir", str(run), "--steps", "4", "--batch-size", "8",
+        "--checkpoint-interval", "2", "--verbose", "0",
+    ])
+    assert code == 0
+    trained = json.loads((run / "eval_results.json").read_text())
+    (run / "eval_results.json").unlink()
+    assert main(["evaluate", str(run), "--eval-files", data, "--batch-size", "5", "--verbose", "0"]) == 0
+    evaluated = json.loads((run / "eval_results.json").read_text())
+    for name in ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"):
+        assert evaluated[name] == pytest.approx(trained[name], abs=1e-5), name
+    assert evaluated["mlm_perplexity"] == pytest.approx(trained["mlm_perplexity"], rel=1e-5)
+    assert '"mlm_perplexity"' in capsys.readouterr().out
+
+
+def test_bad_flag_values_end_in_one_error_line(tmp_path, capsys):
+    code = main([
+        "train", "--config", "tiny", "--train-files", str(tmp_path), "--output-dir",
+        str(tmp_path / "run"), "--steps", "10", "--checkpoint-interval", "3",
+    ])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "kbert train: error: checkpoint_interval (3) must divide steps (10): training runs in "
+        "whole intervals so that every one ends with a checkpoint"
+    )
+    assert main(["evaluate", str(tmp_path / "nothing"), "--eval-files", str(tmp_path)]) == 1
+    assert "model.keras" in capsys.readouterr().err
