@@ -197,8 +197,8 @@ def pretrain(
     ...                     num_attention_heads=2, intermediate_size=32)
     >>> result = pretrain(config, data, tempfile.mkdtemp(), steps=4, batch_size=8,
     ...                   eval_files=data, verbose=0)
-    >>> sorted(result.eval_results)[:3]
-    ['loss', 'mlm_accuracy', 'mlm_loss']
+    >>> result.eval_results["num_sequences"], result.history["step"]
+    (16, [4])
     """
     _check_positive("steps", steps)
     _check_positive("batch_size", batch_size)
