@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              help="held-out TFRecords evaluated at the end (and every --eval-interval steps)")
     add_flag(data, "output_dir", required=True,
              help="run directory: checkpoints, backup, history.csv, TensorBoard logs, model")
+    add_flag(data, "init_from", default=None,
+             help="continue from pre-trained weights: a Google TF1 checkpoint (bert_model.ckpt), "
+                  "a keras-hub preset or a Hugging Face BERT folder")
     add_flag(data, "dropout", type=float, default=None,
              help="override the config's dropout rate")
     add_flag(data, "max_predictions_per_seq", type=int, default=None,
