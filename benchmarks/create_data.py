@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -184,6 +185,7 @@ def main() -> None:
     print(header)
     for name, path, workers in runs:
         output = os.path.join(args.work_dir, name.replace(" ", "_").replace(",", ""), "train")
+        shutil.rmtree(os.path.dirname(output), ignore_errors=True)
         r = run(path, output, vocab, workers)
         results[name] = r
         mb = r["input_bytes"] / 1e6

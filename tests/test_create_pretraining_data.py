@@ -70,7 +70,9 @@ def read_records(pattern, spec=None, compression=""):
 
 
 def shard_bytes(directory):
-    return {os.path.basename(f): open(f, "rb").read() for f in sorted(glob.glob(f"{directory}/*.tfrecord*"))}
+    """Shards under their final names (unfinished ones are `*.incomplete`)."""
+    files = sorted(f for f in glob.glob(f"{directory}/*.tfrecord*") if not f.endswith(".incomplete"))
+    return {os.path.basename(f): open(f, "rb").read() for f in files}
 
 
 @pytest.fixture(scope="module")

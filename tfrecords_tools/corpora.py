@@ -32,6 +32,7 @@ INPUT_FORMATS = ("google", "lines", "blocks")
 BUILTIN = "builtin"
 
 _BOM = b"\xef\xbb\xbf"
+_READ_BLOCK = 4 << 20
 _REPLACEMENT = "\ufffd"
 _REPLACEMENT_BYTES = _REPLACEMENT.encode("utf-8")
 
@@ -320,16 +321,27 @@ def _lines(segment: Segment, stats: ReadStats) -> Iterator[str]:
     with f:
         f.seek(segment.start)
         remaining = segment.end - segment.start
+        carry = b""
         first = segment.start == 0
-        for raw in f:
-            if remaining <= 0:
+        while remaining > 0:
+            # Decoding blocks of whole lines is several times faster than line by line.
+            block = f.read(min(remaining, _READ_BLOCK))
+            if not block:
                 break
-            remaining -= len(raw)
-            stats.bytes_read += len(raw)
+            remaining -= len(block)
+            stats.bytes_read += len(block)
             if first:
-                raw = raw[len(_BOM) :] if raw.startswith(_BOM) else raw
+                block = block[len(_BOM) :] if block.startswith(_BOM) else block
                 first = False
-            yield decode_utf8(raw, stats)
+            block = carry + block
+            cut = block.rfind(b"\n") + 1 if remaining > 0 else len(block)
+            block, carry = block[:cut], block[cut:]
+            lines = decode_utf8(block, stats).split("\n")
+            if lines[-1] == "":  # the newline ending the block is no blank line
+                lines.pop()
+            yield from lines
+        if carry:
+            yield decode_utf8(carry, stats)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ import json
 import logging
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
-import queue
 import shutil
 import tempfile
 import time
@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 MAX_AUTO_SHARDS = 4096
 BYTES_PER_AUTO_SHARD = 1 << 20
-_PRESCAN_DOCUMENTS = 1000
 _OUTPUT_SUFFIXES = (".tfrecords", ".tfrecord", ".tf_record", ".tfrecord.gz")
 
 
@@ -359,13 +358,14 @@ def _text_corpus(input_file, input_format: str):
 
 
 def _prescan(corpus: corpora.TextFiles, plan) -> None:
-    """Catch corpora that cannot make NSP data before starting (reads the first documents only)."""
+    """Catch corpora that cannot make NSP data before starting: reads documents only until two of
+    them, one with several sentences, are seen (usually the first two)."""
     documents = multi = 0
     for segments in plan:
         for document in corpus.read(segments):
             documents += 1
             multi += len(document) > 1
-            if documents > _PRESCAN_DOCUMENTS:
+            if documents >= 2 and multi:
                 return
     name = corpus.source
     if documents == 0:
@@ -493,46 +493,48 @@ def _run_shards(corpus, plan, config, todo, names, compression, state, num_worke
 def _run_parallel(corpus, plan, config, todo, num_workers, on_records, on_done) -> None:
     context = multiprocessing.get_context("spawn")
     tasks = context.Queue()
-    results = context.Queue(maxsize=4 * num_workers)
     for shard in todo:
         tasks.put(shard)
     for _ in range(num_workers):
         tasks.put(None)
-    workers = [
-        context.Process(target=worker_main, args=(tasks, results, corpus, plan, config), daemon=True)
-        for _ in range(num_workers)
-    ]
-    for worker in workers:
+    # One pipe per worker, written only by it: if it dies mid-message, reading gets EOF instead of
+    # waiting forever for the rest (a shared Queue stays open through the other workers).
+    pipes = {}
+    workers = []
+    for _ in range(num_workers):
+        reader, writer = context.Pipe(duplex=False)
+        worker = context.Process(target=worker_main, args=(tasks, writer, corpus, plan, config), daemon=True)
         worker.start()
+        writer.close()
+        pipes[reader] = worker
+        workers.append(worker)
     remaining = set(todo)
     try:
-        checked = time.monotonic()
         while remaining:
-            try:
-                message = results.get(timeout=1.0)
-            except queue.Empty:
-                message = None
-            if message is None or time.monotonic() - checked > 1.0:
-                checked = time.monotonic()
-                dead = [w for w in workers if w.exitcode not in (None, 0)]
-                if dead or (message is None and all(w.exitcode is not None for w in workers)):
-                    code = dead[0].exitcode if dead else 0
-                    raise RuntimeError(
-                        f"a worker process died (exit code {code}) with shard(s) "
-                        f"{sorted(remaining)} unfinished; complete shards are kept, rerun the same "
-                        "command to finish the set"
-                    )
-            if message is None:
-                continue
-            kind, shard = message[0], message[1]
-            if kind == "records":
-                on_records(shard, *message[2:])
-            elif kind == "done":
-                on_done(shard, message[2])
-                remaining.discard(shard)
-            else:
-                error = {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError}.get(message[2], OSError)
-                raise error(message[3])
+            if not pipes:
+                raise RuntimeError(f"the workers ended with shard(s) {sorted(remaining)} unfinished")
+            for reader in multiprocessing.connection.wait(list(pipes), timeout=1.0):
+                try:
+                    message = reader.recv()
+                except (EOFError, OSError):  # closed, or cut mid-message by the writer's death
+                    worker = pipes.pop(reader)
+                    worker.join(timeout=10)
+                    if worker.exitcode != 0:
+                        raise RuntimeError(
+                            f"a worker process died (exit code {worker.exitcode}) with shard(s) "
+                            f"{sorted(remaining)} unfinished; complete shards are kept, rerun the "
+                            "same command to finish the set"
+                        ) from None
+                    continue
+                kind, shard = message[0], message[1]
+                if kind == "records":
+                    on_records(shard, *message[2:])
+                elif kind == "done":
+                    on_done(shard, message[2])
+                    remaining.discard(shard)
+                else:
+                    error = {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError}.get(message[2], OSError)
+                    raise error(message[3])
     finally:
         for worker in workers:
             if worker.is_alive():

@@ -341,9 +341,12 @@ class _InstanceMaker:
         else:
             keys = self.np_rng.random((n, seq))
             keys[~candidate] = 2.0
-            order = np.argsort(keys, axis=1, kind="stable")[:, :p]
-            if order.shape[1] < p:
-                order = np.pad(order, ((0, 0), (0, p - order.shape[1])))
+            if p < seq:
+                # The p smallest keys (unordered), then ordered: the first `count` are the sample.
+                smallest = np.argpartition(keys, p, axis=1)[:, :p]
+                order = np.take_along_axis(smallest, np.argsort(np.take_along_axis(keys, smallest, axis=1), axis=1), axis=1)
+            else:
+                order = np.pad(np.argsort(keys, axis=1), ((0, 0), (0, p - seq)))
             chosen = np.where(np.arange(p)[None, :] < count[:, None], order, seq)
         positions = np.sort(chosen, axis=1)
         valid = positions < seq
@@ -516,22 +519,23 @@ class _ExampleEncoder:
 # Worker process entry point
 
 
-def worker_main(tasks, results, corpus, plan, config: InstanceConfig) -> None:
-    """Process shard indices from `tasks` (None = stop), sending ("records", shard, records,
-    bytes_read, documents), ("done", shard, ShardStats) or ("error", shard, type name, message)."""
+def worker_main(tasks, connection, corpus, plan, config: InstanceConfig) -> None:
+    """Process shard indices from `tasks` (None = stop), sending on `connection` ("records", shard,
+    records, bytes_read, documents), ("done", shard, ShardStats) or ("error", shard, type, message)."""
     # The workers already use every core: the Rust tokenizer's own thread pool would only contend.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    while True:
-        shard_index = tasks.get()
-        if shard_index is None:
-            return
-        try:
-            for item in generate_shard(corpus, plan, shard_index, config):
-                if isinstance(item, ShardStats):
-                    results.put(("done", shard_index, item))
-                else:
-                    records, bytes_read, documents = item
-                    results.put(("records", shard_index, records, bytes_read, documents))
-        except (ValueError, FileNotFoundError, OSError) as e:
-            results.put(("error", shard_index, type(e).__name__, str(e)))
-            return
+    with connection:
+        while True:
+            shard_index = tasks.get()
+            if shard_index is None:
+                return
+            try:
+                for item in generate_shard(corpus, plan, shard_index, config):
+                    if isinstance(item, ShardStats):
+                        connection.send(("done", shard_index, item))
+                    else:
+                        records, bytes_read, documents = item
+                        connection.send(("records", shard_index, records, bytes_read, documents))
+            except (ValueError, FileNotFoundError, OSError) as e:
+                connection.send(("error", shard_index, type(e).__name__, str(e)))
+                return
