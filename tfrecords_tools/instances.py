@@ -17,8 +17,10 @@ import dataclasses
 import hashlib
 import itertools
 import os
+import queue
 import random
 import struct
+import threading
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -524,7 +526,12 @@ def worker_main(tasks, connection, corpus, plan, config: InstanceConfig) -> None
     records, bytes_read, documents), ("done", shard, ShardStats) or ("error", shard, type, message)."""
     # The workers already use every core: the Rust tokenizer's own thread pool would only contend.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    with connection:
+    # A sender thread overlaps pickling and pipe writes with making the next records; the small
+    # bound keeps memory flat when the writer falls behind.
+    outbox: queue.Queue = queue.Queue(maxsize=4)
+    sender = threading.Thread(target=_send_all, args=(outbox, connection), daemon=True)
+    sender.start()
+    try:
         while True:
             shard_index = tasks.get()
             if shard_index is None:
@@ -532,10 +539,27 @@ def worker_main(tasks, connection, corpus, plan, config: InstanceConfig) -> None
             try:
                 for item in generate_shard(corpus, plan, shard_index, config):
                     if isinstance(item, ShardStats):
-                        connection.send(("done", shard_index, item))
+                        outbox.put(("done", shard_index, item))
                     else:
                         records, bytes_read, documents = item
-                        connection.send(("records", shard_index, records, bytes_read, documents))
+                        outbox.put(("records", shard_index, records, bytes_read, documents))
             except (ValueError, FileNotFoundError, OSError) as e:
-                connection.send(("error", shard_index, type(e).__name__, str(e)))
+                outbox.put(("error", shard_index, type(e).__name__, str(e)))
                 return
+    finally:
+        outbox.put(None)
+        sender.join()
+        connection.close()
+
+
+def _send_all(outbox: queue.Queue, connection) -> None:
+    while True:
+        message = outbox.get()
+        if message is None:
+            return
+        try:
+            connection.send(message)
+        except OSError:
+            # The writer process is gone: nobody will read this worker's records, stop now
+            # rather than wait forever on a full outbox.
+            os._exit(1)
