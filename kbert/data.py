@@ -167,9 +167,16 @@ def pretraining_dataset(
                     f"fill one batch of {batch_size}"
                 )
     else:
-        dataset, num_batches = _evaluation_records(
-            records, global_batch_size, batch_size, num_pipelines, pipeline_id
+        # A pipeline feeding several replicas (one worker, many devices) yields one batch for
+        # each of them per global step.
+        replicas_per_pipeline = (
+            max(1, input_context.num_replicas_in_sync // num_pipelines) if input_context else 1
         )
+        dataset, num_batches = _evaluation_records(
+            records, global_batch_size, batch_size * replicas_per_pipeline, num_pipelines,
+            pipeline_id,
+        )
+        num_batches *= replicas_per_pipeline
 
     parse = _batch_parser(records, dynamic_masking, seed, pipeline_id)
     dataset = dataset.batch(batch_size, drop_remainder=True)
@@ -316,11 +323,12 @@ def _training_records(
 def _evaluation_records(
     records: _RecordSet,
     global_batch_size: int,
-    batch_size: int,
+    step_size: int,
     num_pipelines: int,
     pipeline_id: int,
 ) -> tuple[tf.data.Dataset, int]:
-    """(serialized, is_real) of one deterministic pass, padded to whole batches; batch count."""
+    """(serialized, is_real) of one deterministic pass, padded to whole global steps; the count
+    of global steps. `step_size`: this pipeline's records per global step."""
     total = sum(_count_records(records, records.files).values())
     if total == 0:
         raise ValueError(f"{records.files[0]}: no records to evaluate")
@@ -338,7 +346,7 @@ def _evaluation_records(
     padding = _padding_record(records)
     dataset = dataset.map(lambda serialized: (serialized, tf.constant(1.0))).concatenate(
         tf.data.Dataset.from_tensors((padding, tf.constant(0.0))).repeat(
-            num_batches * batch_size - mine
+            num_batches * step_size - mine
         )
     )
     logger.info(

@@ -236,6 +236,23 @@ def test_evaluation_pipelines_share_records_and_run_the_same_number_of_batches(t
     assert sorted(rows) == sorted(tuple(i["input_ids"]) for i in instances)
 
 
+def test_an_evaluation_pipeline_feeding_two_replicas_yields_a_batch_for_each_per_step(tmp_path):
+    instances = make_instances(10, seed=22)
+    path = write_shard(tmp_path / "a.tfrecord", instances)
+    # One worker, two devices: MirroredStrategy's input context.
+    context = tf.distribute.InputContext(1, 0, 2)
+
+    dataset = pretraining_dataset(path, 4, is_training=False, input_context=context)
+    got = collect(dataset)
+
+    # ceil(10 / 4) = 3 global steps of two per-replica batches of 2.
+    assert int(dataset.cardinality()) == 6
+    np.testing.assert_array_equal(got["w_nsp"], [1.0] * 10 + [0.0] * 2)
+    assert sequence_keys({"input_ids": got["input_ids"][:10]}) == sorted(
+        tuple(i["input_ids"]) for i in instances
+    )
+
+
 def test_lengths_come_from_metadata(tmp_path):
     write_shard(tmp_path / "a.tfrecord", make_instances(4))
     write_metadata(tmp_path, {"a.tfrecord": 4})
