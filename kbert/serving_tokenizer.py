@@ -19,6 +19,8 @@ from typing import Sequence
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from kbert import features
+
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 # Google's FullTokenizer turns words longer than 200 characters into [UNK]; tf-text counts bytes.
@@ -70,9 +72,11 @@ def read_vocab(vocab_file: str) -> list[str]:
 
 
 def write_vocab(tokens: Sequence[str], path: str) -> None:
-    """Write tokens one per line (the vocab.txt format)."""
-    with tf.io.gfile.GFile(path, "w") as f:
+    """Write tokens one per line (the vocab.txt format), atomically (temporary name, then rename)."""
+    tmp = path + ".tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
         f.write("".join(token + "\n" for token in tokens))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def truncated_pair_lengths(
@@ -230,9 +234,9 @@ class ServingTextEncoder(tf.Module):
         candidates = tf.where(real & tf.equal(ids, self._mask_id), j, length)
         first = -tf.math.top_k(-candidates, k=predictions).values
         outputs = {
-            "input_ids": ids,
-            "segment_ids": segments,
-            "input_mask": tf.cast(real, tf.int64),
-            "masked_lm_positions": tf.where(first < length, first, 0),
+            features.INPUT_IDS: ids,
+            features.SEGMENT_IDS: segments,
+            features.INPUT_MASK: tf.cast(real, tf.int64),
+            features.MASKED_LM_POSITIONS: tf.where(first < length, first, 0),
         }
         return {name: tf.cast(value, tf.int32) for name, value in outputs.items()}
