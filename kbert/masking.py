@@ -16,8 +16,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from kbert import features
-
-REQUIRED_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+from kbert.serving_tokenizer import read_vocab
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,16 +97,8 @@ class DynamicMasking:
         >>> DynamicMasking.from_vocab_file(path).mask_token_id
         4
         """
-        if not tf.io.gfile.exists(vocab_file):
-            raise FileNotFoundError(f"{vocab_file}: vocabulary file not found")
-        with tf.io.gfile.GFile(vocab_file, "r") as f:
-            tokens = [line.rstrip("\r\n") for line in f]
-        while tokens and not tokens[-1]:
-            tokens.pop()
-        ids = {token: i for i, token in reversed(list(enumerate(tokens)))}
-        missing = [t for t in REQUIRED_TOKENS if t not in ids]
-        if missing:
-            raise ValueError(f"{vocab_file}: vocabulary lacks {' '.join(missing)}")
+        tokens = read_vocab(vocab_file)
+        ids = {token: i for i, token in enumerate(tokens)}
         if ids["[PAD]"] != features.PAD_ID:
             raise ValueError(f"{vocab_file}: [PAD] must be id {features.PAD_ID}, is {ids['[PAD]']}")
         special = tuple(i for i, token in enumerate(tokens) if _is_special_token(token))

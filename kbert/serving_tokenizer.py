@@ -62,7 +62,10 @@ def read_vocab(vocab_file: str) -> list[str]:
         tokens.pop()
     missing = [token for token in SPECIAL_TOKENS if token not in tokens]
     if missing:
-        raise ValueError(f"{vocab_file}: the vocabulary lacks BERT's {' '.join(missing)} token(s)")
+        raise ValueError(
+            f"{vocab_file}: vocabulary lacks {' '.join(missing)} (BERT's special tokens are "
+            f"{' '.join(SPECIAL_TOKENS)})"
+        )
     seen: set[str] = set()
     for line, token in enumerate(tokens, 1):
         if token in seen:
