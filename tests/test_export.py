@@ -490,3 +490,14 @@ def test_cased_text_encoder_keeps_case_and_accents_like_hf(tmp_path):
     for sentence, pieces in zip(sentences, got):
         expected = hf.encode(sentence, add_special_tokens=False).tokens
         assert [p.decode() for p in pieces] == expected, sentence
+
+
+def test_read_vocab_ends_lines_at_newlines_only_like_the_lookup_tables(tmp_path):
+    from kbert.serving_tokenizer import SPECIAL_TOKENS, read_vocab
+
+    # U+2028 and U+0085 are line breaks to str.splitlines, not to Google's or TF's readers.
+    tokens = list(SPECIAL_TOKENS) + ["a\u2028b", "c\x85d", "e"]
+    path = tmp_path / "vocab.txt"
+    path.write_bytes("\r\n".join(tokens).encode("utf-8") + b"\r\n")
+
+    assert read_vocab(str(path)) == tokens
