@@ -293,6 +293,7 @@ def load_google_checkpoint(model: keras.Model, ckpt_prefix: str) -> LoadReport:
         ValueError: naming the first variable whose shape does not fit the model's config (or
             the encoder layer the model does not have).
         FileNotFoundError: when there is no checkpoint at `ckpt_prefix`.
+        ValueError: naming the checkpoint when its files are damaged.
 
     Examples:
     >>> import kbert
@@ -305,7 +306,10 @@ def load_google_checkpoint(model: keras.Model, ckpt_prefix: str) -> LoadReport:
     (['encoder', 'MLM head', 'NSP head'], [], [])
     """
     ckpt_prefix = resolve_google_checkpoint(ckpt_prefix)
-    reader = tf.train.load_checkpoint(ckpt_prefix)
+    try:
+        reader = tf.train.load_checkpoint(ckpt_prefix)
+    except tf.errors.OpError as e:
+        raise ValueError(f"{ckpt_prefix}: not a readable TF checkpoint ({e.message})") from None
     shapes = reader.get_variable_to_shape_map()
     encoder = _encoder(model)
     _check_google_config(ckpt_prefix, encoder)
@@ -330,7 +334,13 @@ def load_google_checkpoint(model: keras.Model, ckpt_prefix: str) -> LoadReport:
             report.missing.append(slot.name)
             continue
         shape = tuple(shapes[slot.name])
-        value = reader.get_tensor(slot.name)
+        try:
+            value = reader.get_tensor(slot.name)
+        # A truncated data file surfaces as IndexError ("Read less bytes than requested").
+        except (tf.errors.OpError, IndexError) as e:
+            raise ValueError(
+                f"{ckpt_prefix}: damaged TF checkpoint, variable {slot.name} unreadable ({e})"
+            ) from None
         rows, width = slot.google_shape[0], slot.google_shape[1:]
         if slot.name == _POSITION_EMBEDDINGS and shape[0] > rows and shape[1:] == width:
             report.notes.append(f"position table cut from {shape[0]} to the model's {rows} rows")

@@ -239,6 +239,20 @@ def test_checkpoint_of_another_config_fails_naming_the_variable(
     assert all(np.array_equal(before[path], after[path]) for path in before)
 
 
+@pytest.mark.parametrize("damaged", ["index", "data"])
+def test_a_damaged_checkpoint_fails_naming_it(google_checkpoint, tmp_path, damaged):
+    _, values, _ = google_checkpoint
+    prefix = write_tf1_checkpoint(values, str(tmp_path / "bert_model.ckpt"), optimizer_state=False)
+    if damaged == "index":
+        (tmp_path / "bert_model.ckpt.index").write_bytes(b"not an index")
+    else:
+        (data,) = tmp_path.glob("bert_model.ckpt.data-*")
+        data.write_bytes(data.read_bytes()[:100])
+
+    with pytest.raises(ValueError, match=r"bert_model\.ckpt: (not a readable|damaged) TF checkpoint"):
+        load_google_checkpoint(pretraining_model(), prefix)
+
+
 def test_head_count_differing_from_bert_config_json_fails_naming_the_field(
         google_checkpoint, tmp_path):
     config, values, _ = google_checkpoint
