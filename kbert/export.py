@@ -35,6 +35,7 @@ import posixpath
 import re
 import tempfile
 import uuid
+import zipfile
 from typing import Callable
 
 import keras
@@ -332,7 +333,11 @@ def _load_model(model_or_run_dir: keras.Model | str) -> BertPretrainingModel:
                 f"{path}: no model to export (expected a run directory holding "
                 f"{MODEL_FILE}, or a .keras file)"
             )
-        model = keras.saving.load_model(path, compile=False)
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        # Keras says "File not found" for a file that exists but is not a .keras archive.
+        except (ValueError, OSError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path}: not a loadable .keras model ({e})") from None
     if not isinstance(model, BertPretrainingModel):
         raise ValueError(
             f"{model_or_run_dir}: not a kbert pre-training model ({type(model).__name__}); "

@@ -409,6 +409,15 @@ def test_missing_checkpoint_is_a_clear_error(vocab_file, tmp_path):
     assert not (tmp_path / "saved_models").exists()
 
 
+def test_a_file_that_is_not_a_keras_model_is_a_clear_error(vocab_file, tmp_path):
+    from kbert.export import export_for_serving
+
+    path = tmp_path / "broken.keras"
+    path.write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match=r"broken.keras: not a loadable .keras model"):
+        export_for_serving(str(path), vocab_file, str(tmp_path / "saved_models"))
+
+
 def test_missing_vocab_is_a_clear_error(model, tmp_path):
     from kbert.export import export_for_serving
 
