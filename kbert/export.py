@@ -36,7 +36,7 @@ import re
 import tempfile
 import uuid
 import zipfile
-from typing import Callable
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -279,7 +279,7 @@ def _write_warmup_requests(path: str, model_name: str, text_encoder: ServingText
     return count
 
 
-def fill_mask(saved_model_dir: str, text_a: str, text_b: str = "") -> dict:
+def fill_mask(saved_model_dir: str, text_a: str, text_b: str = "") -> dict[str, Any]:
     """Run an exported SavedModel's `fill_mask` signature on one text (or pair), using only the
     SavedModel: its top-k tokens and probabilities for each `[MASK]`, and P(B follows A).
 

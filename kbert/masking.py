@@ -179,7 +179,19 @@ def unmask(
     masked_lm_ids: tf.Tensor,
     masked_lm_weights: tf.Tensor,
 ) -> tf.Tensor:
-    """The original token ids of masked records: each real prediction's id put back in place."""
+    """The original token ids of masked records: each real prediction's id put back in place.
+
+    Args:
+        input_ids: int [B, L] masked token ids.
+        masked_lm_positions: int [B, P] positions of the predictions.
+        masked_lm_ids: int [B, P] original ids at those positions (input_ids' dtype).
+        masked_lm_weights: float [B, P]; positions of weight 0 are padding and left alone.
+
+    Examples:
+    >>> unmask(tf.constant([[2, 4, 8, 3]]), tf.constant([[1, 0]]), tf.constant([[7, 0]]),
+    ...        tf.constant([[1.0, 0.0]])).numpy().tolist()
+    [[2, 7, 8, 3]]
+    """
     length = tf.shape(input_ids)[1]
     hits = tf.one_hot(masked_lm_positions, length, dtype=input_ids.dtype) * tf.cast(
         masked_lm_weights[:, :, None] > 0, input_ids.dtype

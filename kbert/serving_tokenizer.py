@@ -88,7 +88,19 @@ def truncated_pair_lengths(
     len_a: tf.Tensor, len_b: tf.Tensor, budget: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Lengths Google's `truncate_seq_pair` keeps: it drops the last token of the longer segment
-    (of B on a tie) until the pair fits in `budget`. Closed form, so it runs on a whole batch."""
+    (of B on a tie) until the pair fits in `budget`. Closed form, so it runs on a whole batch.
+
+    Args:
+        len_a: int [batch] token counts of segment A.
+        len_b: int [batch] token counts of segment B.
+        budget: the tokens A and B may hold together (L minus the special tokens).
+
+    Examples:
+    >>> keep_a, keep_b = truncated_pair_lengths(
+    ...     tf.constant([10, 3, 1]), tf.constant([10, 20, 2]), tf.constant(5))
+    >>> keep_a.numpy().tolist(), keep_b.numpy().tolist()
+    ([3, 3, 1], [2, 2, 2])
+    """
     half_low = budget // 2
     half_high = budget - half_low
     fits = len_a + len_b <= budget
