@@ -417,6 +417,24 @@ def test_evaluate_reports_whole_set_weighted_means(tmp_path, request, replicas):
         assert logs[name] == pytest.approx(value, abs=1e-5), name
 
 
+def test_evaluate_over_per_replica_pipelines_equals_the_single_pipeline(tmp_path, mirrored):
+    path = write_shard(tmp_path / "eval.tfrecord", make_instances(10, seed=30))
+    with mirrored.scope():
+        model = tiny_model()
+    # The single pipeline's numbers are checked against numpy above.
+    single = model.evaluate(
+        pretraining_dataset(path, 4, is_training=False), return_dict=True, verbose=0
+    )
+
+    distributed = mirrored.distribute_datasets_from_function(
+        lambda context: pretraining_dataset(path, 4, is_training=False, input_context=context)
+    )
+    logs = model.evaluate(distributed, return_dict=True, verbose=0)
+
+    for name, value in single.items():
+        assert logs[name] == pytest.approx(value, abs=1e-6), name
+
+
 def test_fit_over_n_finite_batches_takes_exactly_n_steps(tmp_path):
     path = write_shard(tmp_path / "a.tfrecord", make_instances(10, seed=31))
     evaluation = pretraining_dataset(path, 4, is_training=False)
