@@ -56,10 +56,12 @@ def read_vocab(vocab_file: str) -> list[str]:
     if not tf.io.gfile.exists(vocab_file):
         raise FileNotFoundError(f"{vocab_file}: no such vocabulary file (expected a vocab.txt)")
     with tf.io.gfile.GFile(vocab_file, "r") as f:
-        # Google's load_vocab strips each line, so a CRLF or space-padded file reads the same.
-        # Lines end at "\n" only, as for the lookup tables: str.splitlines also breaks at
-        # U+0085, U+2028, \x1c..., which would shift every later id.
-        tokens = [line.strip() for line in f.read().split("\n")]
+        text = f.read()
+    # Google's load_vocab strips each line, so a CRLF or space-padded file reads the same.
+    # Lines end at "\n" only, as for the lookup tables: str.splitlines also breaks at
+    # U+0085, U+2028, \x1c..., which would shift every later id. A byte-order mark is no
+    # part of [PAD] (tfrecords_tools reads the file as utf-8-sig too).
+    tokens = [line.strip() for line in text.removeprefix("\ufeff").split("\n")]
     while tokens and not tokens[-1]:
         tokens.pop()
     missing = [token for token in SPECIAL_TOKENS if token not in tokens]

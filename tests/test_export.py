@@ -510,3 +510,12 @@ def test_read_vocab_ends_lines_at_newlines_only_like_the_lookup_tables(tmp_path)
     path.write_bytes("\r\n".join(tokens).encode("utf-8") + b"\r\n")
 
     assert read_vocab(str(path)) == tokens
+
+
+def test_read_vocab_ignores_a_byte_order_mark(tmp_path):
+    from kbert.serving_tokenizer import SPECIAL_TOKENS, read_vocab
+
+    path = tmp_path / "vocab.txt"
+    path.write_bytes("\n".join(SPECIAL_TOKENS).encode("utf-8-sig"))
+
+    assert read_vocab(str(path)) == list(SPECIAL_TOKENS)
