@@ -79,7 +79,7 @@ def read_vocab(vocab_file: str) -> list[str]:
 
 
 def write_vocab(tokens: Sequence[str], path: str) -> None:
-    """Write tokens one per line (the vocab.txt format), atomically (temporary name, then rename)."""
+    """Write tokens one per line (the vocab.txt format), atomically (temporary name, rename)."""
     tmp = path + ".tmp"
     with tf.io.gfile.GFile(tmp, "w") as f:
         f.write("".join(token + "\n" for token in tokens))

@@ -249,7 +249,8 @@ def test_a_damaged_checkpoint_fails_naming_it(google_checkpoint, tmp_path, damag
         (data,) = tmp_path.glob("bert_model.ckpt.data-*")
         data.write_bytes(data.read_bytes()[:100])
 
-    with pytest.raises(ValueError, match=r"bert_model\.ckpt: (not a readable|damaged) TF checkpoint"):
+    message = r"bert_model\.ckpt: (not a readable|damaged) TF checkpoint"
+    with pytest.raises(ValueError, match=message):
         load_google_checkpoint(pretraining_model(), prefix)
 
 
