@@ -45,8 +45,8 @@ CORE_OPS = {
     "SelectV2", "Shape", "ShardedFilename", "Size", "Slice", "Softmax", "Split", "Sqrt", "Square",
     "SquaredDifference", "Squeeze", "StatefulPartitionedCall", "StatelessIf",
     "StaticRegexFullMatch", "StaticRegexReplace", "StopGradient", "StridedSlice", "StringJoin",
-    "StringLower", "Sub", "Sum", "Tanh", "Tile", "TopKV2", "Transpose", "Unpack", "UnsortedSegmentSum", "VarHandleOp",
-    "VarIsInitializedOp", "Where", "ZerosLike",
+    "StringLower", "Sub", "Sum", "Tanh", "Tile", "TopKV2", "Transpose", "Unpack",
+    "UnsortedSegmentSum", "VarHandleOp", "VarIsInitializedOp", "Where", "ZerosLike",
 }
 # tensorflow-text's BertTokenizer-family kernels, in tensorflow_text:ops_lib, which the model
 # server links (tensorflow_serving/model_servers: SUPPORTED_TENSORFLOW_OPS). Not the Fast* ops.
