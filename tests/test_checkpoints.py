@@ -555,3 +555,23 @@ def test_pretraining_continues_from_a_google_checkpoint(tmp_path, caplog):
     trained = weights_by_path(result.model)
     assert not np.array_equal(trained["pooled_dense/kernel"], start.weights["pooled_dense/kernel"])
     assert f"init from Google TF1 checkpoint {prefix}" in caplog.text
+
+
+def test_kbert_train_init_from_flag_continues_from_a_checkpoint_and_says_what_it_found(tmp_path, caplog):
+    import csv
+
+    from kbert.cli import main
+
+    config = config_of()
+    source = kbert.build_pretraining_model(config, 8, 2)
+    prefix = save_google_checkpoint(source, str(tmp_path / "google" / "bert_model.ckpt"))
+    data = write_pretraining_records(str(tmp_path / "data"))
+    run = tmp_path / "run"
+    with caplog.at_level("INFO", logger="kbert"):
+        code = main(["train", "--config", str(tmp_path / "google" / "bert_config.json"),
+                     "--init-from", prefix, "--train-files", data, "--output-dir", str(run),
+                     "--steps", "2", "--batch-size", "8", "--strategy", "cpu", "--verbose", "0"])
+    assert code == 0
+    assert f"init from Google TF1 checkpoint {prefix}" in caplog.text
+    rows = list(csv.DictReader(open(run / "history.csv")))
+    assert rows and all(np.isfinite(float(r["loss"])) for r in rows)
