@@ -1,10 +1,13 @@
-"""Training-step throughput and peak memory of kbert's model against a plain keras-hub composition.
+"""Training-step throughput, MFU and peak memory of kbert's model against a plain keras-hub composition.
 
 Each variant runs in its own process (so peak RSS is its own) on the `mini` shape: seq 128,
-20 predictions, vocab 30522, batch 32, fp32. Prints sequences/s, peak RSS and the ratio of every
-variant to the plain keras-hub baseline measured in the same run.
+20 predictions, vocab 30522, batch 32. kbert runs with XLA off/on, `steps_per_execution` 1 and
+32, fp32 and bf16 (mixed precision). Prints sequences/s, peak RSS, the ratio of every variant to
+the plain keras-hub baseline, and MFU: the model's training FLOP/s (analytic count, 3x the forward
+matmuls) over the CPU's peak FLOP/s, measured in the same run with a large matmul of the
+variant's compute dtype.
 
-    python benchmarks/train_step.py [--steps 10] [--warmup 3]
+    python benchmarks/train_step.py [--steps 32] [--warmup 3]
 """
 
 from __future__ import annotations
@@ -24,7 +27,21 @@ VARIANTS = {
     "keras-hub composition, oneDNN on": ("baseline", "1"),
     "kbert, XLA off": ("kbert", None),
     "kbert, XLA on": ("kbert_xla", None),
+    "kbert, XLA off, steps_per_execution 32": ("kbert_spe32", None),
+    "kbert, XLA on, steps_per_execution 32": ("kbert_xla_spe32", None),
+    "kbert, XLA off, bf16": ("kbert_bf16", None),
+    "kbert, XLA on, bf16": ("kbert_xla_bf16", None),
 }
+# variant: (jit_compile, steps_per_execution, mixed precision)
+KBERT_SETTINGS = {
+    "kbert": (False, 1, False),
+    "kbert_xla": (True, 1, False),
+    "kbert_spe32": (False, 32, False),
+    "kbert_xla_spe32": (True, 32, False),
+    "kbert_bf16": (False, 1, True),
+    "kbert_xla_bf16": (True, 1, True),
+}
+PEAK_MATMUL_SIZE = 2048
 MINI_LAYERS, MINI_HIDDEN, MINI_HEADS = 4, 256, 4
 
 
@@ -91,15 +108,48 @@ def baseline_model():
     return model
 
 
-def kbert_model(jit_compile: bool):
+def kbert_model(jit_compile: bool, steps_per_execution: int = 1, bf16: bool = False):
     """kbert's model, compiled the way `kbert train` does."""
+    import keras
+
     import kbert
 
+    if bf16:
+        keras.config.set_dtype_policy("mixed_bfloat16")
     model = kbert.build_pretraining_model(kbert.BertConfig.from_preset("mini", vocab_size=VOCAB), SEQ, PREDICTIONS)
     kbert.compile_for_pretraining(
-        model, kbert.create_optimizer(1e-4, 10_000, 1_000), jit_compile=jit_compile
+        model,
+        kbert.create_optimizer(1e-4, 10_000, 1_000),
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
     )
     return model
+
+
+def train_flops_per_sequence() -> float:
+    """Matmul FLOPs of one training step per sequence: 3x the forward (forward + 2x backward)."""
+    h, layers = MINI_HIDDEN, MINI_LAYERS
+    per_layer = 24 * SEQ * h * h + 4 * SEQ * SEQ * h  # QKVO + FFN (4H), attention scores/values
+    heads = 2 * PREDICTIONS * h * h + 2 * PREDICTIONS * h * VOCAB + 2 * h * h + 4 * h
+    return 3.0 * (layers * per_layer + heads)
+
+
+def peak_flops(dtype: str, repeats: int = 10) -> dict:
+    """FLOP/s of a square matmul of PEAK_MATMUL_SIZE in `dtype` on this CPU (best of `repeats`)."""
+    import kbert  # noqa: F401  (kbert's TensorFlow defaults, as in the kbert variants)
+    import tensorflow as tf
+
+    n = PEAK_MATMUL_SIZE
+    a = tf.cast(tf.random.normal((n, n)), dtype)
+    b = tf.cast(tf.random.normal((n, n)), dtype)
+    matmul = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
+    matmul()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        float(matmul())
+        best = min(best, time.perf_counter() - start)
+    return {"flops_per_second": 2 * n**3 / best}
 
 
 def run_variant(variant: str, steps: int, warmup: int) -> dict:
@@ -108,7 +158,14 @@ def run_variant(variant: str, steps: int, warmup: int) -> dict:
         import kbert  # noqa: F401  (first: kbert's TensorFlow defaults apply before TF starts)
     import tensorflow as tf
 
-    model = baseline_model() if variant == "baseline" else kbert_model(variant == "kbert_xla")
+    if variant == "baseline":
+        model, steps_per_execution = baseline_model(), 1
+    else:
+        jit_compile, steps_per_execution, bf16 = KBERT_SETTINGS[variant]
+        model = kbert_model(jit_compile, steps_per_execution, bf16)
+    # Whole executions only: warm up (compile) with at least one, time a multiple of them.
+    warmup = max(warmup, steps_per_execution)
+    steps = max(steps // steps_per_execution, 1) * steps_per_execution
     dataset = tf.data.Dataset.from_tensors(synthetic_batch()).repeat().prefetch(2)
     model.fit(dataset, steps_per_epoch=warmup, epochs=1, verbose=0)
     start = time.perf_counter()
@@ -117,21 +174,35 @@ def run_variant(variant: str, steps: int, warmup: int) -> dict:
     return {
         "sequences_per_second": steps * BATCH / seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "bf16": variant.endswith("bf16"),
+        "timed_steps": steps,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=32, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation)")
     parser.add_argument(
-        "--variant", choices=sorted({v for v, _ in VARIANTS.values()}), help=argparse.SUPPRESS
+        "--variant",
+        choices=sorted({v for v, _ in VARIANTS.values()} | {"peak_float32", "peak_bfloat16"}),
+        help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(run_variant(args.variant, args.steps, args.warmup)))
+        if args.variant.startswith("peak_"):
+            print(json.dumps(peak_flops(args.variant[len("peak_"):])))
+        else:
+            print(json.dumps(run_variant(args.variant, args.steps, args.warmup)))
         return
 
+    peaks = {}
+    for dtype in ("float32", "bfloat16"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--variant", f"peak_{dtype}"],
+            capture_output=True, text=True, timeout=600, check=True,
+        )
+        peaks[dtype] = json.loads(out.stdout.strip().splitlines()[-1])["flops_per_second"]
     results = {}
     for label, (variant, onednn) in VARIANTS.items():
         env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
@@ -144,12 +215,21 @@ def main() -> None:
         )
         results[label] = json.loads(out.stdout.strip().splitlines()[-1])
     base = results["keras-hub composition, Keras defaults"]["sequences_per_second"]
-    print(f"mini shape: seq {SEQ}, P {PREDICTIONS}, vocab {VOCAB}, batch {BATCH}, fp32, "
-          f"{args.steps} timed steps")
-    print(f"{'variant':40s} {'seq/s':>8s} {'peak RSS MB':>12s} {'vs baseline':>12s}")
+    flops = train_flops_per_sequence()
+    print(f"mini shape: seq {SEQ}, P {PREDICTIONS}, vocab {VOCAB}, batch {BATCH}, "
+          f"{args.steps} timed steps; {flops / 1e9:.2f} training GFLOP per sequence")
+    print(f"CPU peak (matmul {PEAK_MATMUL_SIZE}^2, oneDNN on): fp32 {peaks['float32'] / 1e9:.1f} "
+          f"GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s")
+    print(f"{'variant':42s} {'seq/s':>8s} {'GFLOP/s':>8s} {'MFU fp32':>9s} {'MFU own':>8s} "
+          f"{'peak RSS MB':>12s} {'vs baseline':>12s}")
     for label, r in results.items():
-        print(f"{label:40s} {r['sequences_per_second']:8.1f} {r['peak_rss_mb']:12.0f} "
-              f"{r['sequences_per_second'] / base:11.2f}x")
+        achieved = r["sequences_per_second"] * flops
+        own_peak = peaks["bfloat16" if r.get("bf16") else "float32"]
+        print(f"{label:42s} {r['sequences_per_second']:8.1f} {achieved / 1e9:8.1f} "
+              f"{achieved / peaks['float32']:8.1%} {achieved / own_peak:7.1%} "
+              f"{r['peak_rss_mb']:12.0f} {r['sequences_per_second'] / base:11.2f}x")
+    print("MFU fp32: against the fp32 matmul peak; MFU own: against the peak of the variant's "
+          "compute dtype.")
 
 
 if __name__ == "__main__":

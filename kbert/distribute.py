@@ -46,7 +46,9 @@ def resolve_strategy(
     if kind not in STRATEGY_KINDS:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGY_KINDS)}, got {kind!r}")
     if devices is not None and kind != "mirrored":
-        raise ValueError(f"devices={list(devices)} is only used with strategy 'mirrored', not {kind!r}")
+        raise ValueError(
+            f"devices={list(devices)} is only used with strategy 'mirrored', not {kind!r}"
+        )
     gpus = tf.config.list_logical_devices("GPU")
     if kind == "auto":
         if tpu != "local" or _local_tpu_attached():

@@ -1,4 +1,4 @@
-"""Pre-training runs: `pretrain` (strategy, data, model, callbacks, fit, evaluate, save) and `evaluate`.
+"""Pre-training runs: `pretrain` (strategy, data, model, callbacks, fit, evaluation) and `evaluate`.
 
 A run directory holds everything a run writes:
 
@@ -403,7 +403,8 @@ def evaluate(
     ...             "masked_lm_ids": [9], "masked_lm_weights": [1.0],
     ...             "next_sentence_labels": [i % 2]}).SerializeToString())
     >>> import kbert
-    >>> model = kbert.build_pretraining_model(kbert.BertConfig.from_preset("tiny", vocab_size=32), 4, 1)
+    >>> config = kbert.BertConfig.from_preset("tiny", vocab_size=32)
+    >>> model = kbert.build_pretraining_model(config, 4, 1)
     >>> _ = kbert.compile_for_pretraining(model)
     >>> results = evaluate(model, data, batch_size=2, verbose=0)
     >>> results["num_sequences"]
@@ -459,7 +460,7 @@ def load_model(
     tpu: str = "local",
     jit_compile: bool | str = "auto",
 ) -> BertPretrainingModel:
-    """Load a kbert pre-training model from a run directory or `.keras` file, compiled for evaluation.
+    """A kbert pre-training model from a run directory or `.keras` file, compiled for evaluation.
 
     Args:
         path: a run directory (its `model.keras`) or a `.keras` file.
@@ -469,7 +470,8 @@ def load_model(
 
     Examples:
     >>> import os, tempfile, kbert
-    >>> model = kbert.build_pretraining_model(kbert.BertConfig.from_preset("tiny", vocab_size=32), 8, 2)
+    >>> config = kbert.BertConfig.from_preset("tiny", vocab_size=32)
+    >>> model = kbert.build_pretraining_model(config, 8, 2)
     >>> path = os.path.join(tempfile.mkdtemp(), "model.keras")
     >>> model.save(path)
     >>> load_model(path, strategy="cpu").max_seq_length
@@ -489,7 +491,9 @@ def load_model(
     with strategy.scope():
         model = keras.saving.load_model(model_path, compile=False)
         if not isinstance(model, BertPretrainingModel):
-            raise ValueError(f"{model_path}: not a kbert pre-training model ({type(model).__name__})")
+            raise ValueError(
+                f"{model_path}: not a kbert pre-training model ({type(model).__name__})"
+            )
         compile_for_pretraining(model, jit_compile=jit_compile)
     return model
 
@@ -577,9 +581,18 @@ class PerUpdateSchedule(keras.optimizers.schedules.LearningRateSchedule):
     Under gradient accumulation Keras evaluates the learning rate at the batch counter (k per
     update); this maps it back to the update, so k batches of B follow exactly the schedule of
     one batch of kB.
+
+    Examples:
+    >>> schedule = PerUpdateSchedule(WarmupLinearDecay(1e-3, total_steps=4), batches_per_update=2)
+    >>> [round(float(schedule(batch)), 6) for batch in range(8)]
+    [0.001, 0.001, 0.00075, 0.00075, 0.0005, 0.0005, 0.00025, 0.00025]
     """
 
-    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, batches_per_update: int):
+    def __init__(
+        self,
+        schedule: keras.optimizers.schedules.LearningRateSchedule,
+        batches_per_update: int,
+    ):
         self.schedule = schedule
         self.batches_per_update = int(batches_per_update)
 
@@ -613,7 +626,9 @@ def _build_optimizer(
     if accumulation:
         schedule = PerUpdateSchedule(schedule, accumulation)
     if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=schedule, gradient_accumulation_steps=accumulation)
+        return keras.optimizers.SGD(
+            learning_rate=schedule, gradient_accumulation_steps=accumulation
+        )
     optimizer = create_optimizer(
         learning_rate,
         num_train_steps=steps,
@@ -694,6 +709,13 @@ class _History(keras.callbacks.CSVLogger):
         super().on_epoch_end(epoch, {key: logs.get(key, "") for key in HISTORY_COLUMNS})
 
 
+class _TensorBoard(keras.callbacks.TensorBoard):
+    """TensorBoard scalars against the optimizer step (Keras plots them against the interval)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        super().on_epoch_end(int(logs["step"]) if logs and "step" in logs else epoch, logs)
+
+
 def _checkpoint_files(directory: str) -> list[str]:
     """Weight checkpoints in `directory`, oldest first (the step is zero-padded in the name)."""
     return sorted(tf.io.gfile.glob(posixpath.join(directory, "ckpt-*.weights.h5")))
@@ -714,7 +736,7 @@ def _callbacks(output_dir: str, keep_checkpoints: int) -> list[keras.callbacks.C
         ),
         _LastCheckpoints(posixpath.join(output_dir, CHECKPOINT_DIR), keep_checkpoints),
         _History(posixpath.join(output_dir, HISTORY_FILE)),
-        keras.callbacks.TensorBoard(posixpath.join(output_dir, TENSORBOARD_DIR)),
+        _TensorBoard(posixpath.join(output_dir, TENSORBOARD_DIR)),
     ]
 
 

@@ -178,13 +178,15 @@ def test_run_directory_holds_history_checkpoints_logs_model_and_evaluation(data,
     expected_lr = [1e-3 * (6 - s) / 4 for s in (2, 4, 6)]
     np.testing.assert_allclose([float(r["learning_rate"]) for r in rows], expected_lr, rtol=1e-5)
     assert [r["val_mlm_loss"] != "" for r in rows] == [False, True, False]
-    # TensorBoard scalars, learning rate included.
-    tags = set()
+    # TensorBoard scalars, learning rate included, against the optimizer step.
+    tags, steps = set(), set()
     for path in glob.glob(str(run / "logs" / "train" / "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             tags.update(v.tag for v in event.summary.value)
+            steps.update(event.step for v in event.summary.value if v.tag == "epoch_loss")
     assert {"epoch_loss", "epoch_mlm_loss", "epoch_nsp_loss", "epoch_mlm_accuracy",
             "epoch_nsp_accuracy", "epoch_learning_rate"} <= tags
+    assert steps == {2, 4, 6}
     # The final model reloads; the encoder weights load into a keras-hub BertBackbone.
     reloaded = keras.saving.load_model(str(run / "model.keras"))
     x, _, _ = next(iter(kbert.pretraining_dataset(data, 4, is_training=False)))
