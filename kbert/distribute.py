@@ -71,9 +71,15 @@ def _default_strategy(why: str) -> tf.distribute.Strategy:
     return strategy
 
 
+_COLLECTIVE_KEY_STRIDE = 1000
+
+
 def _mirrored_strategy(devices: Sequence[str] | None, why: str) -> tf.distribute.Strategy:
     if devices is not None and not devices:
         raise ValueError("devices for strategy 'mirrored' is empty")
+    # Every MirroredStrategy of a process starts its collective keys at the same numbers, so a
+    # second one's all-reduces (kbert's losses make one) can clash with the first's: move them on.
+    tf.distribute.MirroredStrategy._collective_key_base += _COLLECTIVE_KEY_STRIDE
     strategy = tf.distribute.MirroredStrategy(list(devices) if devices else None)
     replicas = strategy.extended.worker_devices
     logger.info(

@@ -3,6 +3,7 @@
 import logging
 import time
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -45,3 +46,25 @@ def test_unknown_kind_and_misplaced_devices_are_named():
         resolve_strategy("gpu")
     with pytest.raises(ValueError, match="only used with strategy 'mirrored'"):
         resolve_strategy("cpu", devices=["/cpu:0"])
+
+
+def test_a_second_mirrored_strategy_in_the_same_process_trains_after_the_first_evaluated(two_cpus):
+    # Without fresh collective keys per strategy, the second strategy's all-reduces reuse the
+    # first's instance keys and TensorFlow aborts with "Shape mismatch in the collective instance".
+    import keras
+
+    import kbert
+    from helpers import random_batch, tiny_config
+
+    data = tf.data.Dataset.from_tensors(random_batch(batch_size=4)).repeat(2)
+    results = []
+    for step in ("evaluate", "fit"):
+        strategy = kbert.resolve_strategy("mirrored", devices=two_cpus)
+        with strategy.scope():
+            model = kbert.build_pretraining_model(tiny_config(), 16, 4)
+            kbert.compile_for_pretraining(model, keras.optimizers.SGD(0.01))
+        if step == "evaluate":
+            results.append(model.evaluate(data, verbose=0, return_dict=True)["loss"])
+        else:
+            results.append(model.fit(data, epochs=1, verbose=0).history["loss"][0])
+    assert all(np.isfinite(results))
