@@ -26,7 +26,7 @@ FILL_MASK_EXAMPLES = (
     "A tuple is an immutable [MASK] of objects.",
 )
 # The full run is sized to finish in about 10 minutes on 2 CPU cores; the quick one in about one.
-FULL = dict(preset="tiny", steps=1200, batch_size=64, max_seq_length=64, vocab_size=8000, dupe_factor=5,
+FULL = dict(preset="tiny", steps=1600, batch_size=64, max_seq_length=64, vocab_size=8000, dupe_factor=5,
             learning_rate=1e-3)
 QUICK = dict(preset="tiny", steps=20, batch_size=16, max_seq_length=64, vocab_size=2000, dupe_factor=1,
              learning_rate=1e-3)
