@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import tiny_config
 from kbert import features
 from kbert.data import describe, pretraining_dataset
 
@@ -361,16 +362,8 @@ def tiny_model():
 
     import kbert
 
-    config = kbert.BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
     keras.utils.set_random_seed(0)
-    model = kbert.build_pretraining_model(config, SEQ, PRED)
+    model = kbert.build_pretraining_model(tiny_config(vocab_size=VOCAB, dropout=0.1), SEQ, PRED)
     kbert.compile_for_pretraining(model, keras.optimizers.SGD(0.01))
     return model
 
