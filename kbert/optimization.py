@@ -17,7 +17,10 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     lr(step) = peak · step / warmup_steps for step < warmup_steps, then
     peak · (total_steps − step) / (total_steps − warmup_steps), and 0 from `total_steps` on
-    (TF Model Garden's form of Google's schedule: continuous at the end of warmup).
+    (TF Model Garden's form of Google's schedule: continuous at the end of warmup). Steps count
+    optimizer updates: under gradient accumulation Keras calls the schedule with the batch counter,
+    so `batches_per_update=k` maps batch b to update b // k (k batches of B follow the schedule of
+    one batch of kB).
 
     Examples:
     >>> schedule = WarmupLinearDecay(1e-4, total_steps=100, warmup_steps=10)
@@ -25,7 +28,13 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
     [0.0, 5e-05, 0.0001, 5e-05, 0.0]
     """
 
-    def __init__(self, peak_learning_rate: float, total_steps: int, warmup_steps: int = 0):
+    def __init__(
+        self,
+        peak_learning_rate: float,
+        total_steps: int,
+        warmup_steps: int = 0,
+        batches_per_update: int = 1,
+    ):
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         if not 0 <= warmup_steps <= total_steps:
@@ -35,9 +44,10 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.peak_learning_rate = float(peak_learning_rate)
         self.total_steps = int(total_steps)
         self.warmup_steps = int(warmup_steps)
+        self.batches_per_update = int(batches_per_update)
 
     def __call__(self, step):
-        step = ops.cast(step, "float32")
+        step = ops.cast(ops.floor_divide(step, self.batches_per_update), "float32")
         peak = ops.cast(self.peak_learning_rate, "float32")
         warmup = float(max(self.warmup_steps, 1))
         decay_span = float(max(self.total_steps - self.warmup_steps, 1))
@@ -50,6 +60,7 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
             "peak_learning_rate": self.peak_learning_rate,
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
+            "batches_per_update": self.batches_per_update,
         }
 
 
@@ -69,8 +80,7 @@ def create_optimizer(
     LayerNorm and bias variables take no weight decay; gradients are clipped to a global norm;
     the learning rate warms up linearly for `num_warmup_steps` and decays linearly to 0 at
     `num_train_steps`. With `gradient_accumulation_steps=k` the weights move once every k batches
-    on the mean of their gradients; steps are counted in updates (Keras' schedule sees batches,
-    so the schedule is stretched by k).
+    on the mean of their gradients; steps are counted in updates.
 
     Args:
         learning_rate: peak learning rate.
@@ -92,9 +102,7 @@ def create_optimizer(
             f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}"
         )
     schedule = WarmupLinearDecay(
-        learning_rate,
-        total_steps=num_train_steps * accumulation,
-        warmup_steps=num_warmup_steps * accumulation,
+        learning_rate, num_train_steps, num_warmup_steps, batches_per_update=accumulation
     )
     optimizer = keras.optimizers.AdamW(
         learning_rate=schedule,

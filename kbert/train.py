@@ -575,43 +575,6 @@ def _without_global_tf_seed() -> Iterator[None]:
 
 
 @keras.saving.register_keras_serializable(package="kbert")
-class PerUpdateSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """A schedule over optimizer updates, called by Keras with the batch counter.
-
-    Under gradient accumulation Keras evaluates the learning rate at the batch counter (k per
-    update); this maps it back to the update, so k batches of B follow exactly the schedule of
-    one batch of kB.
-
-    Examples:
-    >>> schedule = PerUpdateSchedule(WarmupLinearDecay(1e-3, total_steps=4), batches_per_update=2)
-    >>> [round(float(schedule(batch)), 6) for batch in range(8)]
-    [0.001, 0.001, 0.00075, 0.00075, 0.0005, 0.0005, 0.00025, 0.00025]
-    """
-
-    def __init__(
-        self,
-        schedule: keras.optimizers.schedules.LearningRateSchedule,
-        batches_per_update: int,
-    ):
-        self.schedule = schedule
-        self.batches_per_update = int(batches_per_update)
-
-    def __call__(self, step):
-        return self.schedule(step // self.batches_per_update)
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "schedule": keras.saving.serialize_keras_object(self.schedule),
-            "batches_per_update": self.batches_per_update,
-        }
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "PerUpdateSchedule":
-        config = dict(config)
-        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
-        return cls(**config)
-
-
 def _build_optimizer(
     name: str,
     learning_rate: float,
@@ -622,25 +585,18 @@ def _build_optimizer(
 ) -> keras.optimizers.Optimizer:
     """Google's AdamW (or plain SGD) on warmup + linear decay counted in updates."""
     accumulation = gradient_accumulation_steps if gradient_accumulation_steps > 1 else None
-    schedule = WarmupLinearDecay(learning_rate, total_steps=steps, warmup_steps=warmup_steps)
-    if accumulation:
-        schedule = PerUpdateSchedule(schedule, accumulation)
     if name == "sgd":
+        schedule = WarmupLinearDecay(learning_rate, steps, warmup_steps, accumulation or 1)
         return keras.optimizers.SGD(
             learning_rate=schedule, gradient_accumulation_steps=accumulation
         )
-    optimizer = create_optimizer(
+    return create_optimizer(
         learning_rate,
         num_train_steps=steps,
         num_warmup_steps=warmup_steps,
         weight_decay=weight_decay,
         gradient_accumulation_steps=accumulation,
     )
-    if accumulation:
-        # create_optimizer stretches its schedule over batches, which shifts each update's rate
-        # by k - 1 batches; PerUpdateSchedule gives update j exactly the rate of step j.
-        optimizer.learning_rate = schedule
-    return optimizer
 
 
 class _StepLogs(keras.callbacks.Callback):

@@ -75,9 +75,9 @@ def test_gradients_are_clipped_to_global_norm_one():
     assert not np.allclose(variable.numpy(), unclipped, rtol=1e-3)
 
 
-def test_gradient_accumulation_updates_once_per_k_batches_on_the_stretched_schedule():
+def test_gradient_accumulation_updates_once_per_k_batches_on_the_per_update_schedule():
     optimizer = create_optimizer(
-        0.01, num_train_steps=10, num_warmup_steps=2, gradient_accumulation_steps=2
+        0.01, num_train_steps=10, num_warmup_steps=0, gradient_accumulation_steps=2
     )
     variable = keras.Variable(np.zeros(2, "float32"), name="kernel")
     optimizer.apply_gradients([(np.ones(2, "float32"), variable)])
@@ -85,8 +85,11 @@ def test_gradient_accumulation_updates_once_per_k_batches_on_the_stretched_sched
     optimizer.apply_gradients([(np.ones(2, "float32"), variable)])
     assert int(optimizer.iterations) == 1
     assert not np.allclose(variable.numpy(), 0.0)
-    # Warmup is 2 updates = 4 batches: after 2 batches the rate is halfway up.
-    assert float(optimizer.learning_rate) == pytest.approx(0.005)
+    # The schedule counts updates, not batches: after 2 and after 3 batches (1 update) the decay
+    # over 10 updates is at 9/10 of the peak; a schedule over 20 batches would be at 17/20 after 3.
+    assert float(optimizer.learning_rate) == pytest.approx(0.009)
+    optimizer.apply_gradients([(np.ones(2, "float32"), variable)])
+    assert float(optimizer.learning_rate) == pytest.approx(0.009)
 
 
 def test_bad_schedule_arguments_are_named():
