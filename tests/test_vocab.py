@@ -1,8 +1,10 @@
 """Vocabularies: learned with a library learner, checked on load, Google's layout accepted."""
 
+import random
 import unicodedata
 
 import pytest
+from tokenizers.implementations import BertWordPieceTokenizer
 
 from tfrecords_tools import vocab
 from tfrecords_tools.create_pretraining_data import create_pretraining_data
@@ -82,3 +84,40 @@ def test_missing_vocab_is_file_not_found(tmp_path):
 def test_empty_corpus_cannot_learn_a_vocab(tmp_path):
     with pytest.raises(ValueError, match="no text"):
         vocab.learn_vocab([], str(tmp_path / "vocab.txt"), vocab_size=100)
+
+
+def _tie_prone_sentences() -> list[str]:
+    """Words built from ten syllables: many merges tie on count, where HF's own trainer picks
+    differently from run to run (huggingface/tokenizers#1794)."""
+    rng = random.Random(7)
+    syllables = ["ka", "lo", "mi", "ne", "ru", "to", "sa", "vi", "de", "po"]
+    words = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(400)]
+    return [" ".join(rng.choice(words) for _ in range(12)) + "." for _ in range(1500)]
+
+
+def test_the_same_corpus_always_gives_the_same_vocab(tmp_path):
+    sentences = _tie_prone_sentences()
+    contents = set()
+    for i in range(3):
+        vocab.learn_vocab(iter(sentences), str(tmp_path / f"vocab{i}.txt"), vocab_size=300)
+        contents.add((tmp_path / f"vocab{i}.txt").read_bytes())
+    assert len(contents) == 1
+
+
+def test_learned_single_characters_and_pieces_are_those_of_hf_trainer(tmp_path):
+    # Punctuation and CJK characters are words of their own (no "##" piece); "x" is only ever a
+    # whole word here; "é" only occurs cased.
+    sentences = SENTENCES + ["中文 字符, x marks: the spot!", "A x; B x.", "Été", "Ωmega ωmega"] * 5
+    for lower in (True, False):
+        path = tmp_path / f"vocab-{lower}.txt"
+        vocab.learn_vocab(sentences, str(path), vocab_size=400, do_lower_case=lower, min_frequency=1)
+        ours = vocab.load_vocab(str(path))
+        reference = BertWordPieceTokenizer(strip_accents=lower, lowercase=lower)
+        reference.train_from_iterator(sentences, vocab_size=400, min_frequency=1,
+                                      special_tokens=list(vocab.SPECIAL_TOKENS), show_progress=False)
+
+        def singles(tokens):
+            return {t for t in tokens if len(t) == 1 or (t.startswith("##") and len(t) == 3)}
+
+        assert singles(ours) == singles(reference.get_vocab())
+        assert "##x" not in ours and "##," not in ours and "##中" not in ours

@@ -6,16 +6,22 @@ Google's bert-base 30522-token files qualify as they are.
 
 Learning uses Hugging Face `tokenizers`' WordPiece trainer (Rust, multi-threaded): on the 2-core
 benchmark machine it learned an 8k vocab from a 2 MB sample in 1.5 s where tensorflow-text's
-`bert_vocab_from_dataset` took 34 s, and a 30k vocab from 10 MB in ~9 s (benchmarks/create_data.py).
+`bert_vocab_from_dataset` took 34 s, and a 30k vocab from 10 MB in 3-4 s (benchmarks/create_data.py).
+Unlike the bare trainer, `learn_vocab` gives the same vocab.txt, byte for byte, for the same corpus.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import logging
 import os
+import re
+import string
+import tempfile
 import time
+import unicodedata
 from typing import Iterable, Iterator, Sequence
 
 PAD = "[PAD]"
@@ -146,7 +152,8 @@ def learn_vocab(
     Normalisation matches the tokenizer that will use the vocab: with `do_lower_case` text is
     lower-cased and accents stripped (Google's uncased models), otherwise kept as is.
     `[PAD]` gets id 0, then `[UNK] [CLS] [SEP] [MASK]`. A small corpus may give fewer tokens
-    than requested (`VocabResult.vocab_size` says how many).
+    than requested (`VocabResult.vocab_size` says how many). The same sentences always give the
+    same file; the sentences are spooled once to a temporary file (as much disk as the corpus).
 
     Args:
         sentences: iterable of text (sentences or whole documents).
@@ -177,20 +184,31 @@ def learn_vocab(
         wordpieces_prefix=WORDPIECE_PREFIX,
     )
     start = time.perf_counter()
-    tokenizer.train_from_iterator(
-        _batches(counter),
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        limit_alphabet=limit_alphabet,
-        special_tokens=list(SPECIAL_TOKENS),
-        show_progress=False,
-        wordpieces_prefix=WORDPIECE_PREFIX,
-    )
+    with tempfile.TemporaryDirectory(prefix="kbert-vocab-") as spool_dir:
+        spool = os.path.join(spool_dir, "sentences.txt")
+        alphabet, continuations = _spool_and_count_characters(
+            counter, tokenizer.normalizer, do_lower_case, spool, limit_alphabet
+        )
+        if counter.count == 0 or not alphabet:
+            raise ValueError("the corpus holds no text to learn a vocabulary from")
+        # HF's trainer numbers the "##c" pieces in hash-map order, which breaks ties between merges
+        # differently on every run (huggingface/tokenizers#1794); giving it the alphabet and those
+        # pieces up front fixes their ids, so the same corpus always gives the same vocab.
+        tokenizer.train_from_iterator(
+            _batches(_spooled_lines(spool)),
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            limit_alphabet=len(alphabet),
+            initial_alphabet=alphabet,
+            special_tokens=[*SPECIAL_TOKENS, *continuations],
+            show_progress=False,
+            wordpieces_prefix=WORDPIECE_PREFIX,
+        )
     seconds = time.perf_counter() - start
-    if counter.count == 0:
-        raise ValueError("the corpus holds no text to learn a vocabulary from")
-    vocab = tokenizer.get_vocab()
-    tokens = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    learned = [token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
+    first = [*SPECIAL_TOKENS, *alphabet, *continuations]
+    placed = set(first)
+    tokens = first + [token for token in learned if token not in placed]
     check_vocab(tokens, "learned vocabulary")
     write_vocab(tokens, vocab_file)
     logger.info("learned %d tokens from %d sentences in %.1fs", len(tokens), counter.count, seconds)
@@ -232,6 +250,75 @@ class _Counter:
         for item in self._items:
             self.count += 1
             yield item
+
+
+# Control and format characters: BertNormalizer removes them.
+_REMOVED_CATEGORIES = ("Cc", "Cf", "Cn", "Co")
+
+
+def _is_punctuation(char: str) -> bool:
+    """BertPreTokenizer's punctuation: ASCII punctuation or any Unicode P* character."""
+    return char in string.punctuation or unicodedata.category(char).startswith("P")
+
+
+def _spool_and_count_characters(
+    sentences: Iterable[str], normalizer, do_lower_case: bool, spool: str, limit_alphabet: int,
+    batch_chars: int = 1 << 20,
+) -> tuple[list[str], list[str]]:
+    """Write the sentences one per line to `spool` and return (alphabet, "##" pieces).
+
+    The alphabet is the `limit_alphabet` most frequent characters of the normalized text (ties by
+    code point), the pieces are "##c" for each of them that occurs after the start of a word.
+    """
+    counts: collections.Counter = collections.Counter()
+    inside_words: set[str] = set()
+    punctuation: set[str] = set()
+    seen: set[str] = set()
+
+    def count(batch: list[str]) -> None:
+        # ASCII needs only lower-casing (its control characters are dropped from the counts below);
+        # the rest goes through the tokenizer's own normalizer, which is much slower.
+        ascii_text = "\n".join(sentence for sentence in batch if sentence.isascii())
+        text = (ascii_text.lower() if do_lower_case else ascii_text) + "\n" + normalizer.normalize_str(
+            "\n".join(sentence for sentence in batch if not sentence.isascii())
+        )
+        counts.update(text)
+        present = set(text)
+        punctuation.update(char for char in present - seen if _is_punctuation(char))
+        seen.update(present)
+        pending = {char for char in present - inside_words - punctuation if not char.isspace()}
+        if pending:
+            # A character is inside a word when the one before it is neither a space nor punctuation.
+            word_char = "[^\\s" + "".join(map(re.escape, punctuation)) + "]"
+            found = re.findall(f"[{''.join(map(re.escape, pending))}](?<={word_char}.)", text)
+            inside_words.update(found)
+
+    with open(spool, "w", encoding="utf-8", newline="\n") as f:
+        batch: list[str] = []
+        size = 0
+        for sentence in sentences:
+            sentence = sentence.replace("\n", " ")
+            f.write(sentence + "\n")
+            batch.append(sentence)
+            size += len(sentence)
+            if size >= batch_chars:
+                count(batch)
+                batch, size = [], 0
+        if batch:
+            count(batch)
+    ranked = sorted(
+        (char for char in counts if not char.isspace() and unicodedata.category(char) not in _REMOVED_CATEGORIES),
+        key=lambda c: (-counts[c], c),
+    )
+    alphabet = sorted(ranked[:limit_alphabet])
+    continuations = [WORDPIECE_PREFIX + char for char in alphabet if char in inside_words]
+    return alphabet, continuations
+
+
+def _spooled_lines(spool: str) -> Iterator[str]:
+    with open(spool, encoding="utf-8", newline="\n") as f:
+        for line in f:
+            yield line[:-1] if line.endswith("\n") else line
 
 
 def _batches(items: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
