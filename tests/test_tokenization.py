@@ -208,3 +208,17 @@ def test_greek_final_sigma_follows_hf_tokenizers_not_pythons_lower(vocab_file):
     rust = build_tokenizer(tokens, do_lower_case=True)
     assert rust.encode("ΣΊΣΥΦΟΣ", add_special_tokens=False).tokens == ["σισυφοσ"]
     assert google_tokenize("ΣΊΣΥΦΟΣ", set(tokens), True) == ["σισυφος"]
+
+
+def test_batched_ascii_texts_keep_their_boundaries_through_nul_newline_and_empty_texts(vocab_file):
+    # The ASCII texts of a batch are tokenized together, joined by NUL: a NUL, newline or empty
+    # text inside the batch must not move any id from one text to another.
+    tokens = FullTokenizer(vocab_file).inv_vocab
+    encoder = WordPieceEncoder(tokens, do_lower_case=True)
+    rust = build_tokenizer(tokens, do_lower_case=True)
+    texts = ["hello\x00world", "", "two\nlines here", "\x00", "Ünïcode between", "last one!", "  "]
+    expected = [rust.encode(t, add_special_tokens=False).ids for t in texts]
+    assert encoder.encode(texts) == expected
+    ids, lengths = encoder.encode_flat(texts)
+    assert lengths.tolist() == [len(e) for e in expected] and ids.tolist() == sum(expected, [])
+    assert encoder.encode([]) == [] and encoder.encode_flat([])[0].size == 0

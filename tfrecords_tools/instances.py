@@ -138,16 +138,14 @@ class _Documents:
         self.offsets = offsets
 
     @classmethod
-    def from_lists(cls, documents: list[list[list[int]]]) -> "_Documents":
-        """From documents as lists of sentences as lists of ids."""
+    def join(cls, documents: list[tuple[np.ndarray, list[int]]]) -> "_Documents":
+        """From documents as (ids, lengths of its sentences)."""
         offsets = []
         total = 0
-        for document in documents:
-            ends = list(itertools.accumulate(map(len, document), initial=total))
-            total = ends[-1]
-            offsets.append(ends)
-        ids = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(documents)), np.int32, total)
-        return cls(ids, offsets)
+        for _, lengths in documents:
+            offsets.append(list(itertools.accumulate(lengths, initial=total)))
+            total = offsets[-1][-1]
+        return cls(np.concatenate([ids for ids, _ in documents]), offsets)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -158,29 +156,49 @@ class _Documents:
         return _Documents(np.concatenate([self.ids, other.ids]), self.offsets + shifted)
 
 
-_ENCODERS: dict = {}
+@dataclasses.dataclass(frozen=True)
+class _VocabTables:
+    """What the instance maker needs of a vocab, built once per process and vocab: the encoder's
+    word cache then stays warm from shard to shard."""
+
+    encoder: WordPieceEncoder
+    cls_id: int
+    sep_id: int
+    mask_id: int
+    replacement_ids: np.ndarray  # ids a masked token may be replaced by (no special tokens)
+    is_continuation: list[bool]  # "##" pieces, by id
 
 
-def _word_piece_encoder(vocab: tuple[str, ...], do_lower_case: bool) -> WordPieceEncoder:
-    """One encoder per process and vocab, so its word cache stays warm from shard to shard."""
+_VOCAB_TABLES: dict = {}
+
+
+def _vocab_tables(vocab: tuple[str, ...], do_lower_case: bool) -> _VocabTables:
     key = (hashlib.sha256("\n".join(vocab).encode("utf-8")).hexdigest(), do_lower_case)
-    if key not in _ENCODERS:
-        _ENCODERS.clear()
-        _ENCODERS[key] = WordPieceEncoder(vocab, do_lower_case)
-    return _ENCODERS[key]
+    if key not in _VOCAB_TABLES:
+        _VOCAB_TABLES.clear()
+        ids = {token: i for i, token in enumerate(vocab)}
+        _VOCAB_TABLES[key] = _VocabTables(
+            encoder=WordPieceEncoder(vocab, do_lower_case),
+            cls_id=ids[CLS],
+            sep_id=ids[SEP],
+            mask_id=ids[MASK],
+            replacement_ids=np.array([i for i, token in enumerate(vocab) if not is_special_token(token)], np.int32),
+            is_continuation=[token.startswith(WORDPIECE_PREFIX) for token in vocab],
+        )
+    return _VOCAB_TABLES[key]
 
 
-def _blocks(documents: Iterator[tuple[list, int]], pool_size: int) -> Iterator[_Documents]:
+def _blocks(documents: Iterator[tuple[tuple, int]], pool_size: int) -> Iterator[_Documents]:
     block: list = []
     chars = 0
     for document, size in documents:
         block.append(document)
         chars += size
         if len(block) >= pool_size or chars >= BLOCK_CHARS:
-            yield _Documents.from_lists(block)
+            yield _Documents.join(block)
             block, chars = [], 0
     if block:
-        yield _Documents.from_lists(block)
+        yield _Documents.join(block)
 
 
 class _InstanceMaker:
@@ -188,20 +206,18 @@ class _InstanceMaker:
         self.config = config
         self.shard_index = shard_index
         self.rng, self.np_rng = shard_rngs(config.random_seed, shard_index)
-        self.encoder_ids = _word_piece_encoder(config.vocab, config.do_lower_case)
-        ids = {token: i for i, token in enumerate(config.vocab)}
-        self.cls_id, self.sep_id, self.mask_id = ids[CLS], ids[SEP], ids[MASK]
-        self.replacement_ids = np.array(
-            [i for i, token in enumerate(config.vocab) if not is_special_token(token)], dtype=np.int32
-        )
-        self.is_continuation = [token.startswith(WORDPIECE_PREFIX) for token in config.vocab]
+        tables = _vocab_tables(config.vocab, config.do_lower_case)
+        self.encoder_ids = tables.encoder
+        self.cls_id, self.sep_id, self.mask_id = tables.cls_id, tables.sep_id, tables.mask_id
+        self.replacement_ids = tables.replacement_ids
+        self.is_continuation = tables.is_continuation
         self.encoder = _ExampleEncoder(config)
         self.stats = ShardStats()
 
     # -- reading ------------------------------------------------------------------------------
 
-    def tokenized(self, documents: Iterator[list[str]], batch_chars: int = 200_000) -> Iterator[tuple[list, int]]:
-        """(document as lists of ids per sentence, characters) for each non-empty document."""
+    def tokenized(self, documents: Iterator[list[str]], batch_chars: int = 200_000) -> Iterator[tuple[tuple, int]]:
+        """((document's ids, its sentences' lengths), characters) for each non-empty document."""
         batch: list[list[str]] = []
         chars = 0
         for document in documents:
@@ -213,18 +229,19 @@ class _InstanceMaker:
         if batch:
             yield from self._tokenize_batch(batch)
 
-    def _tokenize_batch(self, batch: list[list[str]]) -> Iterator[tuple[list, int]]:
-        flat = [sentence for document in batch for sentence in document]
-        encoded = self.encoder_ids.encode(flat)
+    def _tokenize_batch(self, batch: list[list[str]]) -> Iterator[tuple[tuple[np.ndarray, list[int]], int]]:
+        ids, lengths = self.encoder_ids.encode_flat([sentence for document in batch for sentence in document])
+        ends = np.cumsum(lengths).tolist()
+        lengths = lengths.tolist()
         k = 0
         for document in batch:
+            start, k = (ends[k - 1] if k else 0), k + len(document)
             # Google drops sentences and documents that tokenize to nothing.
-            sentences = [ids for ids in encoded[k : k + len(document)] if ids]
-            k += len(document)
+            sentences = [n for n in lengths[k - len(document) : k] if n]
             if sentences:
                 self.stats.num_documents += 1
                 self.stats.num_single_sentence_documents += len(sentences) == 1
-                yield sentences, sum(len(s) for s in document)
+                yield (ids[start : ends[k - 1]], sentences), sum(len(s) for s in document)
 
     def donors(self, corpus: corpora.TextFiles, plan, shard_index: int) -> _Documents:
         """Documents from the following slices, for a shard whose slice has a single document."""
@@ -237,7 +254,7 @@ class _InstanceMaker:
                 for document, _ in self.tokenized(corpus.read(other)):
                     found.append(document)
                     if len(found) >= self.config.negative_pool_size:
-                        return _Documents.from_lists(found)
+                        return _Documents.join(found)
         finally:
             self.stats = saved
         if not found:
@@ -245,7 +262,7 @@ class _InstanceMaker:
                 "the corpus holds a single document: NSP needs at least two to draw random "
                 "next segments from (separate documents with a blank line in Google's layout)"
             )
-        return _Documents.from_lists(found)
+        return _Documents.join(found)
 
     # -- Google's algorithm -----------------------------------------------------------------------
 

@@ -15,14 +15,19 @@ import itertools
 import re
 from typing import Sequence
 
+import numpy as np
+
 from tfrecords_tools.vocab import UNK, WORDPIECE_PREFIX, load_vocab
 
 GOOGLE_MAX_INPUT_CHARS_PER_WORD = 200
 
 # For ASCII text Google's BasicTokenizer reduces to: drop control characters, split on whitespace,
-# lower-case, split off each punctuation character (ASCII 33-47, 58-64, 91-96, 123-126).
-_ASCII_CONTROL = {c: None for c in [*range(0, 9), 11, 12, *range(14, 32), 127]}
-_ASCII_WORD = re.compile(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]")
+# lower-case, split off each punctuation character (ASCII 33-47, 58-64, 91-96, 123-126). The ASCII
+# texts of a batch are joined by NUL (itself a control character, so no text keeps one) and split
+# into words by one regex over the whole batch.
+_SEPARATOR = b"\x00"
+_ASCII_CONTROL = bytes([*range(1, 9), 11, 12, *range(14, 32), 127])
+_ASCII_WORD = re.compile(rb"[A-Za-z0-9]+|[!-/:-@\[-`{-~]|\x00")
 _WORD_CACHE_SIZE = 1_000_000
 
 
@@ -68,7 +73,7 @@ class WordPieceEncoder:
 
     Hugging Face's pipeline tracks character alignments we do not need and runs at ~1 MB/s per
     core here. ASCII texts (most English sentences) are therefore split into words with one
-    C-level regex implementing Google's BasicTokenizer rules for ASCII, and each distinct word is
+    C-level regex over the whole batch implementing Google's BasicTokenizer rules for ASCII, and each distinct word is
     WordPiece-tokenized once by the Rust model and remembered; other texts take the full Rust
     pipeline. Tests check both paths against Hugging Face's BertWordPieceTokenizer and Google's rules.
 
@@ -96,36 +101,61 @@ class WordPieceEncoder:
                 continuing_subword_prefix=WORDPIECE_PREFIX,
             )
         )
-        self._cache: dict[str, list[int]] = {}
+        self._cache: dict[bytes, list[int]] = {}
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """WordPiece ids of each text (no [CLS]/[SEP] added)."""
-        out: list[list[int] | None] = [None] * len(texts)
-        other = [i for i, text in enumerate(texts) if not text.isascii()]
-        if other:
-            encodings = self.tokenizer.encode_batch([texts[i] for i in other], add_special_tokens=False)
-            for i, encoding in zip(other, encodings):
-                out[i] = encoding.ids
+        ids, lengths = self.encode_flat(texts)
+        return [piece.tolist() for piece in np.split(ids, np.cumsum(lengths)[:-1])] if len(texts) else []
+
+    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """All texts' WordPiece ids back to back (int32) and the number of ids of each text."""
+        fast = list(map(str.isascii, texts))
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        if any(fast):
+            parts.append(self._encode_ascii([text for text, ascii in zip(texts, fast) if ascii]))
+        if not all(fast):
+            encodings = self.tokenizer.encode_batch(
+                [text for text, ascii in zip(texts, fast) if not ascii], add_special_tokens=False
+            )
+            ids = [encoding.ids for encoding in encodings]
+            lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+            parts.append((np.fromiter(itertools.chain.from_iterable(ids), np.int32, lengths.sum()), lengths))
+        if len(parts) < 2:
+            return parts[0] if parts else (np.zeros(0, np.int32), np.zeros(0, np.int64))
+        # Both kinds: put each text's ids back in the texts' order.
+        order = np.flatnonzero(fast).tolist() + np.flatnonzero(np.logical_not(fast)).tolist()
+        by_part = np.concatenate([parts[0][1], parts[1][1]])
+        lengths = np.empty(len(texts), np.int64)
+        lengths[order] = by_part
+        starts = np.empty(len(texts), np.int64)
+        starts[order] = np.cumsum(by_part) - by_part
+        gather = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+        return np.concatenate([parts[0][0], parts[1][0]])[gather], lengths
+
+    def _encode_ascii(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        joined = _SEPARATOR.join(text.encode("ascii") for text in texts)
+        if joined.count(_SEPARATOR) != len(texts) - 1:  # a text holds NUL: drop it, as Google does
+            joined = _SEPARATOR.join(text.replace("\x00", "").encode("ascii") for text in texts)
+        data = joined.translate(None, _ASCII_CONTROL)
+        words = _ASCII_WORD.findall(data.lower() if self.do_lower_case else data)
         cache = self._cache
-        pending: list[tuple[int, list[str]]] = []
-        for i, text in enumerate(texts):
-            if out[i] is None:
-                text = text.translate(_ASCII_CONTROL)
-                words = _ASCII_WORD.findall(text.lower() if self.do_lower_case else text)
-                try:
-                    out[i] = list(itertools.chain.from_iterable(map(cache.__getitem__, words)))
-                except KeyError:
-                    pending.append((i, words))
-        if pending:
-            missing = sorted({w for _, words in pending for w in words if w not in cache})
+        missing = set(words).difference(cache)
+        if missing:
             if len(cache) + len(missing) > _WORD_CACHE_SIZE:
                 cache.clear()
-                missing = sorted({w for _, words in pending for w in words})
-            for word, encoding in zip(missing, self._words.encode_batch(missing, add_special_tokens=False)):
-                cache[word] = encoding.ids
-            for i, words in pending:
-                out[i] = list(itertools.chain.from_iterable(map(cache.__getitem__, words)))
-        return out  # type: ignore[return-value]
+                missing = set(words)
+            cache[_SEPARATOR] = []
+            missing.discard(_SEPARATOR)
+            new = sorted(missing)
+            encodings = self._words.encode_batch([word.decode("ascii") for word in new], add_special_tokens=False)
+            cache.update(zip(new, (encoding.ids for encoding in encodings)))
+        pieces = list(map(cache.__getitem__, words))
+        ends = np.concatenate([[0], np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))])
+        separators = np.flatnonzero(np.fromiter(map(_SEPARATOR.__eq__, words), bool, len(words)))
+        bounds = np.concatenate([[0], ends[separators], ends[-1:]])
+        ids = np.fromiter(itertools.chain.from_iterable(pieces), np.int32, int(bounds[-1]))
+        return ids, np.diff(bounds)
 
 
 class FullTokenizer:
