@@ -452,11 +452,23 @@ def test_cli_export_from_a_run_directory(model, vocab_file, tmp_path, capsys):
     run_dir.mkdir()
     model.save(str(run_dir / "model.keras"))
     base = str(tmp_path / "saved_models")
-    assert main(["export", str(run_dir), "--vocab_file", vocab_file, "--export-base", base,
-                 "--name", "tiny", "--version", "3"]) == 0
+    assert main(["export", "--model", str(run_dir), "--vocab_file", vocab_file,
+                 "--export-base", base, "--name", "tiny", "--version", "3"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == os.path.join(base, "tiny", "3")
     assert os.path.exists(os.path.join(printed[0], "saved_model.pb"))
+
+
+def test_cli_export_takes_the_model_as_a_named_flag_like_predict(capsys):
+    from kbert.cli import build_parser
+
+    for command in ("export", "predict"):
+        rest = ["--vocab-file", "vocab.txt"] if command == "export" else ["a [MASK]."]
+        args = build_parser(command).parse_args([command, "--model", "runs/x", *rest])
+        assert args.model == "runs/x"
+    with pytest.raises(SystemExit):
+        build_parser("export").parse_args(["export", "runs/x", "--vocab-file", "vocab.txt"])
+    assert "the following arguments are required: --model" in capsys.readouterr().err
 
 
 def test_cli_predict_prints_fillings_and_nsp_from_the_saved_model(

@@ -11,7 +11,8 @@ from kbert.cli import add_flag
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `kbert export`, named like `kbert.export.export_for_serving`'s arguments."""
-    parser.add_argument("model", help="a run directory (its model.keras) or a .keras file")
+    add_flag(parser, "model", required=True,
+             help="a run directory (its model.keras) or a .keras file")
     add_flag(parser, "vocab_file", required=True, help="the vocab.txt the model was trained with")
     add_flag(parser, "export_base", default="saved_models",
              help="TF Serving's model base directory (default: saved_models)")
