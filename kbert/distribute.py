@@ -1,17 +1,20 @@
-"""Which `tf.distribute` strategy to train under: one device, MirroredStrategy or TPUStrategy."""
+"""Which `tf.distribute` strategy to train under: one device, Mirrored, MultiWorkerMirrored or TPU."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import glob
+import json
 import logging
+import os
+import posixpath
 from typing import Sequence
 
 import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 
-STRATEGY_KINDS = ("auto", "cpu", "mirrored", "tpu")
+STRATEGY_KINDS = ("auto", "cpu", "mirrored", "multi_worker", "tpu")
 # Connecting to a remote TPU can block for minutes when the address is wrong; give up sooner.
 TPU_CONNECT_TIMEOUT_SECONDS = 120
 
@@ -26,12 +29,15 @@ def resolve_strategy(
     `tpu` connects through `TPUClusterResolver` (`tpu="local"` on Colab / Cloud TPU VMs, or a
     TPU name or `grpc://` address), initialises the TPU system and returns a `TPUStrategy`;
     `mirrored` returns a `MirroredStrategy` over `devices` (default: every visible GPU);
-    `cpu` returns the default one-device strategy; `auto` picks a TPU when one is attached to
-    this machine, else Mirrored when there is more than one GPU, else one device. Asking for a
-    local TPU where none is attached raises at once (no minutes-long hang).
+    `multi_worker` returns a `MultiWorkerMirroredStrategy` over the cluster in the `TF_CONFIG`
+    environment variable (every worker runs the same program; it must be created before
+    TensorFlow runs anything else in the process); `cpu` returns the default one-device strategy;
+    `auto` picks multi-worker when `TF_CONFIG` names more than one task, else a TPU when one is
+    attached to this machine, else Mirrored when there is more than one GPU, else one device.
+    Asking for a local TPU where none is attached raises at once (no minutes-long hang).
 
     Args:
-        kind: "auto", "cpu", "mirrored" or "tpu".
+        kind: "auto", "cpu", "mirrored", "multi_worker" or "tpu".
         tpu: the TPU to use for `kind="tpu"`: "local", a TPU name or a grpc address.
         devices: devices for `kind="mirrored"`, e.g. `["/gpu:0", "/gpu:1"]`.
 
@@ -49,6 +55,9 @@ def resolve_strategy(
         raise ValueError(
             f"devices={list(devices)} is only used with strategy 'mirrored', not {kind!r}"
         )
+    # Before anything that starts TensorFlow's runtime: collectives are configured at its start.
+    if kind == "multi_worker" or (kind == "auto" and len(_tf_config_tasks()) > 1):
+        return _multi_worker_strategy("requested" if kind == "multi_worker" else "auto: TF_CONFIG names a cluster")
     gpus = tf.config.list_logical_devices("GPU")
     if kind == "auto":
         if tpu != "local" or _local_tpu_attached():
@@ -86,6 +95,67 @@ def _mirrored_strategy(devices: Sequence[str] | None, why: str) -> tf.distribute
         "strategy: MirroredStrategy over %d replica(s) (%s) — %s",
         len(replicas),
         ", ".join(replicas),
+        why,
+    )
+    return strategy
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's files: always, except on a multi-worker cluster's
+    non-chief workers (the chief is task "chief", else worker 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return True
+    if not resolver.task_type:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def worker_directory(output_dir: str, strategy: tf.distribute.Strategy) -> str:
+    """`output_dir` on the chief; `output_dir/workers/<task>-<id>` on other workers, which must
+    write their own checkpoints (every worker saves) without overwriting the chief's."""
+    if is_chief(strategy):
+        return output_dir
+    resolver = strategy.cluster_resolver
+    return posixpath.join(output_dir, "workers", f"{resolver.task_type}-{resolver.task_id}")
+
+
+def _tf_config_tasks() -> list[tuple[str, int]]:
+    """(task type, index) of every task of the cluster in TF_CONFIG; empty when it is not set."""
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw.strip():
+        return []
+    try:
+        cluster = json.loads(raw)["cluster"]
+        return [(kind, i) for kind, addresses in cluster.items() for i in range(len(addresses))]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(
+            "TF_CONFIG is not a JSON object with a 'cluster' of task lists, e.g. "
+            '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}'
+        ) from None
+
+
+def _multi_worker_strategy(why: str) -> tf.distribute.Strategy:
+    if not _tf_config_tasks():
+        raise ValueError(
+            "strategy 'multi_worker' needs the TF_CONFIG environment variable: the cluster's "
+            "workers and this process's task, e.g. "
+            '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}'
+        )
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as e:
+        raise ValueError(
+            "strategy 'multi_worker' must be created before TensorFlow runs anything in the "
+            f"process (resolve it first thing in the program): {e}"
+        ) from None
+    resolver = strategy.cluster_resolver
+    logger.info(
+        "strategy: MultiWorkerMirroredStrategy, %d replica(s) in sync; this is %s %d — %s",
+        strategy.num_replicas_in_sync,
+        resolver.task_type,
+        resolver.task_id,
         why,
     )
     return strategy

@@ -88,6 +88,30 @@ class BertPretrainingModel(keras.Model):
                 tracker.update_state(ce, sample_weight=weight)
         return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
+    # keras-team/keras#20585: Keras 3's fit and evaluate fail under MultiWorkerMirroredStrategy.
+    # Building from the first batch, it averages the batch across workers (an eager collective
+    # that fails); the first local batch gives the same shapes. Reducing each step's logs, it
+    # averages over axis 0, which scalars lack; as 1-element vectors they average as intended.
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None and _multi_worker(self.distribute_strategy):
+            strategy = self.distribute_strategy
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda x: strategy.experimental_local_results(x)[0]
+                    if isinstance(x, tf.distribute.DistributedValues)
+                    else x,
+                    next(batches),
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def train_step(self, data):
+        return _reducible_logs(self, super().train_step(data))
+
+    def test_step(self, data):
+        return _reducible_logs(self, super().test_step(data))
+
     def get_metrics_result(self):
         logs = super().get_metrics_result()
         if self._logged_loss_weights is not None:
@@ -97,6 +121,22 @@ class BertPretrainingModel(keras.Model):
                 total += self._logged_loss_weights[name] * logs[f"{name}_loss"]
             logs["loss"] = total
         return logs
+
+
+def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and resolver is not None
+        and len(tf.nest.flatten(list(resolver.cluster_spec().as_dict().values()))) > 1
+    )
+
+
+def _reducible_logs(model: keras.Model, logs: dict) -> dict:
+    if not _multi_worker(model.distribute_strategy):
+        return logs
+    return {name: tf.reshape(value, [1]) if tf.is_tensor(value) and value.shape.rank == 0 else value
+            for name, value in logs.items()}
 
 
 def build_pretraining_model(

@@ -36,7 +36,7 @@ import tensorflow as tf
 from kbert import checkpoints
 from kbert.config import PRESET_SIZES, BertConfig, resolve_config
 from kbert.data import describe, pretraining_dataset
-from kbert.distribute import resolve_strategy
+from kbert.distribute import resolve_strategy, worker_directory
 from kbert.losses import compile_for_pretraining
 from kbert.masking import DynamicMasking
 from kbert.model import BertPretrainingModel, build_pretraining_model
@@ -151,7 +151,9 @@ def pretrain(
         weight_decay: AdamW's decoupled weight decay.
         optimizer: "adamw" (Google's recipe) or "sgd" (plain SGD on the same schedule: no
             momentum, clipping or weight decay; a baseline whose updates are easy to check).
-        strategy: "auto", "cpu", "mirrored", "tpu" (see `resolve_strategy`) or a strategy.
+        strategy: "auto", "cpu", "mirrored", "multi_worker", "tpu" (see `resolve_strategy`) or a
+            strategy. Under "multi_worker" every worker runs `pretrain` with the same arguments;
+            the chief writes `output_dir`, the others `output_dir/workers/<task>-<id>`.
         tpu: the TPU for strategy "tpu"/"auto": "local" (TPU VM), a name or a grpc address.
         steps_per_execution: batches run per `tf.function` call (large values help TPUs).
         jit_compile: XLA compilation: True, False or "auto" (Keras: off on CPU and strategies).
@@ -233,6 +235,9 @@ def pretrain(
                 f"({checkpoint_interval})"
             )
 
+    # First: a multi-worker strategy must exist before TensorFlow runs anything (reading the data).
+    if not isinstance(strategy, tf.distribute.Strategy):
+        strategy = resolve_strategy(strategy, tpu=tpu)
     train_info = describe(train_files, count_records=False)
     max_seq_length = train_info["max_seq_length"]
     max_predictions_per_seq = max_predictions_per_seq or train_info["max_predictions_per_seq"]
@@ -246,8 +251,6 @@ def pretrain(
         DynamicMasking.from_vocab_file(dynamic_masking_vocab) if dynamic_masking_vocab else None
     )
 
-    if not isinstance(strategy, tf.distribute.Strategy):
-        strategy = resolve_strategy(strategy, tpu=tpu)
     on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
     if mixed_precision == "auto":
         mixed_precision = "bf16" if on_tpu else "none"
@@ -276,6 +279,7 @@ def pretrain(
         "dynamic_masking_vocab": dynamic_masking_vocab,
         "init_from": init_from,
     }
+    output_dir = worker_directory(output_dir, strategy)
     tf.io.gfile.makedirs(output_dir)
     backup_dir = posixpath.join(output_dir, BACKUP_DIR)
     initial_epoch = _restored_epoch(backup_dir)
@@ -411,7 +415,9 @@ def evaluate(
     5
     """
     _check_positive("batch_size", batch_size)
+    model_file = None
     if not isinstance(model, keras.Model):
+        model_file = posixpath.join(model, MODEL_FILE) if tf.io.gfile.isdir(model) else model
         model = load_model(model, strategy=strategy, tpu=tpu, jit_compile=jit_compile)
     if not isinstance(model, BertPretrainingModel):
         raise ValueError(f"evaluate needs a kbert BertPretrainingModel, got {type(model).__name__}")
@@ -425,8 +431,12 @@ def evaluate(
     results["mlm_perplexity"] = _safe_exp(results["mlm_loss"])
     results["num_sequences"] = num_sequences
     results["eval_files"] = eval_files if isinstance(eval_files, str) else list(eval_files)
-    optimizer = getattr(model, "optimizer", None)
-    results["step"] = _step(model) if optimizer is not None and optimizer.built else None
+    if model_file is not None:
+        # load_model compiled a fresh optimizer: the trained one's step is read from the file.
+        results["step"] = checkpoints.saved_optimizer_step(model_file)
+    else:
+        optimizer = getattr(model, "optimizer", None)
+        results["step"] = _step(model) if optimizer is not None and optimizer.built else None
     if output_path:
         _write_json_atomically(output_path, results)
         logger.info("evaluation written to %s", output_path)

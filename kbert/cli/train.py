@@ -9,7 +9,8 @@ import sys
 
 from kbert.cli import add_flag
 
-STRATEGIES = ("auto", "cpu", "mirrored", "tpu")
+# kbert.distribute.STRATEGY_KINDS, repeated so that parsing flags needs no TensorFlow import.
+STRATEGIES = ("auto", "cpu", "mirrored", "multi_worker", "tpu")
 MIXED_PRECISION = ("auto", "none", "bf16", "fp16")
 
 
@@ -67,8 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     run = parser.add_argument_group("execution")
     add_flag(run, "strategy", choices=STRATEGIES, default="auto",
-             help="auto (TPU if attached, else Mirrored over >1 GPU, else one device), cpu, "
-                  "mirrored, tpu")
+             help="auto (multi_worker if TF_CONFIG names a cluster, else TPU if attached, else "
+                  "Mirrored over >1 GPU, else one device), cpu, mirrored, multi_worker (every "
+                  "worker runs this command with its own TF_CONFIG), tpu")
     add_flag(run, "tpu", default="local",
              help="TPU for --strategy tpu: 'local' (Colab / Cloud TPU VM), a name or grpc:// "
                   "address")
