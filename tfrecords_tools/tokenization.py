@@ -72,10 +72,11 @@ class WordPieceEncoder:
     """Batched text -> ids with exactly `build_tokenizer`'s result, several times faster on ASCII.
 
     Hugging Face's pipeline tracks character alignments we do not need and runs at ~1 MB/s per
-    core here. ASCII texts (most English sentences) are therefore split into words with one
-    C-level regex over the whole batch implementing Google's BasicTokenizer rules for ASCII, and each distinct word is
-    WordPiece-tokenized once by the Rust model and remembered; other texts take the full Rust
-    pipeline. Tests check both paths against Hugging Face's BertWordPieceTokenizer and Google's rules.
+    core here. The ASCII texts of a batch (most English sentences) are therefore split into words
+    by one C-level regex pass implementing Google's BasicTokenizer rules for ASCII, and each
+    distinct word is WordPiece-tokenized once by the Rust model and remembered; other texts take
+    the full Rust pipeline. Tests check both paths against Hugging Face's BertWordPieceTokenizer
+    and Google's rules.
 
     Args:
         tokens: the vocabulary in id order.
