@@ -7,7 +7,9 @@ the plain keras-hub baseline, and MFU: the model's training FLOP/s (analytic cou
 matmuls) over the CPU's peak FLOP/s, measured in the same run with a large matmul of the
 variant's compute dtype.
 
-    python benchmarks/train_step.py [--steps 32] [--warmup 3]
+    python benchmarks/train_step.py [--steps 32] [--warmup 3] [--quick]
+
+`--quick` runs only the baseline and kbert with XLA off and on (about a third of the time).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ VARIANTS = {
     "kbert, XLA off, bf16": ("kbert_bf16", None),
     "kbert, XLA on, bf16": ("kbert_xla_bf16", None),
 }
+QUICK_VARIANTS = ("keras-hub composition, Keras defaults", "kbert, XLA off", "kbert, XLA on")
 # variant: (jit_compile, steps_per_execution, mixed precision)
 KBERT_SETTINGS = {
     "kbert": (False, 1, False),
@@ -183,6 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=32, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation)")
+    parser.add_argument("--quick", action="store_true", help="only the baseline and kbert, XLA off and on")
     parser.add_argument(
         "--variant",
         choices=sorted({v for v, _ in VARIANTS.values()} | {"peak_float32", "peak_bfloat16"}),
@@ -205,6 +209,8 @@ def main() -> None:
         peaks[dtype] = json.loads(out.stdout.strip().splitlines()[-1])["flops_per_second"]
     results = {}
     for label, (variant, onednn) in VARIANTS.items():
+        if args.quick and label not in QUICK_VARIANTS:
+            continue
         env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
         if onednn is not None:
             env["TF_ENABLE_ONEDNN_OPTS"] = onednn
