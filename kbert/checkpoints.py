@@ -5,6 +5,7 @@ Google's variable layout maps one to one onto kbert's weights, both ways
 keras-hub preset or a Hugging Face BERT folder (`init_encoder`) and saves as a keras-hub preset
 that `keras_hub.models.BertTextClassifier.from_preset` fine-tunes (`save_encoder_preset`).
 `init_from` tells these sources apart, so `kbert train --init-from` needs one call.
+`saved_optimizer_step` reads how many updates a `.keras` model file was trained for.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import os
 import re
 import tempfile
 import uuid
+import zipfile
 from typing import Any
 
+import h5py
 import keras
 import keras_hub
 import numpy as np
@@ -792,9 +795,11 @@ def save_encoder_preset(
     The directory holds the BertBackbone (`config.json`, `model.weights.h5`), a `BertTokenizer`
     over `vocab_file` and a `BertTextClassifierPreprocessor`, so
     `keras_hub.models.BertTextClassifier.from_preset(preset_dir, num_classes=...)` builds a
-    classifier on the pre-trained encoder. Written to a temporary name, then renamed. Note that
-    keras-hub's `BertTokenizer` with `lowercase=True` does not strip accents as Google's and HF's
-    uncased tokenizers do (accented words become [UNK]): strip them from the text beforehand.
+    classifier on the pre-trained encoder. Written beside `preset_dir` under a temporary name,
+    then renamed; an existing preset is replaced only by a complete one, and kept if that fails.
+    Note that keras-hub's `BertTokenizer` with `lowercase=True` does not strip accents as Google's
+    and HF's uncased tokenizers do (accented words become [UNK]): strip them from the text
+    beforehand.
 
     Args:
         model: a kbert pre-training model (or a keras-hub BertBackbone).
@@ -840,17 +845,82 @@ def save_encoder_preset(
     return preset_dir
 
 
+def saved_optimizer_step(keras_file: str) -> int | None:
+    """The optimizer updates a `.keras` model file had done when saved (its `iterations`).
+
+    None, with a warning saying why, for a file saved without an optimizer (an uncompiled model).
+
+    Args:
+        keras_file: a `.keras` file (any `tf.io.gfile` path).
+
+    Examples:
+    >>> import kbert
+    >>> config = kbert.BertConfig.from_preset("tiny", vocab_size=32)
+    >>> model = kbert.build_pretraining_model(config, 8, 2)
+    >>> _ = kbert.compile_for_pretraining(model)
+    >>> model.save("model.keras")
+    >>> saved_optimizer_step("model.keras")
+    0
+    """
+    # Reads one scalar from the archive: rebuilding the saved optimizer would allocate its slot
+    # variables, twice the model's size. Keras saves the optimizer's batch counter as its first
+    # variable; under gradient accumulation `iterations` divides it by the batches per update.
+    with tf.io.gfile.GFile(keras_file, "rb") as f:
+        try:
+            archive = zipfile.ZipFile(f)
+        # A file shorter than a zip's end record fails gfile's seek back from its end.
+        except (zipfile.BadZipFile, tf.errors.InvalidArgumentError):
+            raise ValueError(f"{keras_file}: not a .keras file (expected a zip archive)") from None
+        with archive:
+            config = json.loads(archive.read("config.json"))
+            optimizer = (config.get("compile_config") or {}).get("optimizer")
+            counter = None
+            if optimizer is not None and "model.weights.h5" in archive.namelist():
+                with archive.open("model.weights.h5") as weights, h5py.File(weights, "r") as h5:
+                    if "optimizer/vars/0" in h5:
+                        counter = int(h5["optimizer/vars/0"][()])
+    if counter is None:
+        logger.warning(
+            "%s: saved without an optimizer (the model was not compiled), so the number of "
+            "updates it was trained for is unknown (step: null)",
+            keras_file,
+        )
+        return None
+    return counter // (optimizer["config"].get("gradient_accumulation_steps") or 1)
+
+
 def _publish_directory(local_dir: str, destination: str) -> None:
-    """Copy a local directory to `destination` under a temporary name, then rename it there."""
-    tmp = f"{destination.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
-    for root, _, files in os.walk(local_dir):
-        target = os.path.join(tmp, os.path.relpath(root, local_dir))
-        tf.io.gfile.makedirs(target)
-        for name in files:
-            tf.io.gfile.copy(os.path.join(root, name), os.path.join(target, name))
-    if tf.io.gfile.exists(destination):
-        tf.io.gfile.rmtree(destination)
-    tf.io.gfile.rename(tmp, destination)
+    """Copy a local directory to `destination`, replacing it without a moment where it is absent.
+
+    The copy is written to a temporary sibling; an existing `destination` is moved aside to
+    another, the copy renamed into place, then the old one deleted (or put back on failure).
+    """
+    destination = destination.rstrip("/")
+    token = uuid.uuid4().hex[:8]
+    new, old = f"{destination}.tmp-{token}", f"{destination}.old-{token}"
+    replacing = tf.io.gfile.exists(destination)
+    try:
+        for root, _, files in os.walk(local_dir):
+            target = os.path.join(new, os.path.relpath(root, local_dir))
+            tf.io.gfile.makedirs(target)
+            for name in files:
+                tf.io.gfile.copy(os.path.join(root, name), os.path.join(target, name))
+        if replacing:
+            tf.io.gfile.rename(destination, old)
+        try:
+            tf.io.gfile.rename(new, destination)
+        except BaseException:
+            if replacing:
+                # A directory rename copies object by object on gs://: clear a partial one first.
+                if tf.io.gfile.exists(destination):
+                    tf.io.gfile.rmtree(destination)
+                tf.io.gfile.rename(old, destination)
+            raise
+    finally:
+        if tf.io.gfile.exists(new):
+            tf.io.gfile.rmtree(new)
+    if replacing:
+        tf.io.gfile.rmtree(old)
 
 
 def _copy_atomically(source: str, destination: str) -> None:

@@ -430,6 +430,56 @@ def test_encoder_preset_fine_tunes_as_a_bert_text_classifier(tmp_path):
     assert classifier.preprocessor.sequence_length == config.max_position_embeddings
 
 
+def write_vocab(directory):
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(95)]
+    (directory / "vocab.txt").write_text("\n".join(words) + "\n")
+    return str(directory / "vocab.txt")
+
+
+def preset_token_embeddings(preset):
+    """The token embeddings of the classifier a preset builds (tokenizer and preprocessor too)."""
+    classifier = keras_hub.models.BertTextClassifier.from_preset(preset, num_classes=2)
+    return classifier.backbone.token_embedding.embeddings.numpy()
+
+
+def token_embeddings(model):
+    return model.get_layer("encoder").token_embedding.embeddings.numpy()
+
+
+def test_replacing_an_encoder_preset_leaves_the_new_one_and_no_temporary_siblings(tmp_path):
+    vocab, preset = write_vocab(tmp_path), str(tmp_path / "preset")
+    old, new = pretraining_model(), pretraining_model()
+    assert not np.array_equal(token_embeddings(old), token_embeddings(new))
+    save_encoder_preset(old, preset, vocab)
+
+    save_encoder_preset(new, preset, vocab)
+
+    np.testing.assert_array_equal(preset_token_embeddings(preset), token_embeddings(new))
+    assert sorted(os.listdir(tmp_path)) == ["preset", "vocab.txt"]
+
+
+def test_a_preset_replacement_failing_at_the_last_rename_keeps_the_old_preset(
+    tmp_path, monkeypatch
+):
+    vocab, preset = write_vocab(tmp_path), str(tmp_path / "preset")
+    old, new = pretraining_model(), pretraining_model()
+    save_encoder_preset(old, preset, vocab)
+    rename = tf.io.gfile.rename
+
+    def rename_failing_into_place(source, destination, overwrite=False):
+        if destination == preset and ".tmp-" in source:
+            raise OSError(f"injected failure renaming {source}")
+        rename(source, destination, overwrite)
+
+    monkeypatch.setattr(tf.io.gfile, "rename", rename_failing_into_place)
+    with pytest.raises(OSError, match="injected failure"):
+        save_encoder_preset(new, preset, vocab)
+    monkeypatch.undo()
+
+    np.testing.assert_array_equal(preset_token_embeddings(preset), token_embeddings(old))
+    assert sorted(os.listdir(tmp_path)) == ["preset", "vocab.txt"]
+
+
 def test_init_from_detects_each_kind_of_source(google_checkpoint, tmp_path):
     config, _, prefix = google_checkpoint
     write_hf_folder(str(tmp_path / "hf"), config)
