@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -37,37 +38,36 @@ def multi_worker_run(tmp_path_factory):
     data = write_pretraining_records(str(work / "data"))
     config_file = str(work / "bert_config.json")
     tiny_config().to_json_file(config_file)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     command = [
         sys.executable, "-m", "kbert", "train", "--config", config_file, "--train_files", data,
         "--output_dir", str(work / "run"), "--steps", str(STEPS), "--batch_size", str(GLOBAL_BATCH),
         "--seed", str(SEED), "--optimizer", "sgd", "--learning_rate", str(LEARNING_RATE),
         "--warmup_steps", "0", "--strategy", "multi_worker", "--eval_files", data, "--verbose", "0",
     ]
-    workers = []
-    for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        workers.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    try:
-        outputs = [worker.communicate(timeout=300)[0] for worker in workers]
-    finally:
-        for worker in workers:
-            worker.kill()
-    for worker, output in zip(workers, outputs):
-        assert worker.returncode == 0, output[-3000:]
+    for returncode, output in run_cluster(command):
+        assert returncode == 0, output[-3000:]
     return work, data
 
 
-def test_two_workers_train_the_weights_of_one_device_on_their_joint_batches(multi_worker_run):
-    work, data = multi_worker_run
-    chief = keras.saving.load_model(str(work / "run" / "model.keras"))
-    assert int(chief.optimizer.iterations.numpy()) == STEPS
-    # The other worker holds the same weights and wrote to its own directory.
-    other = keras.saving.load_model(str(work / "run" / "workers" / "worker-1" / "model.keras"))
-    for a, b in zip(chief.weights, other.weights):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+def run_cluster(command, workers=2, timeout=300):
+    """Run `command` as every worker of a cluster on 127.0.0.1: [(return code, output)]."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(workers)]}
+    processes = []
+    for index in range(workers):
+        task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, TF_CONFIG=json.dumps(task), TF_CPP_MIN_LOG_LEVEL="2")
+        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    try:
+        outputs = [process.communicate(timeout=timeout)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    return [(process.returncode, output) for process, output in zip(processes, outputs)]
 
-    # One device on the same global batches: each step, worker 0's batch of 4 then worker 1's.
+
+def one_device_on_joint_batches(data, steps, before=None):
+    """The tiny model trained on one device for `steps` SGD updates, each on worker 0's batch of
+    4 then worker 1's, as the cluster's pipelines yield them."""
     with _without_global_tf_seed():
         pipelines = [
             pretraining_dataset(
@@ -80,10 +80,25 @@ def test_two_workers_train_the_weights_of_one_device_on_their_joint_batches(mult
         lambda a, b: tf.nest.map_structure(lambda x, y: tf.concat([x, y], 0), a, b)
     )
     keras.utils.set_random_seed(SEED)
-    reference = kbert.build_pretraining_model(tiny_config(), chief.max_seq_length, chief.max_predictions_per_seq)
-    kbert.compile_for_pretraining(reference, _build_optimizer("sgd", LEARNING_RATE, STEPS, 0, 0.01, 1))
-    before = [w.numpy() for w in reference.weights]
-    reference.fit(joint, epochs=1, steps_per_epoch=STEPS, verbose=0, shuffle=False)
+    model = kbert.build_pretraining_model(tiny_config(), 16, 3)
+    kbert.compile_for_pretraining(model, _build_optimizer("sgd", LEARNING_RATE, steps, 0, 0.01, 1))
+    if before is not None:
+        before.extend(w.numpy() for w in model.weights)
+    model.fit(joint, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
+    return model
+
+
+def test_two_workers_train_the_weights_of_one_device_on_their_joint_batches(multi_worker_run):
+    work, data = multi_worker_run
+    chief = keras.saving.load_model(str(work / "run" / "model.keras"))
+    assert int(chief.optimizer.iterations.numpy()) == STEPS
+    # The other worker holds the same weights and wrote to its own directory.
+    other = keras.saving.load_model(str(work / "run" / "workers" / "worker-1" / "model.keras"))
+    for a, b in zip(chief.weights, other.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+    before = []
+    reference = one_device_on_joint_batches(data, STEPS, before)
     for a, b in zip(chief.weights, reference.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
     moved = max(np.abs(w.numpy() - w0).max() for w, w0 in zip(reference.weights, before))
@@ -108,3 +123,45 @@ def test_multi_worker_without_a_usable_tf_config_is_a_named_error(monkeypatch, t
         monkeypatch.setenv("TF_CONFIG", tf_config)
     with pytest.raises(ValueError, match=message):
         resolve_strategy("multi_worker")
+
+
+KILLED_CHILD = textwrap.dedent("""
+    import json, os, signal, sys
+    import keras
+    sys.path.insert(0, {tests!r})
+    from helpers import tiny_config
+    from kbert.train import pretrain
+
+    data, run_dir, markers = sys.argv[1:4]
+    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+
+    class KillOnceAfterStep2(keras.callbacks.Callback):
+        # Runs after kbert's callbacks: this worker's step-2 checkpoint and backup are on disk.
+        def on_epoch_end(self, epoch, logs=None):
+            marker = os.path.join(markers, f"killed-{{index}}")
+            if int(self.model.optimizer.iterations.numpy()) == 2 and not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    pretrain(tiny_config(), data, run_dir, steps=4, checkpoint_interval=2, batch_size={batch},
+             seed={seed}, optimizer="sgd", learning_rate={learning_rate}, warmup_steps=0,
+             strategy="multi_worker", callbacks=[KillOnceAfterStep2()], verbose=0)
+""")
+
+
+def test_a_killed_cluster_rerun_resumes_where_it_stopped(multi_worker_run, tmp_path):
+    _, data = multi_worker_run
+    child = tmp_path / "child.py"
+    child.write_text(KILLED_CHILD.format(tests=os.path.dirname(__file__), batch=GLOBAL_BATCH, seed=SEED,
+                                         learning_rate=LEARNING_RATE))
+    command = [sys.executable, str(child), data, str(tmp_path / "run"), str(tmp_path)]
+    for returncode, output in run_cluster(command):
+        assert returncode == -9, output[-3000:]  # both killed by SIGKILL after step 2
+    for returncode, output in run_cluster(command):
+        assert returncode == 0, output[-3000:]
+    resumed = keras.saving.load_model(str(tmp_path / "run" / "model.keras"))
+    assert int(resumed.optimizer.iterations.numpy()) == 4
+    # Steps 3 and 4 ran once each on the batches a straight run would have used.
+    reference = one_device_on_joint_batches(data, 4)
+    for a, b in zip(resumed.weights, reference.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
