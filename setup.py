@@ -22,6 +22,7 @@ setup(
         "matplotlib",
         "tensorflow-serving-api~=2.21",
         "tensorboard",
+        "h5py",
     ],
     extras_require={
         "test": ["pytest", "psutil"],
