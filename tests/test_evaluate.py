@@ -34,7 +34,7 @@ def test_kbert_evaluate_on_a_run_directory_writes_the_trained_step(tmp_path, cap
     data = write_pretraining_records(str(tmp_path / "data"), num_records=16)
     run = train(data, tmp_path / "run", steps=3)
 
-    assert main(["evaluate", str(run), "--eval-files", data, "--batch-size", "16",
+    assert main(["evaluate", "--model", str(run), "--eval-files", data, "--batch-size", "16",
                  "--strategy", "cpu", "--verbose", "0"]) == 0
 
     assert json.loads((run / "eval_results.json").read_text())["step"] == 3

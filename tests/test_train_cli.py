@@ -42,7 +42,7 @@ def test_kbert_train_then_kbert_evaluate_on_the_run_directory(tmp_path, capsys):
     assert code == 0
     trained = json.loads((run / "eval_results.json").read_text())
     (run / "eval_results.json").unlink()
-    assert main(["evaluate", str(run), "--eval-files", data, "--batch-size", "5", "--verbose", "0"]) == 0
+    assert main(["evaluate", "--model", str(run), "--eval-files", data, "--batch-size", "5", "--verbose", "0"]) == 0
     evaluated = json.loads((run / "eval_results.json").read_text())
     for name in ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"):
         assert evaluated[name] == pytest.approx(trained[name], abs=1e-5), name
@@ -61,5 +61,13 @@ def test_bad_flag_values_end_in_one_error_line(tmp_path, capsys):
         "kbert train: error: checkpoint_interval (3) must divide steps (10): training runs in "
         "whole intervals so that every one ends with a checkpoint"
     )
-    assert main(["evaluate", str(tmp_path / "nothing"), "--eval-files", str(tmp_path)]) == 1
+    assert main(["evaluate", "--model", str(tmp_path / "nothing"), "--eval-files", str(tmp_path)]) == 1
     assert "model.keras" in capsys.readouterr().err
+
+
+def test_cli_strategies_are_resolve_strategy_kinds():
+    # The CLI repeats the list so that parsing flags imports no TensorFlow: it must not drift.
+    from kbert.cli.train import STRATEGIES
+    from kbert.distribute import STRATEGY_KINDS
+
+    assert STRATEGIES == STRATEGY_KINDS
