@@ -32,9 +32,10 @@ def resolve_strategy(
     `multi_worker` returns a `MultiWorkerMirroredStrategy` over the cluster in the `TF_CONFIG`
     environment variable (every worker runs the same program; it must be created before
     TensorFlow runs anything else in the process); `cpu` returns the default one-device strategy;
-    `auto` picks multi-worker when `TF_CONFIG` names more than one task, else a TPU when one is
-    attached to this machine, else Mirrored when there is more than one GPU, else one device.
-    Asking for a local TPU where none is attached raises at once (no minutes-long hang).
+    `auto` picks multi-worker when `TF_CONFIG` names more than one chief or worker task (and no
+    parameter servers), else a TPU when one is attached to this machine, else Mirrored when there
+    is more than one GPU, else one device. Asking for a local TPU where none is attached raises at
+    once (no minutes-long hang).
 
     Args:
         kind: "auto", "cpu", "mirrored", "multi_worker" or "tpu".
@@ -56,7 +57,8 @@ def resolve_strategy(
             f"devices={list(devices)} is only used with strategy 'mirrored', not {kind!r}"
         )
     # Before anything that starts TensorFlow's runtime: collectives are configured at its start.
-    if kind == "multi_worker" or (kind == "auto" and len(_tf_config_tasks()) > 1):
+    tasks = _tf_config_tasks() if kind == "auto" else []
+    if kind == "multi_worker" or (len(tasks) > 1 and {task for task, _ in tasks} <= {"chief", "worker"}):
         return _multi_worker_strategy("requested" if kind == "multi_worker" else "auto: TF_CONFIG names a cluster")
     gpus = tf.config.list_logical_devices("GPU")
     if kind == "auto":

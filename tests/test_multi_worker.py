@@ -165,3 +165,15 @@ def test_a_killed_cluster_rerun_resumes_where_it_stopped(multi_worker_run, tmp_p
     reference = one_device_on_joint_batches(data, 4)
     for a, b in zip(resumed.weights, reference.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
+
+
+def test_auto_picks_multi_worker_only_for_a_cluster_of_workers(monkeypatch, caplog):
+    workers = ["127.0.0.1:1", "127.0.0.1:2"]
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": workers, "ps": ["127.0.0.1:3"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with caplog.at_level("INFO", logger="kbert.distribute"):
+        assert resolve_strategy("auto").num_replicas_in_sync == 1  # parameter servers: not ours
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}}))
+    # This process has run TensorFlow already: too late for collectives, and the error says so.
+    with pytest.raises(ValueError, match="before TensorFlow runs anything"):
+        resolve_strategy("auto")
