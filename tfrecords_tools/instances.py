@@ -490,7 +490,7 @@ def _byte_table(rows: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
 
 class _ExampleEncoder:
     """Serializes records in `tf.train.Example` wire format from numpy arrays, all records of a
-    batch at once, ~30x faster than building protobuf messages one by one (which alone would cap
+    batch at once, ~10x faster than building protobuf messages one by one (which alone would cap
     a core at ~12k records/s).
 
     Every record is a sequence of pieces (map-entry headers and packed payloads); each piece is a
