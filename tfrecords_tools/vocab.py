@@ -153,7 +153,8 @@ def learn_vocab(
     lower-cased and accents stripped (Google's uncased models), otherwise kept as is.
     `[PAD]` gets id 0, then `[UNK] [CLS] [SEP] [MASK]`. A small corpus may give fewer tokens
     than requested (`VocabResult.vocab_size` says how many). The same sentences always give the
-    same file; the sentences are spooled once to a temporary file (as much disk as the corpus).
+    same file; the sentences are spooled once to a temporary file in $TMPDIR (as much disk as
+    the corpus).
 
     Args:
         sentences: iterable of text (sentences or whole documents).
