@@ -59,7 +59,8 @@ def resolve_strategy(
     # Before anything that starts TensorFlow's runtime: collectives are configured at its start.
     tasks = _tf_config_tasks() if kind == "auto" else []
     if kind == "multi_worker" or (len(tasks) > 1 and {task for task, _ in tasks} <= {"chief", "worker"}):
-        return _multi_worker_strategy("requested" if kind == "multi_worker" else "auto: TF_CONFIG names a cluster")
+        why = "requested" if kind == "multi_worker" else "auto: TF_CONFIG names a cluster"
+        return _multi_worker_strategy(why)
     gpus = tf.config.list_logical_devices("GPU")
     if kind == "auto":
         if tpu != "local" or _local_tpu_attached():
@@ -102,16 +103,25 @@ def _mirrored_strategy(devices: Sequence[str] | None, why: str) -> tf.distribute
     return strategy
 
 
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """Whether `strategy` is a MultiWorkerMirroredStrategy over a cluster of several tasks."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and resolver is not None
+        and len(tf.nest.flatten(list(resolver.cluster_spec().as_dict().values()))) > 1
+    )
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the run's files: always, except on a multi-worker cluster's
     non-chief workers (the chief is task "chief", else worker 0)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+    if not is_multi_worker(strategy):
         return True
-    if not resolver.task_type:
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
+    resolver = strategy.cluster_resolver
+    if "chief" in resolver.cluster_spec().as_dict():
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
 
 
 def worker_directory(output_dir: str, strategy: tf.distribute.Strategy) -> str:

@@ -12,6 +12,7 @@ from keras_hub.src.utils.keras_utils import gelu_approximate
 
 from kbert import features
 from kbert.config import BertConfig, resolve_config
+from kbert.distribute import is_multi_worker
 from kbert.losses import WeightedSparseCrossEntropy, per_example_cross_entropy
 
 OUTPUTS = ("mlm", "nsp")
@@ -93,7 +94,7 @@ class BertPretrainingModel(keras.Model):
     # that fails); the first local batch gives the same shapes. Reducing each step's logs, it
     # averages over axis 0, which scalars lack; as 1-element vectors they average as intended.
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if iterator is not None and _multi_worker(self.distribute_strategy):
+        if iterator is not None and is_multi_worker(self.distribute_strategy):
             strategy = self.distribute_strategy
             for _, _, batches in iterator:
                 data_batch = tf.nest.map_structure(
@@ -123,17 +124,8 @@ class BertPretrainingModel(keras.Model):
         return logs
 
 
-def _multi_worker(strategy: tf.distribute.Strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    return (
-        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        and resolver is not None
-        and len(tf.nest.flatten(list(resolver.cluster_spec().as_dict().values()))) > 1
-    )
-
-
 def _reducible_logs(model: keras.Model, logs: dict) -> dict:
-    if not _multi_worker(model.distribute_strategy):
+    if not is_multi_worker(model.distribute_strategy):
         return logs
     return {name: tf.reshape(value, [1]) if tf.is_tensor(value) and value.shape.rank == 0 else value
             for name, value in logs.items()}
