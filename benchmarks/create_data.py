@@ -59,7 +59,9 @@ def build_corpus(path: str, target_bytes: int) -> str:
             if not os.path.isdir(root):
                 continue
             used.append(f"docstrings under {root}")
-            for document in corpora.python_docstring_documents([root], exclude_dirs={"test", "tests", "testing"}):
+            for document in corpora.python_docstring_documents(
+                [root], exclude_dirs={"test", "tests", "testing"}
+            ):
                 size += sum(len(s.encode()) + 1 for s in document) + 1
                 yield document
                 if size >= target_bytes:
@@ -68,11 +70,15 @@ def build_corpus(path: str, target_bytes: int) -> str:
     count, _ = corpora.write_google_layout(documents(), path)
     size = os.path.getsize(path)
     if size < target_bytes:
-        raise SystemExit(f"only {size / 1e6:.1f} MB of prose found, wanted {target_bytes / 1e6:.1f} MB")
+        raise SystemExit(
+            f"only {size / 1e6:.1f} MB of prose found, wanted {target_bytes / 1e6:.1f} MB"
+        )
     return f"{size / 1e6:.1f} MB, {count:,} documents: " + "; ".join(used)
 
 
-def compare_vocab_learners(corpus: str, sample_bytes: int = 2_000_000, vocab_size: int = 8000) -> dict:
+def compare_vocab_learners(
+    corpus: str, sample_bytes: int = 2_000_000, vocab_size: int = 8000
+) -> dict:
     """Seconds of HF tokenizers' WordPiece trainer vs tensorflow-text's learner on the same sample."""
     import tempfile
 
@@ -135,7 +141,12 @@ def run(corpus: str, output: str, vocab: str, workers: int) -> dict:
     if process.returncode:
         raise SystemExit(f"create-data run failed ({process.returncode})")
     result = json.loads(out.strip().splitlines()[-1])
-    result.update(wall=wall, peak_rss_mb=peak_total / 2**20, peak_rss_one_process_mb=peak_one / 2**20, workers=workers)
+    result.update(
+        wall=wall,
+        peak_rss_mb=peak_total / 2**20,
+        peak_rss_one_process_mb=peak_one / 2**20,
+        workers=workers,
+    )
     return result
 
 
@@ -144,7 +155,9 @@ def main() -> None:
     parser.add_argument("--work_dir", default="/tmp/kbert-bench-create-data")
     parser.add_argument("--target_mb", type=float, default=10.0)
     parser.add_argument("--skip_learner_comparison", action="store_true")
-    parser.add_argument("--reuse_corpus", action="store_true", help="keep a corpus built by an earlier run")
+    parser.add_argument(
+        "--reuse_corpus", action="store_true", help="keep a corpus built by an earlier run"
+    )
     args = parser.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
     corpus = os.path.join(args.work_dir, "corpus_1x.txt")
@@ -152,7 +165,11 @@ def main() -> None:
     vocab = os.path.join(args.work_dir, "vocab.txt")
 
     start = time.perf_counter()
-    if args.reuse_corpus and os.path.exists(corpus) and os.path.getsize(corpus) >= args.target_mb * 1e6:
+    if (
+        args.reuse_corpus
+        and os.path.exists(corpus)
+        and os.path.getsize(corpus) >= args.target_mb * 1e6
+    ):
         description = f"{os.path.getsize(corpus) / 1e6:.1f} MB reused from {corpus}"
     else:
         description = build_corpus(corpus, int(args.target_mb * 1e6))
@@ -166,22 +183,30 @@ def main() -> None:
     from tfrecords_tools.vocab import learn_vocab
 
     result = learn_vocab(sentences_of(TextFiles(corpus)), vocab, vocab_size=30522, min_frequency=1)
-    print(f"vocab: {result.vocab_size:,} tokens learned by {result.learner} in {result.seconds:.1f}s")
+    print(
+        f"vocab: {result.vocab_size:,} tokens learned by {result.learner} in {result.seconds:.1f}s"
+    )
     if not args.skip_learner_comparison:
         c = compare_vocab_learners(corpus)
-        print(f"vocab learners on a {c['sample_mb']:.1f} MB sample (8k vocab): HF tokenizers "
-              f"{c['hf_tokenizers_s']:.1f}s, tensorflow-text bert_vocab_from_dataset "
-              f"{c['tensorflow_text_s']:.1f}s -> HF {c['tensorflow_text_s'] / c['hf_tokenizers_s']:.0f}x faster")
+        print(
+            f"vocab learners on a {c['sample_mb']:.1f} MB sample (8k vocab): HF tokenizers "
+            f"{c['hf_tokenizers_s']:.1f}s, tensorflow-text bert_vocab_from_dataset "
+            f"{c['tensorflow_text_s']:.1f}s -> HF {c['tensorflow_text_s'] / c['hf_tokenizers_s']:.0f}x faster"
+        )
 
-    print(f"settings: {SETTINGS}; load average before runs: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(
+        f"settings: {SETTINGS}; load average before runs: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     runs = [
         ("1x corpus, 1 worker", corpus, 1),
         ("1x corpus, 2 workers", corpus, 2),
         ("4x corpus, 1 worker", corpus_4x, 1),
     ]
     results = {}
-    header = (f"{'run':<22}{'input MB':>9}{'instances':>11}{'MB/s':>7}{'inst/s':>9}{'MB/s wall':>10}"
-              f"{'MB/cpu-s':>9}{'peak RSS MB':>12}{'largest proc':>13}")
+    header = (
+        f"{'run':<22}{'input MB':>9}{'instances':>11}{'MB/s':>7}{'inst/s':>9}{'MB/s wall':>10}"
+        f"{'MB/cpu-s':>9}{'peak RSS MB':>12}{'largest proc':>13}"
+    )
     print(header)
     for name, path, workers in runs:
         output = os.path.join(args.work_dir, name.replace(" ", "_").replace(",", ""), "train")
@@ -189,17 +214,25 @@ def main() -> None:
         r = run(path, output, vocab, workers)
         results[name] = r
         mb = r["input_bytes"] / 1e6
-        print(f"{name:<22}{mb:>9.1f}{r['instances']:>11,}{mb / r['seconds']:>7.2f}{r['instances'] / r['seconds']:>9,.0f}"
-              f"{mb / r['wall']:>10.2f}{mb / r['cpu_seconds']:>9.2f}{r['peak_rss_mb']:>12.0f}"
-              f"{r['peak_rss_one_process_mb']:>13.0f}")
+        print(
+            f"{name:<22}{mb:>9.1f}{r['instances']:>11,}{mb / r['seconds']:>7.2f}{r['instances'] / r['seconds']:>9,.0f}"
+            f"{mb / r['wall']:>10.2f}{mb / r['cpu_seconds']:>9.2f}{r['peak_rss_mb']:>12.0f}"
+            f"{r['peak_rss_one_process_mb']:>13.0f}"
+        )
     one, two, four = (results[name] for name, _, _ in runs)
     speed_two = two["input_bytes"] / 1e6 / two["seconds"]
-    print("MB/s and inst/s: input bytes and instances over the run's own time (API call, after interpreter"
-          " start and imports); 'MB/s wall' includes them; MB/cpu-s: input MB per CPU-second of the"
-          " run's processes (does not depend on what else the machine runs).")
-    print(f"2 workers vs 1: {one['seconds'] / two['seconds']:.2f}x; 2 workers vs google-research/bert "
-          f"(quoted {GOOGLE_MB_PER_S} MB/s): {speed_two / GOOGLE_MB_PER_S:.0f}x (goal >= 20x = 2.3 MB/s)")
-    print(f"peak RSS 4x / 1x corpus (1 worker): {four['peak_rss_mb'] / one['peak_rss_mb']:.2f} (goal <= 1.2)")
+    print(
+        "MB/s and inst/s: input bytes and instances over the run's own time (API call, after interpreter"
+        " start and imports); 'MB/s wall' includes them; MB/cpu-s: input MB per CPU-second of the"
+        " run's processes (does not depend on what else the machine runs)."
+    )
+    print(
+        f"2 workers vs 1: {one['seconds'] / two['seconds']:.2f}x; 2 workers vs google-research/bert "
+        f"(quoted {GOOGLE_MB_PER_S} MB/s): {speed_two / GOOGLE_MB_PER_S:.0f}x (goal >= 20x = 2.3 MB/s)"
+    )
+    print(
+        f"peak RSS 4x / 1x corpus (1 worker): {four['peak_rss_mb'] / one['peak_rss_mb']:.2f} (goal <= 1.2)"
+    )
 
 
 if __name__ == "__main__":

@@ -20,11 +20,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import kbert  # noqa: E402,F401  (first: kbert's TensorFlow defaults apply before TF starts)
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from train_step import BATCH, PREDICTIONS, SEQ, VOCAB, run_variant  # noqa: E402
 
+import kbert  # noqa: E402,F401  (first: kbert's TensorFlow defaults apply before TF starts)
 from kbert import features  # noqa: E402
 from kbert.data import pretraining_dataset  # noqa: E402
 from kbert.masking import DynamicMasking  # noqa: E402

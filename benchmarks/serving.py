@@ -111,8 +111,10 @@ def run(args: argparse.Namespace, workdir: str) -> None:
 
     def hf_keras_fill_mask(pairs: list[tuple[str, str]]):
         encodings = hf.encode_batch(pairs)
-        x = {k: np.zeros((len(pairs), SEQ), "int32")
-             for k in ("input_ids", "segment_ids", "input_mask")}
+        x = {
+            k: np.zeros((len(pairs), SEQ), "int32")
+            for k in ("input_ids", "segment_ids", "input_mask")
+        }
         x["masked_lm_positions"] = np.zeros((len(pairs), PREDICTIONS), "int32")
         for row, e in enumerate(encodings):
             n = len(e.ids)
@@ -136,8 +138,10 @@ def run(args: argparse.Namespace, workdir: str) -> None:
         f"{args.iterations} timed calls after {args.warmup} warm-up, "
         f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}\n"
     )
-    print(f"{'batch':>5}  {'path':<36} {'p50 ms':>9} {'p95 ms':>9} {'cpu p50 ms':>11} "
-          f"{'p50 vs keras':>13} {'cpu vs keras':>13}")
+    print(
+        f"{'batch':>5}  {'path':<36} {'p50 ms':>9} {'p95 ms':>9} {'cpu p50 ms':>11} "
+        f"{'p50 vs keras':>13} {'cpu vs keras':>13}"
+    )
     for batch_size in BATCH_SIZES:
         text_a, text_b = texts(batch_size, VOCAB - 107, seed=batch_size)
         ids = signatures["tokenize"](text_a=tf.constant(text_a), text_b=tf.constant(text_b))
@@ -147,12 +151,19 @@ def run(args: argparse.Namespace, workdir: str) -> None:
         rows = [
             ("keras call (ids)", lambda: model(x_np, training=False)["nsp"].numpy(), None),
             ("keras predict_on_batch (ids)", lambda: model.predict_on_batch(x_np), 0),
-            ("SavedModel serving_default (ids)",
-             lambda: signatures["serving_default"](**x_tf)["nsp_probs"].numpy(), 0),
+            (
+                "SavedModel serving_default (ids)",
+                lambda: signatures["serving_default"](**x_tf)["nsp_probs"].numpy(),
+                0,
+            ),
             ("HF tokenizers + keras call (text)", lambda: hf_keras_fill_mask(pairs), None),
-            ("SavedModel fill_mask (text)",
-             lambda: signatures["fill_mask"](
-                 text_a=tf.constant(text_a), text_b=tf.constant(text_b))["nsp_probs"].numpy(), 3),
+            (
+                "SavedModel fill_mask (text)",
+                lambda: signatures["fill_mask"](
+                    text_a=tf.constant(text_a), text_b=tf.constant(text_b)
+                )["nsp_probs"].numpy(),
+                3,
+            ),
         ]
         results = []
         for label, fn, baseline in rows:
@@ -161,8 +172,10 @@ def run(args: argparse.Namespace, workdir: str) -> None:
             ratios = ["baseline"] * 2
             if baseline is not None:
                 ratios = [f"{new / old:.2f}x" for new, old in zip((p50, cpu), results[baseline])]
-            print(f"{batch_size:>5}  {label:<36} {p50:>9.2f} {p95:>9.2f} {cpu:>11.2f} "
-                  f"{ratios[0]:>13} {ratios[1]:>13}")
+            print(
+                f"{batch_size:>5}  {label:<36} {p50:>9.2f} {p95:>9.2f} {cpu:>11.2f} "
+                f"{ratios[0]:>13} {ratios[1]:>13}"
+            )
 
 
 if __name__ == "__main__":

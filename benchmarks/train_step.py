@@ -86,7 +86,9 @@ def baseline_model():
         "input_ids": keras.Input((SEQ,), dtype="int32", name="input_ids"),
         "segment_ids": keras.Input((SEQ,), dtype="int32", name="segment_ids"),
         "input_mask": keras.Input((SEQ,), dtype="int32", name="input_mask"),
-        "masked_lm_positions": keras.Input((PREDICTIONS,), dtype="int32", name="masked_lm_positions"),
+        "masked_lm_positions": keras.Input(
+            (PREDICTIONS,), dtype="int32", name="masked_lm_positions"
+        ),
     }
     encoded = backbone(
         {
@@ -119,7 +121,9 @@ def kbert_model(jit_compile: bool, steps_per_execution: int = 1, bf16: bool = Fa
 
     if bf16:
         keras.config.set_dtype_policy("mixed_bfloat16")
-    model = kbert.build_pretraining_model(kbert.BertConfig.from_preset("mini", vocab_size=VOCAB), SEQ, PREDICTIONS)
+    model = kbert.build_pretraining_model(
+        kbert.BertConfig.from_preset("mini", vocab_size=VOCAB), SEQ, PREDICTIONS
+    )
     kbert.compile_for_pretraining(
         model,
         kbert.create_optimizer(1e-4, 10_000, 1_000),
@@ -139,8 +143,9 @@ def train_flops_per_sequence() -> float:
 
 def peak_flops(dtype: str, repeats: int = 10) -> dict:
     """FLOP/s of a square matmul of PEAK_MATMUL_SIZE in `dtype` on this CPU (best of `repeats`)."""
-    import kbert  # noqa: F401  (kbert's TensorFlow defaults, as in the kbert variants)
     import tensorflow as tf
+
+    import kbert  # noqa: F401  (kbert's TensorFlow defaults, as in the kbert variants)
 
     n = PEAK_MATMUL_SIZE
     a = tf.cast(tf.random.normal((n, n)), dtype)
@@ -193,7 +198,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=32, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation)")
-    parser.add_argument("--quick", action="store_true", help="only the baseline and kbert, XLA off and on")
+    parser.add_argument(
+        "--quick", action="store_true", help="only the baseline and kbert, XLA off and on"
+    )
     parser.add_argument(
         "--variant",
         choices=sorted({v for v, _ in VARIANTS.values()} | {"peak_float32", "peak_bfloat16"}),
@@ -202,7 +209,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.variant:
         if args.variant.startswith("peak_"):
-            print(json.dumps(peak_flops(args.variant[len("peak_"):])))
+            print(json.dumps(peak_flops(args.variant[len("peak_") :])))
         else:
             print(json.dumps(run_variant(args.variant, args.steps, args.warmup)))
         return
@@ -211,7 +218,10 @@ def main() -> None:
     for dtype in ("float32", "bfloat16"):
         out = subprocess.run(
             [sys.executable, __file__, "--variant", f"peak_{dtype}"],
-            capture_output=True, text=True, timeout=600, check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=True,
         )
         peaks[dtype] = json.loads(out.stdout.strip().splitlines()[-1])["flops_per_second"]
     results = {}
@@ -222,27 +232,49 @@ def main() -> None:
         if onednn is not None:
             env["TF_ENABLE_ONEDNN_OPTS"] = onednn
         out = subprocess.run(
-            [sys.executable, __file__, "--variant", variant, "--steps", str(args.steps),
-             "--warmup", str(args.warmup)],
-            capture_output=True, text=True, timeout=1800, check=True, env=env,
+            [
+                sys.executable,
+                __file__,
+                "--variant",
+                variant,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=True,
+            env=env,
         )
         results[label] = json.loads(out.stdout.strip().splitlines()[-1])
     base = results["keras-hub composition, Keras defaults"]["sequences_per_second"]
     flops = train_flops_per_sequence()
-    print(f"mini shape: seq {SEQ}, P {PREDICTIONS}, vocab {VOCAB}, batch {BATCH}, "
-          f"{args.steps} timed steps; {flops / 1e9:.2f} training GFLOP per sequence")
-    print(f"CPU peak (matmul {PEAK_MATMUL_SIZE}^2, oneDNN on): fp32 {peaks['float32'] / 1e9:.1f} "
-          f"GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s")
-    print(f"{'variant':42s} {'seq/s':>8s} {'GFLOP/s':>8s} {'MFU fp32':>9s} {'MFU own':>8s} "
-          f"{'peak RSS MB':>12s} {'vs baseline':>12s}")
+    print(
+        f"mini shape: seq {SEQ}, P {PREDICTIONS}, vocab {VOCAB}, batch {BATCH}, "
+        f"{args.steps} timed steps; {flops / 1e9:.2f} training GFLOP per sequence"
+    )
+    print(
+        f"CPU peak (matmul {PEAK_MATMUL_SIZE}^2, oneDNN on): fp32 {peaks['float32'] / 1e9:.1f} "
+        f"GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s"
+    )
+    print(
+        f"{'variant':42s} {'seq/s':>8s} {'GFLOP/s':>8s} {'MFU fp32':>9s} {'MFU own':>8s} "
+        f"{'peak RSS MB':>12s} {'vs baseline':>12s}"
+    )
     for label, r in results.items():
         achieved = r["sequences_per_second"] * flops
         own_peak = peaks["bfloat16" if r.get("bf16") else "float32"]
-        print(f"{label:42s} {r['sequences_per_second']:8.1f} {achieved / 1e9:8.1f} "
-              f"{achieved / peaks['float32']:8.1%} {achieved / own_peak:7.1%} "
-              f"{r['peak_rss_mb']:12.0f} {r['sequences_per_second'] / base:11.2f}x")
-    print("MFU fp32: against the fp32 matmul peak; MFU own: against the peak of the variant's "
-          "compute dtype.")
+        print(
+            f"{label:42s} {r['sequences_per_second']:8.1f} {achieved / 1e9:8.1f} "
+            f"{achieved / peaks['float32']:8.1%} {achieved / own_peak:7.1%} "
+            f"{r['peak_rss_mb']:12.0f} {r['sequences_per_second'] / base:11.2f}x"
+        )
+    print(
+        "MFU fp32: against the fp32 matmul peak; MFU own: against the peak of the variant's "
+        "compute dtype."
+    )
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ class BertConfig:
         return float(self.hidden_dropout_prob)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BertConfig":
+    def from_dict(cls, data: dict[str, Any]) -> BertConfig:
         """Build from a dict of Google's field names; an unknown field is a ValueError naming it."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
@@ -128,7 +128,7 @@ class BertConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json_file(cls, path: str) -> "BertConfig":
+    def from_json_file(cls, path: str) -> BertConfig:
         """Read Google's `bert_config.json` (any `tf.io.gfile` path)."""
         with tf.io.gfile.GFile(path, "r") as f:
             try:
@@ -148,7 +148,7 @@ class BertConfig:
         tf.io.gfile.rename(tmp, path, overwrite=True)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "BertConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> BertConfig:
         """One of the named sizes (`tiny` … `large`), with any field overridden."""
         if name not in PRESET_SIZES:
             raise ValueError(
@@ -165,7 +165,7 @@ class BertConfig:
         return cls.from_dict(fields)
 
 
-def resolve_config(config: "BertConfig | str", **overrides: Any) -> BertConfig:
+def resolve_config(config: BertConfig | str, **overrides: Any) -> BertConfig:
     """A BertConfig from a config object, a preset name or a `bert_config.json` path."""
     if isinstance(config, BertConfig):
         return dataclasses.replace(config, **overrides) if overrides else config

@@ -22,10 +22,11 @@ import logging
 import math
 import posixpath
 import random
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from google.protobuf.message import DecodeError
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 
 from kbert import features
 from kbert.masking import DynamicMasking, unmask
@@ -173,7 +174,10 @@ def pretraining_dataset(
             max(1, input_context.num_replicas_in_sync // num_pipelines) if input_context else 1
         )
         dataset, num_batches = _evaluation_records(
-            records, global_batch_size, batch_size * replicas_per_pipeline, num_pipelines,
+            records,
+            global_batch_size,
+            batch_size * replicas_per_pipeline,
+            num_pipelines,
             pipeline_id,
         )
         num_batches *= replicas_per_pipeline
@@ -189,9 +193,7 @@ def pretraining_dataset(
     options.deterministic = deterministic
     if input_context is not None:
         # This pipeline already reads only its share; the strategy must not shard it again.
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.OFF
-        )
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options)
 
 

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import posixpath
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -58,7 +58,9 @@ def resolve_strategy(
         )
     # Before anything that starts TensorFlow's runtime: collectives are configured at its start.
     tasks = _tf_config_tasks() if kind == "auto" else []
-    if kind == "multi_worker" or (len(tasks) > 1 and {task for task, _ in tasks} <= {"chief", "worker"}):
+    if kind == "multi_worker" or (
+        len(tasks) > 1 and {task for task, _ in tasks} <= {"chief", "worker"}
+    ):
         why = "requested" if kind == "multi_worker" else "auto: TF_CONFIG names a cluster"
         return _multi_worker_strategy(why)
     gpus = tf.config.list_logical_devices("GPU")
@@ -218,4 +220,3 @@ def _tpu_strategy(tpu: str, why: str) -> tf.distribute.Strategy:
         why,
     )
     return strategy
-

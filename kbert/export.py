@@ -36,7 +36,8 @@ import re
 import tempfile
 import uuid
 import zipfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
@@ -151,8 +152,11 @@ def next_version(model_dir: str) -> int:
     """One more than the largest integer-named version in `model_dir` (1 when there is none)."""
     if not tf.io.gfile.isdir(model_dir):
         return 1
-    versions = [int(entry.rstrip("/")) for entry in tf.io.gfile.listdir(model_dir)
-                if entry.rstrip("/").isdigit()]
+    versions = [
+        int(entry.rstrip("/"))
+        for entry in tf.io.gfile.listdir(model_dir)
+        if entry.rstrip("/").isdigit()
+    ]
     return max(versions, default=0) + 1
 
 

@@ -42,12 +42,14 @@ IS_RANDOM = 1  # segment B was drawn from another document
 
 METADATA_FILENAME = "kbert_metadata.json"
 
+
 def feature_lengths(max_seq_length: int, max_predictions_per_seq: int) -> dict[str, int]:
     """Length of every feature of a masked record for the given sizes."""
     lengths = {name: max_seq_length for name in SEQUENCE_FEATURES}
     lengths.update({name: max_predictions_per_seq for name in PREDICTION_FEATURES})
     lengths[NEXT_SENTENCE_LABELS] = 1
     return lengths
+
 
 def feature_spec(
     max_seq_length: int, max_predictions_per_seq: int | None, masked: bool = True
@@ -65,6 +67,7 @@ def feature_spec(
         for name in names
     }
 
+
 def to_example(features: dict[str, Any]) -> tf.train.Example:
     """Build a `tf.train.Example` from a dict of python/numpy sequences (Google's writer layout)."""
     feature = {}
@@ -76,6 +79,7 @@ def to_example(features: dict[str, Any]) -> tf.train.Example:
                 int64_list=tf.train.Int64List(value=[int(v) for v in values])
             )
     return tf.train.Example(features=tf.train.Features(feature=feature))
+
 
 @dataclasses.dataclass
 class Metadata:
@@ -100,7 +104,7 @@ class Metadata:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Metadata":
+    def from_dict(cls, data: dict[str, Any]) -> Metadata:
         """Read a metadata dict; unknown keys go to `extra`, missing required keys raise."""
         names = {f.name for f in dataclasses.fields(cls)}
         known = {k: v for k, v in data.items() if k in names}
@@ -117,9 +121,11 @@ class Metadata:
             raise ValueError(f"{METADATA_FILENAME} lacks required field(s): {', '.join(missing)}")
         return cls(**known, extra=extra)
 
+
 def metadata_path(directory: str) -> str:
     """Path of the metadata file that sits beside the shards in `directory`."""
     return tf.io.gfile.join(directory, METADATA_FILENAME)
+
 
 def write_metadata(directory: str, metadata: Metadata) -> str:
     """Write `kbert_metadata.json` atomically (temporary name, then rename); returns its path."""
@@ -130,6 +136,7 @@ def write_metadata(directory: str, metadata: Metadata) -> str:
         f.write(json.dumps(metadata.to_dict(), indent=2, sort_keys=True) + "\n")
     tf.io.gfile.rename(tmp, path, overwrite=True)
     return path
+
 
 def read_metadata(directory: str) -> Metadata | None:
     """The metadata beside the shards in `directory`, or None when there is none (Google's data)."""

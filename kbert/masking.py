@@ -79,7 +79,7 @@ class DynamicMasking:
             )
 
     @classmethod
-    def from_vocab_file(cls, vocab_file: str, **rates: float) -> "DynamicMasking":
+    def from_vocab_file(cls, vocab_file: str, **rates: float) -> DynamicMasking:
         """Read a WordPiece `vocab.txt` (one token a line); every `[...]` token is special.
 
         Bracketed tokens are `[PAD] [UNK] [CLS] [SEP] [MASK]` and Google's `[unused0]`...; of them
@@ -207,9 +207,7 @@ class _GoogleCountSelector(tf_text.RandomItemSelector):
     stateful generator; Google's count and a per-batch seed need these two overrides.
     """
 
-    def __init__(
-        self, is_unmaskable: tf.Tensor, max_selections: int, rate: float, seed: tf.Tensor
-    ):
+    def __init__(self, is_unmaskable: tf.Tensor, max_selections: int, rate: float, seed: tf.Tensor):
         super().__init__(max_selections_per_batch=max_selections, selection_rate=rate)
         self._is_unmaskable = is_unmaskable
         self._seed = seed

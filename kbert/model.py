@@ -39,7 +39,9 @@ class BertPretrainingModel(keras.Model):
         max_predictions_per_seq: int,
         **kwargs: Any,
     ):
-        config = resolve_config(BertConfig.from_dict(config) if isinstance(config, dict) else config)
+        config = resolve_config(
+            BertConfig.from_dict(config) if isinstance(config, dict) else config
+        )
         inputs, outputs = _build_graph(config, max_seq_length, max_predictions_per_seq)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.bert_config = config
@@ -59,7 +61,7 @@ class BertPretrainingModel(keras.Model):
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "BertPretrainingModel":
+    def from_config(cls, config: dict[str, Any]) -> BertPretrainingModel:
         return cls(**config)
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
@@ -98,9 +100,11 @@ class BertPretrainingModel(keras.Model):
             strategy = self.distribute_strategy
             for _, _, batches in iterator:
                 data_batch = tf.nest.map_structure(
-                    lambda x: strategy.experimental_local_results(x)[0]
-                    if isinstance(x, tf.distribute.DistributedValues)
-                    else x,
+                    lambda x: (
+                        strategy.experimental_local_results(x)[0]
+                        if isinstance(x, tf.distribute.DistributedValues)
+                        else x
+                    ),
                     next(batches),
                 )
                 break
@@ -127,8 +131,10 @@ class BertPretrainingModel(keras.Model):
 def _reducible_logs(model: keras.Model, logs: dict) -> dict:
     if not is_multi_worker(model.distribute_strategy):
         return logs
-    return {name: tf.reshape(value, [1]) if tf.is_tensor(value) and value.shape.rank == 0 else value
-            for name, value in logs.items()}
+    return {
+        name: tf.reshape(value, [1]) if tf.is_tensor(value) and value.shape.rank == 0 else value
+        for name, value in logs.items()
+    }
 
 
 def build_pretraining_model(

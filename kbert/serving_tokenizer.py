@@ -14,7 +14,7 @@ unlike Google's, special tokens written in the text (`[MASK]`, `[SEP]`, ...) sta
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 import tensorflow_text as tf_text

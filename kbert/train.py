@@ -28,7 +28,8 @@ import json
 import logging
 import math
 import posixpath
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -424,10 +425,7 @@ def evaluate(
     dataset = _evaluation_dataset(eval_files, batch_size, model, dynamic_masking_vocab)
     logs = model.evaluate(dataset, return_dict=True, verbose=verbose)
     num_sequences = describe(eval_files)["num_records"]
-    results: dict[str, Any] = {
-        name: float(logs[name])
-        for name in _METRICS
-    }
+    results: dict[str, Any] = {name: float(logs[name]) for name in _METRICS}
     results["mlm_perplexity"] = _safe_exp(results["mlm_loss"])
     results["num_sequences"] = num_sequences
     results["eval_files"] = eval_files if isinstance(eval_files, str) else list(eval_files)
@@ -457,9 +455,7 @@ def _evaluation_dataset(
         max_predictions_per_seq=model.max_predictions_per_seq,
         is_training=False,
         dynamic_masking=(
-            DynamicMasking.from_vocab_file(dynamic_masking_vocab)
-            if dynamic_masking_vocab
-            else None
+            DynamicMasking.from_vocab_file(dynamic_masking_vocab) if dynamic_masking_vocab else None
         ),
     )
 

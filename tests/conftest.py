@@ -4,8 +4,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import kbert  # noqa: E402,F401  (sets kbert's environment defaults before TensorFlow starts)
 import pytest  # noqa: E402
+
+import kbert  # noqa: E402,F401  (sets kbert's environment defaults before TensorFlow starts)
 
 
 def pytest_configure(config):
@@ -30,7 +31,6 @@ def two_cpus():
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     assert len(devices) == 2, devices
     return devices
-
 
 
 @pytest.fixture(autouse=True)

@@ -36,14 +36,20 @@ def random_batch(batch_size=8, seq_len=16, num_predictions=4, vocab_size=100, se
     ).astype("int32") * weights.astype("int32")
     labels = rng.integers(5, vocab_size, (batch_size, num_predictions)).astype("int32")
     labels = labels * weights.astype("int32")
-    x = {"input_ids": ids, "segment_ids": segments, "input_mask": mask, "masked_lm_positions": positions}
+    x = {
+        "input_ids": ids,
+        "segment_ids": segments,
+        "input_mask": mask,
+        "masked_lm_positions": positions,
+    }
     y = {"mlm": labels, "nsp": rng.integers(0, 2, batch_size).astype("int32")}
     sample_weight = {"mlm": weights, "nsp": np.ones(batch_size, "float32")}
     return x, y, sample_weight
 
 
-def write_pretraining_records(directory, num_records=64, seq_len=16, num_predictions=3,
-                              vocab_size=100, seed=0):
+def write_pretraining_records(
+    directory, num_records=64, seq_len=16, num_predictions=3, vocab_size=100, seed=0
+):
     """Masked pre-training TFRecords (one shard + kbert_metadata.json) in `directory`.
 
     Every record has `num_predictions` real predictions (weights 1), [MASK] (id 4) at those
@@ -62,29 +68,38 @@ def write_pretraining_records(directory, num_records=64, seq_len=16, num_predict
         for i in range(num_records):
             ids = rng.integers(5, vocab_size, seq_len)
             ids[0], ids[-1] = 2, 3
-            positions = np.sort(rng.choice(np.arange(1, seq_len - 1), num_predictions, replace=False))
+            positions = np.sort(
+                rng.choice(np.arange(1, seq_len - 1), num_predictions, replace=False)
+            )
             labels = ids[positions].copy()
             ids[positions] = 4
-            writer.write(features.to_example({
-                "input_ids": ids,
-                "input_mask": [1] * seq_len,
-                "segment_ids": [0] * (seq_len // 2) + [1] * (seq_len - seq_len // 2),
-                "masked_lm_positions": positions,
-                "masked_lm_ids": labels,
-                "masked_lm_weights": [1.0] * num_predictions,
-                "next_sentence_labels": [i % 2],
-            }).SerializeToString())
-    features.write_metadata(directory, features.Metadata(
-        max_seq_length=seq_len,
-        max_predictions_per_seq=num_predictions,
-        vocab_size=vocab_size,
-        vocab_sha256="0" * 64,
-        do_lower_case=True,
-        num_instances=num_records,
-        nsp_label_counts={"0": (num_records + 1) // 2, "1": num_records // 2},
-        seed=seed,
-        tool_version="test",
-        num_masked_predictions=num_records * num_predictions,
-        shards={"shard-00000.tfrecord": num_records},
-    ))
+            writer.write(
+                features.to_example(
+                    {
+                        "input_ids": ids,
+                        "input_mask": [1] * seq_len,
+                        "segment_ids": [0] * (seq_len // 2) + [1] * (seq_len - seq_len // 2),
+                        "masked_lm_positions": positions,
+                        "masked_lm_ids": labels,
+                        "masked_lm_weights": [1.0] * num_predictions,
+                        "next_sentence_labels": [i % 2],
+                    }
+                ).SerializeToString()
+            )
+    features.write_metadata(
+        directory,
+        features.Metadata(
+            max_seq_length=seq_len,
+            max_predictions_per_seq=num_predictions,
+            vocab_size=vocab_size,
+            vocab_sha256="0" * 64,
+            do_lower_case=True,
+            num_instances=num_records,
+            nsp_label_counts={"0": (num_records + 1) // 2, "1": num_records // 2},
+            seed=seed,
+            tool_version="test",
+            num_masked_predictions=num_records * num_predictions,
+            shards={"shard-00000.tfrecord": num_records},
+        ),
+    )
     return directory

@@ -55,8 +55,12 @@ def google_values(config, seed=0, positions=GOOGLE_POSITIONS, heads=True):
     }
     for n in range(config.num_hidden_layers):
         p = f"bert/encoder/layer_{n}"
-        for name in ("attention/self/query", "attention/self/key", "attention/self/value",
-                     "attention/output/dense"):
+        for name in (
+            "attention/self/query",
+            "attention/self/key",
+            "attention/self/value",
+            "attention/output/dense",
+        ):
             shapes[f"{p}/{name}/kernel"], shapes[f"{p}/{name}/bias"] = [h, h], [h]
         shapes[f"{p}/intermediate/dense/kernel"] = [h, i]
         shapes[f"{p}/intermediate/dense/bias"] = [i]
@@ -64,15 +68,17 @@ def google_values(config, seed=0, positions=GOOGLE_POSITIONS, heads=True):
         for name in ("attention/output/LayerNorm", "output/LayerNorm"):
             shapes[f"{p}/{name}/gamma"], shapes[f"{p}/{name}/beta"] = [h], [h]
     if heads:
-        shapes.update({
-            "cls/predictions/transform/dense/kernel": [h, h],
-            "cls/predictions/transform/dense/bias": [h],
-            "cls/predictions/transform/LayerNorm/gamma": [h],
-            "cls/predictions/transform/LayerNorm/beta": [h],
-            "cls/predictions/output_bias": [v],
-            "cls/seq_relationship/output_weights": [2, h],
-            "cls/seq_relationship/output_bias": [2],
-        })
+        shapes.update(
+            {
+                "cls/predictions/transform/dense/kernel": [h, h],
+                "cls/predictions/transform/dense/bias": [h],
+                "cls/predictions/transform/LayerNorm/gamma": [h],
+                "cls/predictions/transform/LayerNorm/beta": [h],
+                "cls/predictions/output_bias": [v],
+                "cls/seq_relationship/output_weights": [2, h],
+                "cls/seq_relationship/output_bias": [2],
+            }
+        )
     return {name: rng.standard_normal(shape).astype("float32") for name, shape in shapes.items()}
 
 
@@ -84,8 +90,11 @@ def write_tf1_checkpoint(values, prefix, optimizer_state=True):
             tf.compat.v1.get_variable(name, initializer=tf.constant(value))
             if optimizer_state:
                 for slot in ("adam_m", "adam_v"):
-                    tf.compat.v1.get_variable(f"{name}/{slot}", shape=value.shape,
-                                              initializer=tf.compat.v1.zeros_initializer())
+                    tf.compat.v1.get_variable(
+                        f"{name}/{slot}",
+                        shape=value.shape,
+                        initializer=tf.compat.v1.zeros_initializer(),
+                    )
         if optimizer_state:
             tf.compat.v1.train.get_or_create_global_step()
         saver = tf.compat.v1.train.Saver()
@@ -101,8 +110,9 @@ def expected_from_google(values, config):
     g = values
     expected = {
         "token_embedding/embeddings": g["bert/embeddings/word_embeddings"],
-        "position_embedding/embeddings":
-            g["bert/embeddings/position_embeddings"][: config.max_position_embeddings],
+        "position_embedding/embeddings": g["bert/embeddings/position_embeddings"][
+            : config.max_position_embeddings
+        ],
         "segment_embedding/embeddings": g["bert/embeddings/token_type_embeddings"],
         "embeddings_layer_norm/gamma": g["bert/embeddings/LayerNorm/gamma"],
         "embeddings_layer_norm/beta": g["bert/embeddings/LayerNorm/beta"],
@@ -112,34 +122,46 @@ def expected_from_google(values, config):
     for n in range(config.num_hidden_layers):
         p, k = f"bert/encoder/layer_{n}", f"transformer_layer_{n}"
         for name in ("query", "key", "value"):
-            expected[f"{k}/self_attention_layer/{name}/kernel"] = (
-                g[f"{p}/attention/self/{name}/kernel"].reshape(h, a, h // a))
-            expected[f"{k}/self_attention_layer/{name}/bias"] = (
-                g[f"{p}/attention/self/{name}/bias"].reshape(a, h // a))
-        expected[f"{k}/self_attention_layer/attention_output/kernel"] = (
-            g[f"{p}/attention/output/dense/kernel"].reshape(a, h // a, h))
-        expected[f"{k}/self_attention_layer/attention_output/bias"] = (
-            g[f"{p}/attention/output/dense/bias"])
-        for ours, theirs in (("self_attention_layer_norm", "attention/output/LayerNorm"),
-                             ("feedforward_layer_norm", "output/LayerNorm")):
+            expected[f"{k}/self_attention_layer/{name}/kernel"] = g[
+                f"{p}/attention/self/{name}/kernel"
+            ].reshape(h, a, h // a)
+            expected[f"{k}/self_attention_layer/{name}/bias"] = g[
+                f"{p}/attention/self/{name}/bias"
+            ].reshape(a, h // a)
+        expected[f"{k}/self_attention_layer/attention_output/kernel"] = g[
+            f"{p}/attention/output/dense/kernel"
+        ].reshape(a, h // a, h)
+        expected[f"{k}/self_attention_layer/attention_output/bias"] = g[
+            f"{p}/attention/output/dense/bias"
+        ]
+        for ours, theirs in (
+            ("self_attention_layer_norm", "attention/output/LayerNorm"),
+            ("feedforward_layer_norm", "output/LayerNorm"),
+        ):
             expected[f"{k}/{ours}/gamma"] = g[f"{p}/{theirs}/gamma"]
             expected[f"{k}/{ours}/beta"] = g[f"{p}/{theirs}/beta"]
-        for ours, theirs in (("feedforward_intermediate_dense", "intermediate/dense"),
-                             ("feedforward_output_dense", "output/dense")):
+        for ours, theirs in (
+            ("feedforward_intermediate_dense", "intermediate/dense"),
+            ("feedforward_output_dense", "output/dense"),
+        ):
             expected[f"{k}/{ours}/kernel"] = g[f"{p}/{theirs}/kernel"]
             expected[f"{k}/{ours}/bias"] = g[f"{p}/{theirs}/bias"]
     if "cls/predictions/output_bias" in g:
-        expected.update({
-            "mlm_head/intermediate_dense/kernel": g["cls/predictions/transform/dense/kernel"],
-            "mlm_head/intermediate_dense/bias": g["cls/predictions/transform/dense/bias"],
-            "mlm_head/intermediate_layer_norm/gamma":
-                g["cls/predictions/transform/LayerNorm/gamma"],
-            "mlm_head/intermediate_layer_norm/beta":
-                g["cls/predictions/transform/LayerNorm/beta"],
-            "mlm_head/output_bias": g["cls/predictions/output_bias"],
-            "nsp/kernel": g["cls/seq_relationship/output_weights"].T,
-            "nsp/bias": g["cls/seq_relationship/output_bias"],
-        })
+        expected.update(
+            {
+                "mlm_head/intermediate_dense/kernel": g["cls/predictions/transform/dense/kernel"],
+                "mlm_head/intermediate_dense/bias": g["cls/predictions/transform/dense/bias"],
+                "mlm_head/intermediate_layer_norm/gamma": g[
+                    "cls/predictions/transform/LayerNorm/gamma"
+                ],
+                "mlm_head/intermediate_layer_norm/beta": g[
+                    "cls/predictions/transform/LayerNorm/beta"
+                ],
+                "mlm_head/output_bias": g["cls/predictions/output_bias"],
+                "nsp/kernel": g["cls/seq_relationship/output_weights"].T,
+                "nsp/bias": g["cls/seq_relationship/output_bias"],
+            }
+        )
     return expected
 
 
@@ -167,8 +189,10 @@ def test_google_checkpoint_fills_every_weight_of_the_model(google_checkpoint):
     assert sorted(report.loaded) == sorted(values)
     assert len(report.ignored) == 2 * len(values) + 1  # adam_m, adam_v per variable, global_step
     assert report.parts == ["encoder", "MLM head", "NSP head"]
-    assert any(f"{GOOGLE_POSITIONS} to the model's {config.max_position_embeddings}" in note
-               for note in report.notes)
+    assert any(
+        f"{GOOGLE_POSITIONS} to the model's {config.max_position_embeddings}" in note
+        for note in report.notes
+    )
 
 
 def test_save_google_checkpoint_then_load_is_the_identity(tmp_path):
@@ -176,8 +200,9 @@ def test_save_google_checkpoint_then_load_is_the_identity(tmp_path):
     source = pretraining_model(config)
     prefix = save_google_checkpoint(source, str(tmp_path / "out" / "bert_model.ckpt"))
     target = pretraining_model(config)
-    assert not np.array_equal(target.get_layer("nsp").kernel.numpy(),
-                              source.get_layer("nsp").kernel.numpy())
+    assert not np.array_equal(
+        target.get_layer("nsp").kernel.numpy(), source.get_layer("nsp").kernel.numpy()
+    )
 
     report = load_google_checkpoint(target, prefix)
 
@@ -193,13 +218,17 @@ def test_saved_checkpoint_restores_in_tf1_under_googles_names(tmp_path):
     vocab = tmp_path / "vocab_in.txt"
     vocab.write_text("\n".join(f"w{i}" for i in range(config.vocab_size)) + "\n")
     prefix = save_google_checkpoint(model, str(tmp_path / "bert_model.ckpt"), vocab_file=str(vocab))
-    google_shapes = {name: value.shape for name, value in
-                     google_values(config, positions=config.max_position_embeddings).items()}
+    google_shapes = {
+        name: value.shape
+        for name, value in google_values(config, positions=config.max_position_embeddings).items()
+    }
 
     graph = tf.compat.v1.Graph()
     with graph.as_default():
-        variables = {name: tf.compat.v1.get_variable(name, shape=shape)
-                     for name, shape in google_shapes.items()}
+        variables = {
+            name: tf.compat.v1.get_variable(name, shape=shape)
+            for name, shape in google_shapes.items()
+        }
         saver = tf.compat.v1.train.Saver()
         with tf.compat.v1.Session(graph=graph) as session:
             saver.restore(session, prefix)
@@ -217,17 +246,22 @@ def test_saved_checkpoint_restores_in_tf1_under_googles_names(tmp_path):
 @pytest.mark.parametrize(
     "checkpoint_overrides, match",
     [
-        (dict(hidden_size=64, intermediate_size=128),
-         r"bert/embeddings/word_embeddings .*hidden_size=32"),
+        (
+            dict(hidden_size=64, intermediate_size=128),
+            r"bert/embeddings/word_embeddings .*hidden_size=32",
+        ),
         (dict(vocab_size=120), r"bert/embeddings/word_embeddings .*vocab_size=100"),
-        (dict(intermediate_size=128),
-         r"bert/encoder/layer_0/intermediate/dense/kernel .*intermediate_size=64"),
+        (
+            dict(intermediate_size=128),
+            r"bert/encoder/layer_0/intermediate/dense/kernel .*intermediate_size=64",
+        ),
         (dict(num_hidden_layers=3), r"bert/encoder/layer_2/.* num_hidden_layers=2"),
         (dict(num_hidden_layers=1), r"no variable bert/encoder/layer_1/"),
     ],
 )
 def test_checkpoint_of_another_config_fails_naming_the_variable(
-        tmp_path, checkpoint_overrides, match):
+    tmp_path, checkpoint_overrides, match
+):
     values = google_values(config_of(**checkpoint_overrides))
     prefix = write_tf1_checkpoint(values, str(tmp_path / "bert_model.ckpt"), optimizer_state=False)
     model = pretraining_model()
@@ -255,11 +289,13 @@ def test_a_damaged_checkpoint_fails_naming_it(google_checkpoint, tmp_path, damag
 
 
 def test_head_count_differing_from_bert_config_json_fails_naming_the_field(
-        google_checkpoint, tmp_path):
+    google_checkpoint, tmp_path
+):
     config, values, _ = google_checkpoint
     prefix = write_tf1_checkpoint(values, str(tmp_path / "bert_model.ckpt"), optimizer_state=False)
     kbert.BertConfig(**{**config.to_dict(), "num_attention_heads": 4}).to_json_file(
-        str(tmp_path / "bert_config.json"))
+        str(tmp_path / "bert_config.json")
+    )
 
     with pytest.raises(ValueError, match="num_attention_heads=4"):
         load_google_checkpoint(pretraining_model(config), prefix)
@@ -277,8 +313,9 @@ def test_checkpoint_without_heads_leaves_them_initialised_and_reports_them(tmp_p
     assert report.parts == ["encoder"]
     assert sorted(report.missing) == sorted(set(google_values(config)) - set(values))
     np.testing.assert_array_equal(model.get_layer("nsp").kernel.numpy(), nsp_before)
-    np.testing.assert_array_equal(model.get_layer("encoder").pooled_dense.kernel.numpy(),
-                                  values["bert/pooler/dense/kernel"])
+    np.testing.assert_array_equal(
+        model.get_layer("encoder").pooled_dense.kernel.numpy(), values["bert/pooler/dense/kernel"]
+    )
 
 
 def encoder_inputs(seed=0):
@@ -292,9 +329,12 @@ def encoder_inputs(seed=0):
 
 def keras_hub_backbone(config, max_sequence_length=None):
     return keras_hub.models.BertBackbone(
-        vocabulary_size=config.vocab_size, num_layers=config.num_hidden_layers,
-        num_heads=config.num_attention_heads, hidden_dim=config.hidden_size,
-        intermediate_dim=config.intermediate_size, dropout=0.0,
+        vocabulary_size=config.vocab_size,
+        num_layers=config.num_hidden_layers,
+        num_heads=config.num_attention_heads,
+        hidden_dim=config.hidden_size,
+        intermediate_dim=config.intermediate_size,
+        dropout=0.0,
         max_sequence_length=max_sequence_length or config.max_position_embeddings,
     )
 
@@ -311,8 +351,9 @@ def test_keras_hub_preset_round_trips_into_the_encoder_with_identical_outputs(tm
     inputs = encoder_inputs()
     ours, theirs = model.get_layer("encoder")(inputs), backbone(inputs)
     for key in ("sequence_output", "pooled_output"):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours[key]),
-                                      keras.ops.convert_to_numpy(theirs[key]))
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(ours[key]), keras.ops.convert_to_numpy(theirs[key])
+        )
     assert report.parts == ["encoder"]
     assert len(report.missing) == 7  # both heads: the preset carries none
     np.testing.assert_array_equal(model.get_layer("mlm_head").weights[0].numpy(), mlm_before)
@@ -326,17 +367,23 @@ def hf_tensors(config, positions, seed=0):
         "bert.embeddings.word_embeddings.weight": [v, h],
         "bert.embeddings.position_embeddings.weight": [positions, h],
         "bert.embeddings.token_type_embeddings.weight": [config.type_vocab_size, h],
-        "bert.pooler.dense.weight": [h, h], "bert.pooler.dense.bias": [h],
+        "bert.pooler.dense.weight": [h, h],
+        "bert.pooler.dense.bias": [h],
         "cls.predictions.transform.dense.weight": [h, h],
         "cls.predictions.transform.dense.bias": [h],
         "cls.predictions.bias": [v],
-        "cls.seq_relationship.weight": [2, h], "cls.seq_relationship.bias": [2],
+        "cls.seq_relationship.weight": [2, h],
+        "cls.seq_relationship.bias": [2],
     }
     norms = ["bert.embeddings.LayerNorm", "cls.predictions.transform.LayerNorm"]
     for n in range(config.num_hidden_layers):
         p = f"bert.encoder.layer.{n}."
-        for name in ("attention.self.query", "attention.self.key", "attention.self.value",
-                     "attention.output.dense"):
+        for name in (
+            "attention.self.query",
+            "attention.self.key",
+            "attention.self.value",
+            "attention.output.dense",
+        ):
             shapes[p + name + ".weight"], shapes[p + name + ".bias"] = [h, h], [h]
         shapes[p + "intermediate.dense.weight"], shapes[p + "intermediate.dense.bias"] = [i, h], [i]
         shapes[p + "output.dense.weight"], shapes[p + "output.dense.bias"] = [h, i], [h]
@@ -357,14 +404,21 @@ def write_hf_folder(directory, config, positions=128, heads=True):
     os.makedirs(directory, exist_ok=True)
     save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
     hf_config = {
-        "architectures": ["BertForPreTraining"], "model_type": "bert",
-        "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+        "architectures": ["BertForPreTraining"],
+        "model_type": "bert",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
         "num_hidden_layers": config.num_hidden_layers,
         "num_attention_heads": config.num_attention_heads,
-        "intermediate_size": config.intermediate_size, "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
-        "max_position_embeddings": positions, "type_vocab_size": config.type_vocab_size,
-        "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
+        "intermediate_size": config.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "max_position_embeddings": positions,
+        "type_vocab_size": config.type_vocab_size,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0,
     }
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(hf_config, f)
@@ -384,12 +438,15 @@ def test_hf_folder_initialises_encoder_and_heads(tmp_path):
         "token_embedding/embeddings": t["bert.embeddings.word_embeddings.weight"],
         "position_embedding/embeddings": t["bert.embeddings.position_embeddings.weight"][:64],
         "embeddings_layer_norm/gamma": t["bert.embeddings.LayerNorm.weight"],
-        "transformer_layer_1/self_attention_layer/query/kernel":
-            t["bert.encoder.layer.1.attention.self.query.weight"].T.reshape(h, a, h // a),
-        "transformer_layer_1/self_attention_layer/attention_output/kernel":
-            t["bert.encoder.layer.1.attention.output.dense.weight"].T.reshape(a, h // a, h),
-        "transformer_layer_0/feedforward_intermediate_dense/kernel":
-            t["bert.encoder.layer.0.intermediate.dense.weight"].T,
+        "transformer_layer_1/self_attention_layer/query/kernel": t[
+            "bert.encoder.layer.1.attention.self.query.weight"
+        ].T.reshape(h, a, h // a),
+        "transformer_layer_1/self_attention_layer/attention_output/kernel": t[
+            "bert.encoder.layer.1.attention.output.dense.weight"
+        ].T.reshape(a, h // a, h),
+        "transformer_layer_0/feedforward_intermediate_dense/kernel": t[
+            "bert.encoder.layer.0.intermediate.dense.weight"
+        ].T,
         "pooled_dense/kernel": t["bert.pooler.dense.weight"].T,
         "mlm_head/intermediate_dense/kernel": t["cls.predictions.transform.dense.weight"].T,
         "mlm_head/intermediate_layer_norm/beta": t["cls.predictions.transform.LayerNorm.bias"],
@@ -423,8 +480,11 @@ def test_encoder_preset_fine_tunes_as_a_bert_text_classifier(tmp_path):
         model.get_layer("encoder").token_embedding.embeddings.numpy(),
     )
     history = classifier.fit(
-        x=["w1 w2 w3", "w4 w5", "w6 w7 w8 w9", "w3 w1"], y=np.array([0, 1, 1, 0]),
-        batch_size=4, epochs=1, verbose=0,
+        x=["w1 w2 w3", "w4 w5", "w6 w7 w8 w9", "w3 w1"],
+        y=np.array([0, 1, 1, 0]),
+        batch_size=4,
+        epochs=1,
+        verbose=0,
     )
     assert np.isfinite(history.history["loss"][0])
     assert classifier.preprocessor.sequence_length == config.max_position_embeddings
@@ -500,7 +560,8 @@ def test_read_source_config_gives_the_config_a_preset_or_hf_folder_fits(tmp_path
     write_hf_folder(str(tmp_path / "hf"), config, positions=128)
     keras_hub_backbone(config).save_to_preset(str(tmp_path / "preset"))
     assert read_source_config(str(tmp_path / "hf")) == dataclasses.replace(
-        config, max_position_embeddings=128)
+        config, max_position_embeddings=128
+    )
     assert read_source_config(str(tmp_path / "preset")) == config
 
 
@@ -508,8 +569,10 @@ def test_read_source_config_of_a_google_checkpoint_skips_fields_kbert_does_not_u
     config = config_of()
     prefix = save_google_checkpoint(pretraining_model(config), str(tmp_path / "bert_model.ckpt"))
     with open(tmp_path / "bert_config.json", "w") as f:
-        json.dump({**config.to_dict(), "directionality": "bidi",
-                   "pooler_type": "first_token_transform"}, f)
+        json.dump(
+            {**config.to_dict(), "directionality": "bidi", "pooler_type": "first_token_transform"},
+            f,
+        )
     assert read_source_config(prefix) == config
 
 
@@ -557,9 +620,9 @@ def test_checkpoints_load_and_save_under_mirrored_strategy(google_checkpoint, tm
 
     saved = save_google_checkpoint(model, str(tmp_path / "bert_model.ckpt"))
     reader = tf.train.load_checkpoint(saved)
-    np.testing.assert_array_equal(reader.get_tensor("cls/seq_relationship/output_weights"),
-                                  nsp_weights)
-
+    np.testing.assert_array_equal(
+        reader.get_tensor("cls/seq_relationship/output_weights"), nsp_weights
+    )
 
 
 def write_pretraining_records(directory, num_records=16, seed=0):
@@ -571,11 +634,19 @@ def write_pretraining_records(directory, num_records=16, seed=0):
     with tf.io.TFRecordWriter(os.path.join(directory, "train.tfrecord")) as writer:
         for i in range(num_records):
             ids = [2, *rng.integers(5, 100, 3), 3, *rng.integers(5, 100, 2), 3]
-            writer.write(features.to_example({
-                "input_ids": ids, "input_mask": [1] * 8, "segment_ids": [0] * 5 + [1] * 3,
-                "masked_lm_positions": [1, 5], "masked_lm_ids": [ids[1], ids[5]],
-                "masked_lm_weights": [1.0, 1.0], "next_sentence_labels": [i % 2],
-            }).SerializeToString())
+            writer.write(
+                features.to_example(
+                    {
+                        "input_ids": ids,
+                        "input_mask": [1] * 8,
+                        "segment_ids": [0] * 5 + [1] * 3,
+                        "masked_lm_positions": [1, 5],
+                        "masked_lm_ids": [ids[1], ids[5]],
+                        "masked_lm_weights": [1.0, 1.0],
+                        "next_sentence_labels": [i % 2],
+                    }
+                ).SerializeToString()
+            )
     return directory
 
 
@@ -596,8 +667,17 @@ def test_pretraining_continues_from_a_google_checkpoint(tmp_path, caplog):
     start = _WeightsAtTrainBegin()
 
     with caplog.at_level("INFO", logger="kbert"):
-        result = pretrain(config, data, str(tmp_path / "run"), steps=2, batch_size=8,
-                          strategy="cpu", init_from=prefix, callbacks=[start], verbose=0)
+        result = pretrain(
+            config,
+            data,
+            str(tmp_path / "run"),
+            steps=2,
+            batch_size=8,
+            strategy="cpu",
+            init_from=prefix,
+            callbacks=[start],
+            verbose=0,
+        )
 
     for path, value in weights_by_path(source).items():
         np.testing.assert_array_equal(start.weights[path], value, err_msg=path)
@@ -607,7 +687,9 @@ def test_pretraining_continues_from_a_google_checkpoint(tmp_path, caplog):
     assert f"init from Google TF1 checkpoint {prefix}" in caplog.text
 
 
-def test_kbert_train_init_from_flag_continues_from_a_checkpoint_and_says_what_it_found(tmp_path, caplog):
+def test_kbert_train_init_from_flag_continues_from_a_checkpoint_and_says_what_it_found(
+    tmp_path, caplog
+):
     import csv
 
     from kbert.cli import main
@@ -618,9 +700,27 @@ def test_kbert_train_init_from_flag_continues_from_a_checkpoint_and_says_what_it
     data = write_pretraining_records(str(tmp_path / "data"))
     run = tmp_path / "run"
     with caplog.at_level("INFO", logger="kbert"):
-        code = main(["train", "--config", str(tmp_path / "google" / "bert_config.json"),
-                     "--init-from", prefix, "--train-files", data, "--output-dir", str(run),
-                     "--steps", "2", "--batch-size", "8", "--strategy", "cpu", "--verbose", "0"])
+        code = main(
+            [
+                "train",
+                "--config",
+                str(tmp_path / "google" / "bert_config.json"),
+                "--init-from",
+                prefix,
+                "--train-files",
+                data,
+                "--output-dir",
+                str(run),
+                "--steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--strategy",
+                "cpu",
+                "--verbose",
+                "0",
+            ]
+        )
     assert code == 0
     assert f"init from Google TF1 checkpoint {prefix}" in caplog.text
     rows = list(csv.DictReader(open(run / "history.csv")))

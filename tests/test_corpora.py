@@ -36,7 +36,10 @@ def test_a_genuine_replacement_character_is_not_counted_as_invalid(tmp_path):
 def test_file_ends_are_document_boundaries_and_globs_are_sorted(tmp_path):
     write(tmp_path / "b.txt", b"B one.\nB two.")
     write(tmp_path / "a.txt", b"A one.\nA two.\n")
-    assert list(corpora.TextFiles(str(tmp_path / "*.txt"))) == [["A one.", "A two."], ["B one.", "B two."]]
+    assert list(corpora.TextFiles(str(tmp_path / "*.txt"))) == [
+        ["A one.", "A two."],
+        ["B one.", "B two."],
+    ]
 
 
 @pytest.mark.parametrize("input_format", ["google", "lines", "blocks"])
@@ -52,19 +55,25 @@ def test_slices_partition_the_documents_at_boundaries(tmp_path, input_format, nu
     write(tmp_path / "b.txt", "\n".join(lines[30:]).encode() + b"\n")
     corpus = corpora.TextFiles([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], input_format)
     whole = list(corpus)
-    sliced = [document for segments in corpus.slices(num_slices) for document in corpus.read(segments)]
+    sliced = [
+        document for segments in corpus.slices(num_slices) for document in corpus.read(segments)
+    ]
     assert sliced == whole
     assert len(whole) >= 23
 
 
 def test_plain_text_formats_split_sentences(tmp_path):
-    path = write(tmp_path / "c.txt", b"Mr. Smith came. He left at 3.30 p.m. today!\nSecond doc. Yes.\n")
+    path = write(
+        tmp_path / "c.txt", b"Mr. Smith came. He left at 3.30 p.m. today!\nSecond doc. Yes.\n"
+    )
     assert list(corpora.TextFiles(path, "lines")) == [
-        ["Mr. Smith came.", "He left at 3.30 p.m. today!"], ["Second doc.", "Yes."]
+        ["Mr. Smith came.", "He left at 3.30 p.m. today!"],
+        ["Second doc.", "Yes."],
     ]
     path = write(tmp_path / "d.txt", b"Block one line\ncontinues here. Next one.\n\nBlock two.\n")
     assert list(corpora.TextFiles(path, "blocks")) == [
-        ["Block one line continues here.", "Next one."], ["Block two."]
+        ["Block one line continues here.", "Next one."],
+        ["Block two."],
     ]
 
 
@@ -72,12 +81,20 @@ def test_plain_text_formats_split_sentences(tmp_path):
     "text, expected",
     [
         ("It cost $3.50. Then it rose.", ["It cost $3.50.", "Then it rose."]),
-        ("Dr. Who met Mrs. Smith, e.g. at St. Paul's. They talked.",
-         ["Dr. Who met Mrs. Smith, e.g. at St. Paul's.", "They talked."]),
+        (
+            "Dr. Who met Mrs. Smith, e.g. at St. Paul's. They talked.",
+            ["Dr. Who met Mrs. Smith, e.g. at St. Paul's.", "They talked."],
+        ),
         ('He said "Stop." Then he left.', ['He said "Stop."', "Then he left."]),
-        ("J. R. R. Tolkien wrote it. The U.S. Army read it.", ["J. R. R. Tolkien wrote it.", "The U.S. Army read it."]),
+        (
+            "J. R. R. Tolkien wrote it. The U.S. Army read it.",
+            ["J. R. R. Tolkien wrote it.", "The U.S. Army read it."],
+        ),
         ("What? Really! Yes... Indeed.", ["What?", "Really!", "Yes...", "Indeed."]),
-        ("version 3.11 is out. see docs.python.org for more", ["version 3.11 is out. see docs.python.org for more"]),
+        (
+            "version 3.11 is out. see docs.python.org for more",
+            ["version 3.11 is out. see docs.python.org for more"],
+        ),
         ("第一句。第二句！", ["第一句。", "第二句！"]),
         ("   ", []),
     ],

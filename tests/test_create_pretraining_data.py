@@ -71,7 +71,9 @@ def read_records(pattern, spec=None, compression=""):
 
 def shard_bytes(directory):
     """Shards under their final names (unfinished ones are `*.incomplete`)."""
-    files = sorted(f for f in glob.glob(f"{directory}/*.tfrecord*") if not f.endswith(".incomplete"))
+    files = sorted(
+        f for f in glob.glob(f"{directory}/*.tfrecord*") if not f.endswith(".incomplete")
+    )
     return {os.path.basename(f): open(f, "rb").read() for f in files}
 
 
@@ -81,8 +83,14 @@ def big_set(corpus, tmp_path_factory):
     corpus_file, vocab_file, _ = corpus
     out = tmp_path_factory.mktemp("big")
     summary = create_pretraining_data(
-        corpus_file, str(out / "train.tfrecord"), vocab_file, max_seq_length=SEQ,
-        max_predictions_per_seq=PRED, dupe_factor=20, random_seed=7, num_shards=3,
+        corpus_file,
+        str(out / "train.tfrecord"),
+        vocab_file,
+        max_seq_length=SEQ,
+        max_predictions_per_seq=PRED,
+        dupe_factor=20,
+        random_seed=7,
+        num_shards=3,
     )
     tokens = open(vocab_file).read().split("\n")[:-1]
     return summary, read_records(f"{out}/train-*"), tokens, out
@@ -117,7 +125,11 @@ def test_serialized_records_equal_kbert_features_to_example(big_set):
         values = {}
         for name in features.ALL_FEATURES:
             feature = example.features.feature[name]
-            values[name] = feature.float_list.value if name in features.FLOAT_FEATURES else feature.int64_list.value
+            values[name] = (
+                feature.float_list.value
+                if name in features.FLOAT_FEATURES
+                else feature.int64_list.value
+            )
         # Equal as messages (protobuf does not fix the byte order of map entries).
         assert example == features.to_example(values)
 
@@ -195,7 +207,10 @@ def test_metadata_describes_the_records(big_set, corpus):
     assert metadata.masked is True
     assert metadata.num_masked_predictions == int(records["masked_lm_weights"].sum())
     labels = records["next_sentence_labels"][:, 0]
-    assert metadata.nsp_label_counts == {"0": int((labels == 0).sum()), "1": int((labels == 1).sum())}
+    assert metadata.nsp_label_counts == {
+        "0": int((labels == 0).sum()),
+        "1": int((labels == 1).sum()),
+    }
     assert sorted(metadata.shards) == [f"train-0000{i}-of-00003.tfrecord" for i in range(3)]
     assert sum(metadata.shards.values()) == metadata.num_instances
     assert not glob.glob(f"{out}/*.incomplete") and not glob.glob(f"{out}/*state*")
@@ -225,7 +240,13 @@ def test_whole_word_masking_masks_every_piece_of_a_word(tmp_path):
     stems = [f"w{i}" for i in range(10, 60)]
     suffixes = [f"q{j}" for j in range(10)]
     documents = [
-        [" ".join(rng.choice(stems) + (rng.choice(suffixes) if rng.random() < 0.6 else "") for _ in range(8)) for _ in range(6)]
+        [
+            " ".join(
+                rng.choice(stems) + (rng.choice(suffixes) if rng.random() < 0.6 else "")
+                for _ in range(8)
+            )
+            for _ in range(6)
+        ]
         for _ in range(60)
     ]
     vocab_file = str(tmp_path / "vocab.txt")
@@ -237,10 +258,15 @@ def test_whole_word_masking_masks_every_piece_of_a_word(tmp_path):
         partial = 0
         for k in range(len(records["input_ids"])):
             ids = restored(records, k)
-            masked = set(records["masked_lm_positions"][k][records["masked_lm_weights"][k] == 1.0].tolist())
+            masked = set(
+                records["masked_lm_positions"][k][records["masked_lm_weights"][k] == 1.0].tolist()
+            )
             for p in masked:
                 start = p  # a "##" piece belongs to the word before it, never across [CLS]/[SEP]
-                while tokens[ids[start]].startswith("##") and tokens[ids[start - 1]] not in SPECIAL_TOKENS:
+                while (
+                    tokens[ids[start]].startswith("##")
+                    and tokens[ids[start - 1]] not in SPECIAL_TOKENS
+                ):
                     start -= 1
                 end = p + 1
                 while end < SEQ and tokens[ids[end]].startswith("##"):
@@ -258,7 +284,9 @@ def test_no_mask_writes_only_the_unmasked_features(corpus, tmp_path):
     corpus_file, vocab_file, _ = corpus
     summary = _small(corpus_file, vocab_file, tmp_path, mask=False)
     raw = next(iter(tf.data.TFRecordDataset(summary.output_files[0])))
-    assert set(tf.train.Example.FromString(raw.numpy()).features.feature) == set(features.UNMASKED_FEATURES)
+    assert set(tf.train.Example.FromString(raw.numpy()).features.feature) == set(
+        features.UNMASKED_FEATURES
+    )
     records = read_records(f"{tmp_path}/train-*", features.feature_spec(SEQ, None, masked=False))
     assert len(records["input_ids"]) == summary.num_instances
     metadata = features.read_metadata(str(tmp_path))
@@ -282,15 +310,28 @@ def test_rerun_keeps_complete_shards_and_other_settings_are_refused(corpus, tmp_
     assert again.num_instances == first.num_instances and shard_bytes(tmp_path) == before
     with pytest.raises(ValueError, match="other settings"):
         _small(corpus_file, vocab_file, tmp_path, random_seed=5)
-    replaced = _small(corpus_file, vocab_file, tmp_path, random_seed=5, num_shards=2, overwrite=True)
-    assert sorted(shard_bytes(tmp_path)) == sorted(os.path.basename(f) for f in replaced.output_files)
+    replaced = _small(
+        corpus_file, vocab_file, tmp_path, random_seed=5, num_shards=2, overwrite=True
+    )
+    assert sorted(shard_bytes(tmp_path)) == sorted(
+        os.path.basename(f) for f in replaced.output_files
+    )
 
 
 def test_single_document_shards_draw_negatives_from_other_documents(tmp_path):
     documents = [[" ".join([f"d{d}s{s}"] * 4) for s in range(5)] for d in range(2)]
     vocab_file = str(tmp_path / "vocab.txt")
-    write_vocab(list(SPECIAL_TOKENS) + sorted({w for doc in documents for s in doc for w in s.split()}), vocab_file)
-    summary = _small(write_google_layout(documents, tmp_path / "c.txt"), vocab_file, tmp_path, num_shards=2, dupe_factor=20)
+    write_vocab(
+        list(SPECIAL_TOKENS) + sorted({w for doc in documents for s in doc for w in s.split()}),
+        vocab_file,
+    )
+    summary = _small(
+        write_google_layout(documents, tmp_path / "c.txt"),
+        vocab_file,
+        tmp_path,
+        num_shards=2,
+        dupe_factor=20,
+    )
     records = read_records(f"{tmp_path}/train-*")
     tokens = open(vocab_file).read().split("\n")[:-1]
     assert summary.nsp_label_counts["1"] > 0
@@ -311,7 +352,11 @@ def test_python_documents_and_python_api_defaults(tmp_path):
     summary = create_pretraining_data(documents, str(tmp_path / "out" / "x.tfrecord"), vocab_file)
     assert os.path.basename(summary.output_files[0]) == "x-00000-of-00001.tfrecord"
     metadata = features.read_metadata(str(tmp_path / "out"))
-    assert (metadata.max_seq_length, metadata.max_predictions_per_seq, metadata.seed) == (128, 20, 12345)
+    assert (metadata.max_seq_length, metadata.max_predictions_per_seq, metadata.seed) == (
+        128,
+        20,
+        12345,
+    )
     assert metadata.extra["dupe_factor"] == 10
 
 
@@ -323,10 +368,27 @@ def test_killed_worker_leaves_no_complete_looking_shard_and_rerun_finishes(corpu
     reference = shard_bytes(tmp_path / "reference")
     out = tmp_path / "run"
     command = [
-        sys.executable, "-m", "kbert", "create-data", "--input_file", corpus_file,
-        "--output_file", str(out / "t"), "--vocab_file", vocab_file, "--max_seq_length", str(SEQ),
-        "--max_predictions_per_seq", str(PRED), "--dupe_factor", "100", "--num_shards", "6",
-        "--num_workers", "2", "--quiet",
+        sys.executable,
+        "-m",
+        "kbert",
+        "create-data",
+        "--input_file",
+        corpus_file,
+        "--output_file",
+        str(out / "t"),
+        "--vocab_file",
+        vocab_file,
+        "--max_seq_length",
+        str(SEQ),
+        "--max_predictions_per_seq",
+        str(PRED),
+        "--dupe_factor",
+        "100",
+        "--num_shards",
+        "6",
+        "--num_workers",
+        "2",
+        "--quiet",
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = None
@@ -334,7 +396,8 @@ def test_killed_worker_leaves_no_complete_looking_shard_and_rerun_finishes(corpu
     while killed is None and process.poll() is None and time.time() < deadline:
         if glob.glob(f"{out}/t-*.tfrecord"):
             workers = [
-                p for p in psutil.Process(process.pid).children(recursive=True)
+                p
+                for p in psutil.Process(process.pid).children(recursive=True)
                 if "spawn_main" in " ".join(p.cmdline())
             ]
             if workers:
@@ -349,7 +412,9 @@ def test_killed_worker_leaves_no_complete_looking_shard_and_rerun_finishes(corpu
     for name, data in partial.items():  # whatever carries a final name is complete
         assert data == reference[name]
 
-    summary = create_pretraining_data(corpus_file, str(out / "t"), vocab_file, num_workers=2, **settings)
+    summary = create_pretraining_data(
+        corpus_file, str(out / "t"), vocab_file, num_workers=2, **settings
+    )
     assert summary.shards_kept == len(partial)
     assert shard_bytes(out) == reference
     assert features.read_metadata(str(out)).num_instances == summary.num_instances
@@ -374,10 +439,16 @@ BAD_INPUTS = {
     "empty_corpus": ({"input_file": "{dir}/empty.txt"}, "holds no documents"),
     "one_document_corpus": ({"input_file": "{dir}/one_doc.txt"}, "single document"),
     "single_sentence_documents": ({"input_file": "{dir}/single_sentences.txt"}, "single sentence"),
-    "glob_matching_nothing": ({"input_file": "{dir}/missing*.txt"}, "missing*.txt: no file matches"),
+    "glob_matching_nothing": (
+        {"input_file": "{dir}/missing*.txt"},
+        "missing*.txt: no file matches",
+    ),
     "short_max_seq_length": ({"max_seq_length": "4"}, "--max_seq_length must be >= 5"),
     "no_predictions": ({"max_predictions_per_seq": "0"}, "--max_predictions_per_seq must be >= 1"),
-    "unwritable_output_directory": ({"output_file": "{dir}/a_file/sub/train"}, "cannot write to directory"),
+    "unwritable_output_directory": (
+        {"output_file": "{dir}/a_file/sub/train"},
+        "cannot write to directory",
+    ),
 }
 
 
@@ -385,8 +456,11 @@ BAD_INPUTS = {
 def test_bad_input_is_a_one_line_error(case, cli_inputs, capsys):
     changes, message = BAD_INPUTS[case]
     flags = {
-        "input_file": cli_inputs["corpus"], "vocab_file": cli_inputs["vocab"],
-        "output_file": "{dir}/out/train", "max_seq_length": str(SEQ), "dupe_factor": "1",
+        "input_file": cli_inputs["corpus"],
+        "vocab_file": cli_inputs["vocab"],
+        "output_file": "{dir}/out/train",
+        "max_seq_length": str(SEQ),
+        "dupe_factor": "1",
     }
     flags.update(changes)
     argv = ["create-data", "--quiet"]

@@ -1,12 +1,11 @@
 """kbert.data: pre-training TFRecords -> (x, y, sample_weight) for fit and evaluate."""
 
-import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import tiny_config
+
 from kbert import features
 from kbert.data import describe, pretraining_dataset
 
@@ -209,9 +208,7 @@ def test_two_input_pipelines_read_disjoint_files_that_cover_all(tmp_path):
         context = tf.distribute.InputContext(
             num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=2
         )
-        dataset = pretraining_dataset(
-            str(tmp_path), 4, seed=3, input_context=context, num_epochs=1
-        )
+        dataset = pretraining_dataset(str(tmp_path), 4, seed=3, input_context=context, num_epochs=1)
         assert dataset.element_spec[0]["input_ids"].shape == (2, SEQ)
         rows = collect(dataset)["input_ids"]
         seen.append({shards[tuple(row)] for row in rows})
@@ -378,9 +375,7 @@ def test_evaluate_reports_whole_set_weighted_means(tmp_path, request, replicas):
     instances = make_instances(10, seed=30)
     path = write_shard(tmp_path / "eval.tfrecord", instances)
     dataset = pretraining_dataset(path, global_batch_size=4, is_training=False)
-    real_predictions = [
-        collect(dataset.skip(i).take(1))["w_mlm"].sum() for i in range(3)
-    ]
+    real_predictions = [collect(dataset.skip(i).take(1))["w_mlm"].sum() for i in range(3)]
     assert len(set(real_predictions)) > 1
 
     if replicas == 2:
@@ -459,10 +454,9 @@ def test_fit_runs_under_mirrored_strategy(tmp_path, mirrored):
 
 
 def test_records_written_by_tfrecords_tools_are_read_masked_gzip_and_unmasked(tmp_path):
+    from kbert.masking import DynamicMasking
     from tfrecords_tools import corpora, vocab
     from tfrecords_tools.create_pretraining_data import create_pretraining_data
-
-    from kbert.masking import DynamicMasking
 
     documents = [
         [f"Document {d} says {s} things about {d * s % 7}." for s in range(6)] for d in range(12)

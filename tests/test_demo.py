@@ -32,8 +32,14 @@ def demo_run(tmp_path_factory):
 def test_demo_writes_eval_results_with_the_metrics_and_baseline(demo_run):
     workdir, _ = demo_run
     results = json.loads((workdir / "runs/demo/run/eval_results.json").read_text())
-    for key in ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "mlm_baseline_accuracy",
-                "nsp_majority_accuracy"):
+    for key in (
+        "mlm_loss",
+        "mlm_accuracy",
+        "nsp_loss",
+        "nsp_accuracy",
+        "mlm_baseline_accuracy",
+        "nsp_majority_accuracy",
+    ):
         assert isinstance(results[key], float), key
     assert 0.0 < results["mlm_baseline_accuracy"] < 1.0
 
@@ -70,7 +76,9 @@ def test_demo_savedmodel_answers_fill_mask_in_a_clean_subprocess(demo_run):
     )
     done = subprocess.run(
         [sys.executable, "-c", script, str(workdir / "saved_models/kbert-demo/1")],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("OK")
@@ -81,7 +89,12 @@ def test_demo_rerun_reuses_every_finished_stage(demo_run, capsys, monkeypatch):
     monkeypatch.chdir(workdir)
     assert main(["demo", "--quick"]) == 0
     printed = capsys.readouterr().out
-    for reused in ("reusing the split", "reusing runs/demo/data/vocab.txt", "reusing runs/demo/data/train/",
-                   "reusing the finished run", "reusing saved_models/kbert-demo/1"):
+    for reused in (
+        "reusing the split",
+        "reusing runs/demo/data/vocab.txt",
+        "reusing runs/demo/data/train/",
+        "reusing the finished run",
+        "reusing saved_models/kbert-demo/1",
+    ):
         assert reused in printed, reused
     assert os.listdir(workdir / "saved_models/kbert-demo") == ["1"]

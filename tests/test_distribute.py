@@ -52,9 +52,9 @@ def test_a_second_mirrored_strategy_in_the_same_process_trains_after_the_first_e
     # Without fresh collective keys per strategy, the second strategy's all-reduces reuse the
     # first's instance keys and TensorFlow aborts with "Shape mismatch in the collective instance".
     import keras
+    from helpers import random_batch, tiny_config
 
     import kbert
-    from helpers import random_batch, tiny_config
 
     data = tf.data.Dataset.from_tensors(random_batch(batch_size=4)).repeat(2)
     results = []

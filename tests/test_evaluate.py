@@ -3,8 +3,9 @@
 import json
 import logging
 
-import kbert
 from helpers import tiny_config, write_pretraining_records
+
+import kbert
 from kbert.cli import main
 from kbert.train import evaluate, pretrain
 
@@ -12,8 +13,15 @@ from kbert.train import evaluate, pretrain
 def train(data, output_dir, steps, **kwargs):
     """A short run of the tiny config; returns its run directory."""
     pretrain(
-        config=tiny_config(), train_files=data, output_dir=str(output_dir), steps=steps,
-        batch_size=8, seed=3, strategy="cpu", verbose=0, **kwargs,
+        config=tiny_config(),
+        train_files=data,
+        output_dir=str(output_dir),
+        steps=steps,
+        batch_size=8,
+        seed=3,
+        strategy="cpu",
+        verbose=0,
+        **kwargs,
     )
     return output_dir
 
@@ -24,8 +32,14 @@ def test_evaluating_a_keras_file_reports_the_updates_it_was_trained_for(tmp_path
     run = train(data, tmp_path / "run", steps=2, gradient_accumulation_steps=2)
     output = tmp_path / "eval_results.json"
 
-    evaluate(str(run / "model.keras"), data, batch_size=16, output_path=str(output),
-             strategy="cpu", verbose=0)
+    evaluate(
+        str(run / "model.keras"),
+        data,
+        batch_size=16,
+        output_path=str(output),
+        strategy="cpu",
+        verbose=0,
+    )
 
     assert json.loads(output.read_text())["step"] == 2
 
@@ -34,8 +48,24 @@ def test_kbert_evaluate_on_a_run_directory_writes_the_trained_step(tmp_path, cap
     data = write_pretraining_records(str(tmp_path / "data"), num_records=16)
     run = train(data, tmp_path / "run", steps=3)
 
-    assert main(["evaluate", "--model", str(run), "--eval-files", data, "--batch-size", "16",
-                 "--strategy", "cpu", "--verbose", "0"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(run),
+                "--eval-files",
+                data,
+                "--batch-size",
+                "16",
+                "--strategy",
+                "cpu",
+                "--verbose",
+                "0",
+            ]
+        )
+        == 0
+    )
 
     assert json.loads((run / "eval_results.json").read_text())["step"] == 3
     assert json.loads(capsys.readouterr().out)["step"] == 3

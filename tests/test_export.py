@@ -33,25 +33,112 @@ ENCODER_INPUTS = ("input_ids", "segment_ids", "input_mask")
 # TensorFlow core ops used by the encoder, the heads, the saver and the string / ragged / table
 # ops of the in-graph tokenizer:
 CORE_OPS = {
-    "Add", "AddV2", "All", "Any", "Assert", "AssignVariableOp", "BatchMatMulV2", "BatchMatMulV3",
-    "BiasAdd", "BroadcastArgs", "BroadcastTo", "Cast", "ConcatV2", "Const", "Cumsum",
-    "DisableCopyOnRead", "Einsum", "Equal", "Erf", "Exp", "ExpandDims", "Fill", "FloorDiv",
-    "FloorMod", "GatherV2", "Greater", "GreaterEqual", "HashTableV2", "Identity", "IdentityN",
-    "If", "InitializeTableFromTextFileV2", "Less", "LessEqual", "LogicalAnd", "LogicalNot",
-    "LogicalOr", "LookupTableFindV2", "MatMul", "Max", "Maximum", "Mean", "MergeV2Checkpoints",
-    "Min", "Minimum", "Mul", "Neg", "NoOp", "NotEqual", "OnesLike", "Pack", "PartitionedCall",
-    "Placeholder", "Pow", "Prod", "RaggedGather", "RaggedRange", "RaggedTensorToTensor", "Range",
-    "ReadVariableOp", "RealDiv", "Relu", "Reshape", "RestoreV2", "Rsqrt", "SaveV2", "Select",
-    "SelectV2", "Shape", "ShardedFilename", "Size", "Slice", "Softmax", "Split", "Sqrt", "Square",
-    "SquaredDifference", "Squeeze", "StatefulPartitionedCall", "StatelessIf",
-    "StaticRegexFullMatch", "StaticRegexReplace", "StopGradient", "StridedSlice", "StringJoin",
-    "StringLower", "Sub", "Sum", "Tanh", "Tile", "TopKV2", "Transpose", "Unpack",
-    "UnsortedSegmentSum", "VarHandleOp", "VarIsInitializedOp", "Where", "ZerosLike",
+    "Add",
+    "AddV2",
+    "All",
+    "Any",
+    "Assert",
+    "AssignVariableOp",
+    "BatchMatMulV2",
+    "BatchMatMulV3",
+    "BiasAdd",
+    "BroadcastArgs",
+    "BroadcastTo",
+    "Cast",
+    "ConcatV2",
+    "Const",
+    "Cumsum",
+    "DisableCopyOnRead",
+    "Einsum",
+    "Equal",
+    "Erf",
+    "Exp",
+    "ExpandDims",
+    "Fill",
+    "FloorDiv",
+    "FloorMod",
+    "GatherV2",
+    "Greater",
+    "GreaterEqual",
+    "HashTableV2",
+    "Identity",
+    "IdentityN",
+    "If",
+    "InitializeTableFromTextFileV2",
+    "Less",
+    "LessEqual",
+    "LogicalAnd",
+    "LogicalNot",
+    "LogicalOr",
+    "LookupTableFindV2",
+    "MatMul",
+    "Max",
+    "Maximum",
+    "Mean",
+    "MergeV2Checkpoints",
+    "Min",
+    "Minimum",
+    "Mul",
+    "Neg",
+    "NoOp",
+    "NotEqual",
+    "OnesLike",
+    "Pack",
+    "PartitionedCall",
+    "Placeholder",
+    "Pow",
+    "Prod",
+    "RaggedGather",
+    "RaggedRange",
+    "RaggedTensorToTensor",
+    "Range",
+    "ReadVariableOp",
+    "RealDiv",
+    "Relu",
+    "Reshape",
+    "RestoreV2",
+    "Rsqrt",
+    "SaveV2",
+    "Select",
+    "SelectV2",
+    "Shape",
+    "ShardedFilename",
+    "Size",
+    "Slice",
+    "Softmax",
+    "Split",
+    "Sqrt",
+    "Square",
+    "SquaredDifference",
+    "Squeeze",
+    "StatefulPartitionedCall",
+    "StatelessIf",
+    "StaticRegexFullMatch",
+    "StaticRegexReplace",
+    "StopGradient",
+    "StridedSlice",
+    "StringJoin",
+    "StringLower",
+    "Sub",
+    "Sum",
+    "Tanh",
+    "Tile",
+    "TopKV2",
+    "Transpose",
+    "Unpack",
+    "UnsortedSegmentSum",
+    "VarHandleOp",
+    "VarIsInitializedOp",
+    "Where",
+    "ZerosLike",
 }
 # tensorflow-text's BertTokenizer-family kernels, in tensorflow_text:ops_lib, which the model
 # server links (tensorflow_serving/model_servers: SUPPORTED_TENSORFLOW_OPS). Not the Fast* ops.
 TF_TEXT_OPS = {
-    "CaseFoldUTF8", "NormalizeUTF8", "RegexSplitWithOffsets", "WordpieceTokenizeWithOffsets"
+    "CaseFoldUTF8",
+    "NormalizeUTF8",
+    "RegexSplitWithOffsets",
+    "WordpieceTokenizeWithOffsets",
 }
 
 
@@ -202,7 +289,8 @@ def test_fresh_process_signatures_equal_the_keras_model(
     )
     subprocess.run(
         [sys.executable, "-c", CHILD, export_dir, inputs_path, outputs_path],
-        check=True, timeout=300,
+        check=True,
+        timeout=300,
     )
     got = dict(np.load(outputs_path, allow_pickle=True))
     assert list(got.pop("leaked_modules")) == []
@@ -213,8 +301,11 @@ def test_fresh_process_signatures_equal_the_keras_model(
         np.testing.assert_allclose(got[f"serving_default/{key}"], expected[key], atol=1e-5)
 
     encoded = model.get_layer("encoder")(
-        {"token_ids": x["input_ids"], "segment_ids": x["segment_ids"],
-         "padding_mask": x["input_mask"]}
+        {
+            "token_ids": x["input_ids"],
+            "segment_ids": x["segment_ids"],
+            "padding_mask": x["input_mask"],
+        }
     )
     for key in ("sequence_output", "pooled_output"):
         np.testing.assert_allclose(got[f"encode/{key}"], np.asarray(encoded[key]), atol=1e-5)
@@ -277,7 +368,10 @@ def test_saved_model_cli_lists_the_signatures_with_names_dtypes_shapes(export_di
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     shown = subprocess.run(
         [cli, "show", "--all", "--dir", export_dir],
-        check=True, capture_output=True, text=True, timeout=300,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     ).stdout
     sections = dict(
         re.findall(r"signature_def\['(\w+)'\]:\n(.*?)(?=\nsignature_def|\Z)", shown, re.S)
@@ -290,18 +384,27 @@ def test_saved_model_cli_lists_the_signatures_with_names_dtypes_shapes(export_di
     expected = {
         "serving_default": (
             dict(model_inputs, masked_lm_positions=positions),
-            {"mlm_top_ids": ("DT_INT32", f"(-1, {P}, {K})"), "mlm_top_probs": top_probs,
-             "nsp_probs": nsp},
+            {
+                "mlm_top_ids": ("DT_INT32", f"(-1, {P}, {K})"),
+                "mlm_top_probs": top_probs,
+                "nsp_probs": nsp,
+            },
         ),
         "encode": (
             model_inputs,
-            {"sequence_output": ("DT_FLOAT", f"(-1, {L}, {hidden})"),
-             "pooled_output": ("DT_FLOAT", f"(-1, {hidden})")},
+            {
+                "sequence_output": ("DT_FLOAT", f"(-1, {L}, {hidden})"),
+                "pooled_output": ("DT_FLOAT", f"(-1, {hidden})"),
+            },
         ),
         "fill_mask": (
             text_inputs,
-            {"mlm_top_tokens": ("DT_STRING", f"(-1, {P}, {K})"), "mlm_top_probs": top_probs,
-             "masked_lm_positions": positions, "nsp_probs": nsp},
+            {
+                "mlm_top_tokens": ("DT_STRING", f"(-1, {P}, {K})"),
+                "mlm_top_probs": top_probs,
+                "masked_lm_positions": positions,
+                "nsp_probs": nsp,
+            },
         ),
         "tokenize": (text_inputs, dict(model_inputs, masked_lm_positions=positions)),
     }
@@ -352,7 +455,10 @@ def test_warmup_records_are_prediction_logs_matching_every_signature(export_dir)
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in records]
     requests = [log.predict_log.request for log in logs]
     assert {r.model_spec.signature_name for r in requests} == {
-        "serving_default", "encode", "fill_mask", "tokenize"
+        "serving_default",
+        "encode",
+        "fill_mask",
+        "tokenize",
     }
     for request in requests:
         signature = signature_defs[request.model_spec.signature_name]
@@ -452,8 +558,24 @@ def test_cli_export_from_a_run_directory(model, vocab_file, tmp_path, capsys):
     run_dir.mkdir()
     model.save(str(run_dir / "model.keras"))
     base = str(tmp_path / "saved_models")
-    assert main(["export", "--model", str(run_dir), "--vocab_file", vocab_file,
-                 "--export-base", base, "--name", "tiny", "--version", "3"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(run_dir),
+                "--vocab_file",
+                vocab_file,
+                "--export-base",
+                base,
+                "--name",
+                "tiny",
+                "--version",
+                "3",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == os.path.join(base, "tiny", "3")
     assert os.path.exists(os.path.join(printed[0], "saved_model.pb"))

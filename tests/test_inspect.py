@@ -19,11 +19,20 @@ def dataset(tmp_path_factory):
     work = tmp_path_factory.mktemp("inspect")
     rng = random.Random(0)
     words = [f"w{i}" for i in range(40)]
-    documents = [[" ".join(rng.choice(words) for _ in range(5)) for _ in range(6)] for _ in range(20)]
+    documents = [
+        [" ".join(rng.choice(words) for _ in range(5)) for _ in range(6)] for _ in range(20)
+    ]
     vocab_file = str(work / "vocab.txt")
     write_vocab(list(SPECIAL_TOKENS) + words, vocab_file)
-    summary = create_pretraining_data(documents, str(work / "data" / "train"), vocab_file, max_seq_length=SEQ,
-                                      max_predictions_per_seq=PRED, dupe_factor=2, num_shards=2)
+    summary = create_pretraining_data(
+        documents,
+        str(work / "data" / "train"),
+        vocab_file,
+        max_seq_length=SEQ,
+        max_predictions_per_seq=PRED,
+        dupe_factor=2,
+        num_shards=2,
+    )
     return work, vocab_file, summary
 
 
@@ -61,25 +70,43 @@ def test_valid_set_decodes_as_text_with_masks_and_labels(dataset):
 def test_records_without_metadata_infer_their_lengths(tmp_path):
     path = write_records(tmp_path / "google.tfrecord", [good_record()] * 3)
     report = inspect_records(path)
-    assert (report.max_seq_length, report.max_predictions_per_seq, report.num_records) == (SEQ, PRED, 3)
+    assert (report.max_seq_length, report.max_predictions_per_seq, report.num_records) == (
+        SEQ,
+        PRED,
+        3,
+    )
     assert report.metadata is None
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"masked_lm_positions": [5, 1, 0], "masked_lm_ids": [8, 5, 0]}, "masked_lm_positions: positions not sorted"),
-        ({"masked_lm_positions": [1, 9, 0]}, "masked_lm_positions: position outside the real tokens"),
+        (
+            {"masked_lm_positions": [5, 1, 0], "masked_lm_ids": [8, 5, 0]},
+            "masked_lm_positions: positions not sorted",
+        ),
+        (
+            {"masked_lm_positions": [1, 9, 0]},
+            "masked_lm_positions: position outside the real tokens",
+        ),
         ({"masked_lm_weights": [1.0, 0.0, 1.0]}, "masked_lm_weights: not ones followed by zeros"),
-        ({"input_mask": [1, 1, 0, 1, 1, 1, 1] + [0] * (SEQ - 7)}, "input_mask: not ones followed by zeros"),
+        (
+            {"input_mask": [1, 1, 0, 1, 1, 1, 1] + [0] * (SEQ - 7)},
+            "input_mask: not ones followed by zeros",
+        ),
         ({"segment_ids": [0, 1, 0, 0, 1, 1, 1] + [0] * (SEQ - 7)}, "segment_ids: not 0s then 1s"),
         ({"next_sentence_labels": [2]}, "next_sentence_labels: not 0 or 1"),
-        ({"input_ids": [2, 5, 6, 3, 7, 8, 3, 4] + [0] * (SEQ - 8)}, "input_ids: non-zero id on padding"),
+        (
+            {"input_ids": [2, 5, 6, 3, 7, 8, 3, 4] + [0] * (SEQ - 8)},
+            "input_ids: non-zero id on padding",
+        ),
         ({"masked_lm_positions": [1, 5]}, "record 3: does not match the contract"),
     ],
 )
 def test_first_violation_is_named(tmp_path, changes, message):
-    path = write_records(tmp_path / "bad.tfrecord", [good_record()] * 3 + [good_record(**changes)] + [good_record()])
+    path = write_records(
+        tmp_path / "bad.tfrecord", [good_record()] * 3 + [good_record(**changes)] + [good_record()]
+    )
     with pytest.raises(ValueError) as error:
         inspect_records(path, max_seq_length=SEQ, max_predictions_per_seq=PRED)
     assert "bad.tfrecord: record 3" in str(error.value) and message in str(error.value)
@@ -106,9 +133,16 @@ def test_metadata_disagreeing_with_the_records_is_a_violation(dataset, tmp_path)
 
 def test_cli_exits_1_naming_the_violation_and_0_when_valid(dataset, tmp_path, capsys):
     work, vocab_file, _ = dataset
-    assert kbert_main(["inspect-data", "--input_file", str(work / "data"), "--vocab_file", vocab_file]) == 0
+    assert (
+        kbert_main(["inspect-data", "--input_file", str(work / "data"), "--vocab_file", vocab_file])
+        == 0
+    )
     assert "OK: all" in capsys.readouterr().out
     path = write_records(tmp_path / "bad.tfrecord", [good_record(next_sentence_labels=[3])])
     assert kbert_main(["inspect-data", "--input_file", path]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("kbert inspect-data: error: ") and "next_sentence_labels" in err and "\n" not in err
+    assert (
+        err.startswith("kbert inspect-data: error: ")
+        and "next_sentence_labels" in err
+        and "\n" not in err
+    )

@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import random_batch, tiny_config
 
 import kbert
-from helpers import random_batch, tiny_config
 
 
 def numpy_cross_entropy(labels, logits):
@@ -37,9 +37,7 @@ def test_total_loss_is_sum_of_mlm_and_nsp_in_the_logs():
     x, y, w = random_batch()
     logs = model.train_on_batch(x, y, sample_weight=w, return_dict=True)
     assert logs["loss"] == pytest.approx(logs["mlm_loss"] + logs["nsp_loss"], abs=1e-6)
-    logs = model.evaluate(
-        tf.data.Dataset.from_tensors((x, y, w)), return_dict=True, verbose=0
-    )
+    logs = model.evaluate(tf.data.Dataset.from_tensors((x, y, w)), return_dict=True, verbose=0)
     assert logs["loss"] == pytest.approx(logs["mlm_loss"] + logs["nsp_loss"], abs=1e-6)
 
 
@@ -58,7 +56,10 @@ def test_mlm_loss_1_8_and_nsp_loss_0_6_give_total_2_4():
     mlm_logits = logits_with_loss(y["mlm"], 100, 1.8)
     # Padded predictions carry garbage logits: they must not count.
     mlm_logits[w["mlm"] == 0] = np.random.default_rng(1).normal(0, 9, (100,))
-    y_pred = {"mlm": tf.constant(mlm_logits), "nsp": tf.constant(logits_with_loss(y["nsp"], 2, 0.6))}
+    y_pred = {
+        "mlm": tf.constant(mlm_logits),
+        "nsp": tf.constant(logits_with_loss(y["nsp"], 2, 0.6)),
+    }
     total = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w)
     assert float(total) == pytest.approx(2.4, abs=1e-5)
 
@@ -99,7 +100,10 @@ def test_one_summed_update_differs_from_an_mlm_update_then_an_nsp_update():
             ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y[name], out[name])
             loss = tf.reduce_sum(w[name] * ce) / w[name].sum()
         grads = tape.gradient(loss, sequential.trainable_weights)
-        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, sequential.trainable_weights)]
+        grads = [
+            tf.zeros_like(v) if g is None else g
+            for g, v in zip(grads, sequential.trainable_weights)
+        ]
         optimizer.apply_gradients(zip(grads, sequential.trainable_weights))
     differences = [
         np.abs(a.numpy() - b.numpy()).max()

@@ -5,13 +5,15 @@ import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import random_batch, tiny_config
 
 import kbert
-from helpers import random_batch, tiny_config
 
 
 def test_model_has_google_inputs_and_named_mlm_and_nsp_logits():
-    model = kbert.build_pretraining_model(tiny_config(), max_seq_length=16, max_predictions_per_seq=4)
+    model = kbert.build_pretraining_model(
+        tiny_config(), max_seq_length=16, max_predictions_per_seq=4
+    )
     assert {t.name for t in model.inputs} == {
         "input_ids",
         "segment_ids",
@@ -49,7 +51,11 @@ def test_mlm_logits_depend_only_on_the_masked_positions():
     model = kbert.build_pretraining_model(tiny_config(), 16, 4)
     x, _, _ = random_batch()
     full = model.get_layer("encoder")(
-        {"token_ids": x["input_ids"], "segment_ids": x["segment_ids"], "padding_mask": x["input_mask"]}
+        {
+            "token_ids": x["input_ids"],
+            "segment_ids": x["segment_ids"],
+            "padding_mask": x["input_mask"],
+        }
     )["sequence_output"]
     gathered = np.take_along_axis(full.numpy(), x["masked_lm_positions"][..., None], axis=1)
     head = model.get_layer("mlm_head")

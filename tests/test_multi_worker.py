@@ -11,9 +11,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import tiny_config, write_pretraining_records
 
 import kbert
-from helpers import tiny_config, write_pretraining_records
 from kbert.data import pretraining_dataset
 from kbert.distribute import resolve_strategy
 from kbert.train import _build_optimizer, _without_global_tf_seed
@@ -39,10 +39,34 @@ def multi_worker_run(tmp_path_factory):
     config_file = str(work / "bert_config.json")
     tiny_config().to_json_file(config_file)
     command = [
-        sys.executable, "-m", "kbert", "train", "--config", config_file, "--train_files", data,
-        "--output_dir", str(work / "run"), "--steps", str(STEPS), "--batch_size", str(GLOBAL_BATCH),
-        "--seed", str(SEED), "--optimizer", "sgd", "--learning_rate", str(LEARNING_RATE),
-        "--warmup_steps", "0", "--strategy", "multi_worker", "--eval_files", data, "--verbose", "0",
+        sys.executable,
+        "-m",
+        "kbert",
+        "train",
+        "--config",
+        config_file,
+        "--train_files",
+        data,
+        "--output_dir",
+        str(work / "run"),
+        "--steps",
+        str(STEPS),
+        "--batch_size",
+        str(GLOBAL_BATCH),
+        "--seed",
+        str(SEED),
+        "--optimizer",
+        "sgd",
+        "--learning_rate",
+        str(LEARNING_RATE),
+        "--warmup_steps",
+        "0",
+        "--strategy",
+        "multi_worker",
+        "--eval_files",
+        data,
+        "--verbose",
+        "0",
     ]
     for returncode, output in run_cluster(command):
         assert returncode == 0, output[-3000:]
@@ -56,7 +80,11 @@ def run_cluster(command, workers=2, timeout=300):
     for index in range(workers):
         task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
         env = dict(os.environ, TF_CONFIG=json.dumps(task), TF_CPP_MIN_LOG_LEVEL="2")
-        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        processes.append(
+            subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     try:
         outputs = [process.communicate(timeout=timeout)[0] for process in processes]
     finally:
@@ -71,7 +99,10 @@ def one_device_on_joint_batches(data, steps, before=None):
     with _without_global_tf_seed():
         pipelines = [
             pretraining_dataset(
-                data, GLOBAL_BATCH, is_training=True, seed=SEED,
+                data,
+                GLOBAL_BATCH,
+                is_training=True,
+                seed=SEED,
                 input_context=tf.distribute.InputContext(2, index, 2),
             )
             for index in range(2)
@@ -109,13 +140,17 @@ def test_multi_worker_evaluation_equals_one_device(multi_worker_run):
     work, data = multi_worker_run
     with open(work / "run" / "eval_results.json") as f:
         distributed = json.load(f)
-    single = kbert.evaluate(str(work / "run" / "model.keras"), data, batch_size=GLOBAL_BATCH, strategy="cpu", verbose=0)
+    single = kbert.evaluate(
+        str(work / "run" / "model.keras"), data, batch_size=GLOBAL_BATCH, strategy="cpu", verbose=0
+    )
     assert distributed["num_sequences"] == single["num_sequences"] == 64
     for name in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy"):
         assert distributed[name] == pytest.approx(single[name], abs=1e-5), name
 
 
-@pytest.mark.parametrize("tf_config, message", [(None, "needs the TF_CONFIG"), ("{not json", "not a JSON object")])
+@pytest.mark.parametrize(
+    "tf_config, message", [(None, "needs the TF_CONFIG"), ("{not json", "not a JSON object")]
+)
 def test_multi_worker_without_a_usable_tf_config_is_a_named_error(monkeypatch, tf_config, message):
     if tf_config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)
@@ -152,8 +187,14 @@ KILLED_CHILD = textwrap.dedent("""
 def test_a_killed_cluster_rerun_resumes_where_it_stopped(multi_worker_run, tmp_path):
     _, data = multi_worker_run
     child = tmp_path / "child.py"
-    child.write_text(KILLED_CHILD.format(tests=os.path.dirname(__file__), batch=GLOBAL_BATCH, seed=SEED,
-                                         learning_rate=LEARNING_RATE))
+    child.write_text(
+        KILLED_CHILD.format(
+            tests=os.path.dirname(__file__),
+            batch=GLOBAL_BATCH,
+            seed=SEED,
+            learning_rate=LEARNING_RATE,
+        )
+    )
     command = [sys.executable, str(child), data, str(tmp_path / "run"), str(tmp_path)]
     for returncode, output in run_cluster(command):
         assert returncode == -9, output[-3000:]  # both killed by SIGKILL after step 2
@@ -169,11 +210,21 @@ def test_a_killed_cluster_rerun_resumes_where_it_stopped(multi_worker_run, tmp_p
 
 def test_auto_picks_multi_worker_only_for_a_cluster_of_workers(monkeypatch, caplog):
     workers = ["127.0.0.1:1", "127.0.0.1:2"]
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": workers, "ps": ["127.0.0.1:3"]},
-                                                "task": {"type": "worker", "index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG",
+        json.dumps(
+            {
+                "cluster": {"worker": workers, "ps": ["127.0.0.1:3"]},
+                "task": {"type": "worker", "index": 0},
+            }
+        ),
+    )
     with caplog.at_level("INFO", logger="kbert.distribute"):
         assert resolve_strategy("auto").num_replicas_in_sync == 1  # parameter servers: not ours
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG",
+        json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}}),
+    )
     # This process has run TensorFlow already: too late for collectives, and the error says so.
     with pytest.raises(ValueError, match="before TensorFlow runs anything"):
         resolve_strategy("auto")

@@ -9,9 +9,7 @@ from kbert.optimization import WarmupLinearDecay, create_optimizer
 
 
 def test_layer_norm_gamma_and_bias_do_not_decay_but_a_kernel_does():
-    model = kbert.build_pretraining_model(
-        kbert.BertConfig.from_preset("tiny", vocab_size=50), 8, 2
-    )
+    model = kbert.build_pretraining_model(kbert.BertConfig.from_preset("tiny", vocab_size=50), 8, 2)
     optimizer = create_optimizer(0.1, num_train_steps=10, num_warmup_steps=0, weight_decay=0.5)
     gamma = model.get_layer("encoder").embeddings_layer_norm.gamma
     bias = model.get_layer("nsp").bias

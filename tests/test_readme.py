@@ -41,7 +41,9 @@ def copy_checkout(destination: Path) -> None:
         shutil.copy2(ROOT / name, target)
 
 
-def run_in_fresh_checkout(command: str, tmp_path: Path, timeout: int) -> subprocess.CompletedProcess:
+def run_in_fresh_checkout(
+    command: str, tmp_path: Path, timeout: int
+) -> subprocess.CompletedProcess:
     checkout = tmp_path / "kbert"
     copy_checkout(checkout)
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
@@ -49,7 +51,12 @@ def run_in_fresh_checkout(command: str, tmp_path: Path, timeout: int) -> subproc
         p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p and "venv/bin" not in p
     )
     return subprocess.run(
-        ["bash", "-c", command], cwd=checkout, env=env, capture_output=True, text=True, timeout=timeout
+        ["bash", "-c", command],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

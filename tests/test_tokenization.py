@@ -36,7 +36,19 @@ def _vocab_tokens():
     words = {w for w in words if 0 < len(w) <= 50}  # long words must be split into pieces
     for w in ("cali", "x", "b", "ab", "ch", "ars"):
         pieces.add("##" + w)
-    base = ["super", "a", "punctuation", "runs", "long", "words", "end", "and", "ascii", "line", "with"]
+    base = [
+        "super",
+        "a",
+        "punctuation",
+        "runs",
+        "long",
+        "words",
+        "end",
+        "and",
+        "ascii",
+        "line",
+        "with",
+    ]
     chars = set("".join(TEXTS).lower()) | set("".join(TEXTS))
     tokens = list(SPECIAL_TOKENS) + sorted(words) + sorted(pieces) + base
     tokens += sorted(c for c in chars if c.strip() and c not in tokens)
@@ -72,8 +84,14 @@ def _is_chinese_char(cp):
     return any(
         lo <= cp <= hi
         for lo, hi in [
-            (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
-            (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
+            (0x4E00, 0x9FFF),
+            (0x3400, 0x4DBF),
+            (0x20000, 0x2A6DF),
+            (0x2A700, 0x2B73F),
+            (0x2B740, 0x2B81F),
+            (0x2B820, 0x2CEAF),
+            (0xF900, 0xFAFF),
+            (0x2F800, 0x2FA1F),
         ]
     )
 
@@ -137,7 +155,9 @@ def vocab_file(tmp_path_factory):
 
 def _hf(vocab_file, lower, max_chars=None):
     tokens = open(vocab_file, encoding="utf-8").read().split("\n")[:-1]
-    hf = BertWordPieceTokenizer({t: i for i, t in enumerate(tokens)}, lowercase=lower, strip_accents=lower)
+    hf = BertWordPieceTokenizer(
+        {t: i for i, t in enumerate(tokens)}, lowercase=lower, strip_accents=lower
+    )
     if max_chars is not None:
         hf._tokenizer.model.max_input_chars_per_word = max_chars
     return hf
@@ -183,7 +203,11 @@ def test_ascii_fast_path_equals_full_pipeline_on_control_and_punctuation(vocab_f
     tokens = FullTokenizer(vocab_file).inv_vocab
     encoder = WordPieceEncoder(tokens, do_lower_case=False)
     rust = build_tokenizer(tokens, do_lower_case=False)
-    texts = ["a\x01b\x7fc\x0bd\x0ce_f`g~h|i\\j^k", "".join(chr(c) for c in range(128)), "Ab ab AB aB"]
+    texts = [
+        "a\x01b\x7fc\x0bd\x0ce_f`g~h|i\\j^k",
+        "".join(chr(c) for c in range(128)),
+        "Ab ab AB aB",
+    ]
     assert encoder.encode(texts) == [rust.encode(t, add_special_tokens=False).ids for t in texts]
 
 

@@ -10,9 +10,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import tiny_config, write_pretraining_records
 
 import kbert
-from helpers import tiny_config, write_pretraining_records
 from kbert.train import TrainingDivergedError, evaluate, pretrain, training_input
 
 
@@ -25,8 +25,13 @@ def data(tmp_path_factory):
 def quick(data, output_dir, **kwargs):
     """A short deterministic run of the tiny test config (dropout 0)."""
     arguments = dict(
-        config=tiny_config(), train_files=data, output_dir=str(output_dir), steps=2,
-        batch_size=8, seed=3, verbose=0,
+        config=tiny_config(),
+        train_files=data,
+        output_dir=str(output_dir),
+        steps=2,
+        batch_size=8,
+        seed=3,
+        verbose=0,
     )
     arguments.update(kwargs)
     return pretrain(**arguments)
@@ -45,8 +50,17 @@ def assert_same_weights(a, b, atol):
 
 def test_tiny_preset_overfits_64_fixed_sequences(data, tmp_path):
     result = pretrain(
-        "tiny", data, str(tmp_path / "run"), steps=150, batch_size=16, eval_files=data,
-        learning_rate=2e-3, warmup_steps=10, checkpoint_interval=50, seed=0, verbose=0,
+        "tiny",
+        data,
+        str(tmp_path / "run"),
+        steps=150,
+        batch_size=16,
+        eval_files=data,
+        learning_rate=2e-3,
+        warmup_steps=10,
+        checkpoint_interval=50,
+        seed=0,
+        verbose=0,
         dropout=0.0,  # memorising is the point here; dropout fights exactly that
     )
     assert result.model.bert_config.hidden_size == 128  # the tiny preset
@@ -58,7 +72,10 @@ def test_tiny_preset_overfits_64_fixed_sequences(data, tmp_path):
 def test_mirrored_over_two_cpus_trains_the_same_weights_as_one_device(data, tmp_path, two_cpus):
     single = quick(data, tmp_path / "single", steps=3, strategy="cpu", **SGD)
     mirrored = quick(
-        data, tmp_path / "mirrored", steps=3, **SGD,
+        data,
+        tmp_path / "mirrored",
+        steps=3,
+        **SGD,
         strategy=tf.distribute.MirroredStrategy(two_cpus),
     )
     assert int(mirrored.model.optimizer.iterations.numpy()) == 3
@@ -72,7 +89,9 @@ class _InitialWeights(keras.callbacks.Callback):
 
 def test_gradient_accumulation_of_two_batches_of_b_equals_steps_of_batch_2b(data, tmp_path):
     common = dict(SGD, steps=2)
-    accumulated = quick(data, tmp_path / "acc", batch_size=8, gradient_accumulation_steps=2, **common)
+    accumulated = quick(
+        data, tmp_path / "acc", batch_size=8, gradient_accumulation_steps=2, **common
+    )
     initial = _InitialWeights()
     large = quick(data, tmp_path / "large", batch_size=16, callbacks=[initial], **common)
     assert int(accumulated.model.optimizer.iterations.numpy()) == 2
@@ -87,7 +106,10 @@ def test_train_step_compiles_with_xla_and_every_dataset_shape_is_static(data, tm
     assert result.model.jit_compile is True
     assert all(math.isfinite(v) for v in result.history["loss"])
     # What a TPU is fed: static shapes on one device and per replica under a strategy.
-    for strategy, batch in ((tf.distribute.get_strategy(), 8), (tf.distribute.MirroredStrategy(two_cpus), 4)):
+    for strategy, batch in (
+        (tf.distribute.get_strategy(), 8),
+        (tf.distribute.MirroredStrategy(two_cpus), 4),
+    ):
         dataset = training_input(strategy, data, 8, seed=0, start_batch=5)
         specs = tf.nest.flatten(dataset.element_spec, expand_composites=True)
         assert specs and all(spec.shape.is_fully_defined() for spec in specs), specs
@@ -150,23 +172,40 @@ def numpy_evaluation(model, files):
             ce = -np.take_along_axis(log_p, y[name][..., None], -1)[..., 0]
             hit = (logits.argmax(-1) == y[name]).astype("float64")
             if name == "mlm":
-                mlm_ce += (w[name] * ce).sum(); mlm_w += w[name].sum(); mlm_hit += (w[name] * hit).sum()
+                mlm_ce += (w[name] * ce).sum()
+                mlm_w += w[name].sum()
+                mlm_hit += (w[name] * hit).sum()
             else:
-                nsp_ce += (w[name] * ce).sum(); nsp_n += w[name].sum(); nsp_hit += (w[name] * hit).sum()
-    return {"mlm_loss": mlm_ce / mlm_w, "mlm_accuracy": mlm_hit / mlm_w,
-            "nsp_loss": nsp_ce / nsp_n, "nsp_accuracy": nsp_hit / nsp_n}
+                nsp_ce += (w[name] * ce).sum()
+                nsp_n += w[name].sum()
+                nsp_hit += (w[name] * hit).sum()
+    return {
+        "mlm_loss": mlm_ce / mlm_w,
+        "mlm_accuracy": mlm_hit / mlm_w,
+        "nsp_loss": nsp_ce / nsp_n,
+        "nsp_accuracy": nsp_hit / nsp_n,
+    }
 
 
 def test_run_directory_holds_history_checkpoints_logs_model_and_evaluation(data, tmp_path):
     run = tmp_path / "run"
     eval_data = write_pretraining_records(str(tmp_path / "eval"), num_records=21, seed=9)
     result = quick(
-        data, run, steps=6, checkpoint_interval=2, keep_checkpoints=2, eval_files=eval_data,
-        eval_interval=4, learning_rate=1e-3, warmup_steps=2, eval_batch_size=16,
+        data,
+        run,
+        steps=6,
+        checkpoint_interval=2,
+        keep_checkpoints=2,
+        eval_files=eval_data,
+        eval_interval=4,
+        learning_rate=1e-3,
+        warmup_steps=2,
+        eval_batch_size=16,
     )
     # Weight checkpoints: the last two intervals only.
     assert sorted(os.listdir(run / "checkpoints")) == [
-        "ckpt-0000004.weights.h5", "ckpt-0000006.weights.h5"
+        "ckpt-0000004.weights.h5",
+        "ckpt-0000006.weights.h5",
     ]
     # One history row per interval, with the step, the metrics and the learning rate.
     with open(run / "history.csv") as f:
@@ -184,8 +223,14 @@ def test_run_directory_holds_history_checkpoints_logs_model_and_evaluation(data,
         for event in tf.compat.v1.train.summary_iterator(path):
             tags.update(v.tag for v in event.summary.value)
             steps.update(event.step for v in event.summary.value if v.tag == "epoch_loss")
-    assert {"epoch_loss", "epoch_mlm_loss", "epoch_nsp_loss", "epoch_mlm_accuracy",
-            "epoch_nsp_accuracy", "epoch_learning_rate"} <= tags
+    assert {
+        "epoch_loss",
+        "epoch_mlm_loss",
+        "epoch_nsp_loss",
+        "epoch_mlm_accuracy",
+        "epoch_nsp_accuracy",
+        "epoch_learning_rate",
+    } <= tags
     assert steps == {2, 4, 6}
     # The final model reloads; the encoder weights load into a keras-hub BertBackbone.
     reloaded = keras.saving.load_model(str(run / "model.keras"))

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from helpers import tiny_config, write_pretraining_records
+
 from kbert.cli import build_parser, main
 from kbert.train import pretrain
 
@@ -20,10 +20,25 @@ def test_every_flag_is_explained_in_help(command):
 
 def test_train_flags_are_pretrain_arguments_in_both_spellings():
     parser = build_parser("train")
-    args = parser.parse_args([
-        "train", "--config", "mini", "--train-files", "a", "--output_dir", "b", "--steps", "4",
-        "--batch-size", "8", "--jit-compile", "true", "--mixed_precision", "bf16",
-    ])
+    args = parser.parse_args(
+        [
+            "train",
+            "--config",
+            "mini",
+            "--train-files",
+            "a",
+            "--output_dir",
+            "b",
+            "--steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--jit-compile",
+            "true",
+            "--mixed_precision",
+            "bf16",
+        ]
+    )
     arguments = {k: v for k, v in vars(args).items() if k != "command"}
     assert arguments["batch_size"] == 8 and arguments["jit_compile"] is True
     assert set(arguments) <= set(pretrain.__code__.co_varnames[: pretrain.__code__.co_argcount])
@@ -34,15 +49,46 @@ def test_kbert_train_then_kbert_evaluate_on_the_run_directory(tmp_path, capsys):
     config = tmp_path / "bert_config.json"
     tiny_config().to_json_file(str(config))
     run = tmp_path / "run"
-    code = main([
-        "train", "--config", str(config), "--train-files", data, "--eval-files", data,
-        "--output-dir", str(run), "--steps", "4", "--batch-size", "8",
-        "--checkpoint-interval", "2", "--verbose", "0",
-    ])
+    code = main(
+        [
+            "train",
+            "--config",
+            str(config),
+            "--train-files",
+            data,
+            "--eval-files",
+            data,
+            "--output-dir",
+            str(run),
+            "--steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--checkpoint-interval",
+            "2",
+            "--verbose",
+            "0",
+        ]
+    )
     assert code == 0
     trained = json.loads((run / "eval_results.json").read_text())
     (run / "eval_results.json").unlink()
-    assert main(["evaluate", "--model", str(run), "--eval-files", data, "--batch-size", "5", "--verbose", "0"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(run),
+                "--eval-files",
+                data,
+                "--batch-size",
+                "5",
+                "--verbose",
+                "0",
+            ]
+        )
+        == 0
+    )
     evaluated = json.loads((run / "eval_results.json").read_text())
     for name in ("mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy"):
         assert evaluated[name] == pytest.approx(trained[name], abs=1e-5), name
@@ -51,17 +97,30 @@ def test_kbert_train_then_kbert_evaluate_on_the_run_directory(tmp_path, capsys):
 
 
 def test_bad_flag_values_end_in_one_error_line(tmp_path, capsys):
-    code = main([
-        "train", "--config", "tiny", "--train-files", str(tmp_path), "--output-dir",
-        str(tmp_path / "run"), "--steps", "10", "--checkpoint-interval", "3",
-    ])
+    code = main(
+        [
+            "train",
+            "--config",
+            "tiny",
+            "--train-files",
+            str(tmp_path),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--steps",
+            "10",
+            "--checkpoint-interval",
+            "3",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (
         "kbert train: error: checkpoint_interval (3) must divide steps (10): training runs in "
         "whole intervals so that every one ends with a checkpoint"
     )
-    assert main(["evaluate", "--model", str(tmp_path / "nothing"), "--eval-files", str(tmp_path)]) == 1
+    assert (
+        main(["evaluate", "--model", str(tmp_path / "nothing"), "--eval-files", str(tmp_path)]) == 1
+    )
     assert "model.keras" in capsys.readouterr().err
 
 

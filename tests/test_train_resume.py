@@ -8,14 +8,21 @@ import textwrap
 
 import keras
 import numpy as np
-
 from helpers import tiny_config, write_pretraining_records
+
 from kbert.train import pretrain
 
 # The same run, straight or resumed: dropout 0, AdamW with warmup then decay (the learning rate
 # changes every step, so a wrong restored step shows), 40 steps in intervals of 10.
-RUN = dict(steps=40, batch_size=8, checkpoint_interval=10, learning_rate=1e-3, warmup_steps=5,
-           seed=5, verbose=0)
+RUN = dict(
+    steps=40,
+    batch_size=8,
+    checkpoint_interval=10,
+    learning_rate=1e-3,
+    warmup_steps=5,
+    seed=5,
+    verbose=0,
+)
 
 CHILD = textwrap.dedent("""
     import json, os, signal, sys
@@ -58,7 +65,9 @@ class _RecordLosses(keras.callbacks.Callback):
 def test_run_killed_after_step_20_resumes_with_the_losses_of_a_straight_run(tmp_path):
     data = write_pretraining_records(str(tmp_path / "data"), num_records=40)
     straight = _RecordLosses()
-    reference = pretrain(tiny_config(), data, str(tmp_path / "straight"), callbacks=[straight], **RUN)
+    reference = pretrain(
+        tiny_config(), data, str(tmp_path / "straight"), callbacks=[straight], **RUN
+    )
 
     child = tmp_path / "child.py"
     child.write_text(CHILD.format(tests=os.path.dirname(__file__), run=RUN))
@@ -73,12 +82,16 @@ def test_run_killed_after_step_20_resumes_with_the_losses_of_a_straight_run(tmp_
     assert second.returncode == 0, second.stderr[-3000:]
 
     rows = [json.loads(line) for line in losses.read_text().splitlines()]
-    resumed = rows[len(killed_at):]
+    resumed = rows[len(killed_at) :]
     # Restarted at step 20: optimizer step restored, then steps 21-40 exactly once.
     assert [r[0] for r in resumed] == list(range(21, 41))
     # Same losses as the straight run (so the same weights, learning rates and batches).
-    np.testing.assert_allclose(np.array(resumed)[:, 1:], np.array(straight.rows[20:])[:, 1:], atol=1e-4)
-    np.testing.assert_allclose(np.array(rows[:20])[:, 1:], np.array(straight.rows[:20])[:, 1:], atol=1e-4)
+    np.testing.assert_allclose(
+        np.array(resumed)[:, 1:], np.array(straight.rows[20:])[:, 1:], atol=1e-4
+    )
+    np.testing.assert_allclose(
+        np.array(rows[:20])[:, 1:], np.array(straight.rows[:20])[:, 1:], atol=1e-4
+    )
     final = keras.saving.load_model(str(run_dir / "model.keras"))
     for a, b in zip(final.weights, reference.model.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4, err_msg=a.path)

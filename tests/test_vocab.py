@@ -30,10 +30,16 @@ def test_learned_vocab_has_pad_at_0_and_the_special_tokens(tmp_path):
 def test_uncased_vocab_is_lower_case_without_accents_and_cased_keeps_both(tmp_path):
     vocab.learn_vocab(SENTENCES, str(tmp_path / "uncased.txt"), vocab_size=300, do_lower_case=True)
     vocab.learn_vocab(SENTENCES, str(tmp_path / "cased.txt"), vocab_size=300, do_lower_case=False)
-    uncased = [t for t in vocab.load_vocab(str(tmp_path / "uncased.txt")) if not vocab.is_special_token(t)]
-    cased = [t for t in vocab.load_vocab(str(tmp_path / "cased.txt")) if not vocab.is_special_token(t)]
+    uncased = [
+        t for t in vocab.load_vocab(str(tmp_path / "uncased.txt")) if not vocab.is_special_token(t)
+    ]
+    cased = [
+        t for t in vocab.load_vocab(str(tmp_path / "cased.txt")) if not vocab.is_special_token(t)
+    ]
     assert all(t == t.lower() for t in uncased)
-    assert not any(unicodedata.category(c) == "Mn" for t in uncased for c in unicodedata.normalize("NFD", t))
+    assert not any(
+        unicodedata.category(c) == "Mn" for t in uncased for c in unicodedata.normalize("NFD", t)
+    )
     assert "é" not in "".join(uncased) and "é" in "".join(cased)
     assert any(t != t.lower() for t in cased)
 
@@ -52,10 +58,21 @@ def test_googles_bert_base_layout_works(tmp_path):
     path = str(tmp_path / "vocab.txt")
     vocab.write_vocab(tokens, path)
     tokenizer = FullTokenizer(path)
-    assert tokenizer.convert_tokens_to_ids(["[UNK]", "[CLS]", "[SEP]", "[MASK]"]) == [100, 101, 102, 103]
+    assert tokenizer.convert_tokens_to_ids(["[UNK]", "[CLS]", "[SEP]", "[MASK]"]) == [
+        100,
+        101,
+        102,
+        103,
+    ]
     documents = [[f"the runner ran {w}." for w in words[i : i + 4]] for i in range(0, 20, 2)]
-    summary = create_pretraining_data(documents, str(tmp_path / "data" / "t"), path, max_seq_length=16,
-                                      max_predictions_per_seq=3, dupe_factor=2)
+    summary = create_pretraining_data(
+        documents,
+        str(tmp_path / "data" / "t"),
+        path,
+        max_seq_length=16,
+        max_predictions_per_seq=3,
+        dupe_factor=2,
+    )
     assert summary.num_instances > 0
 
 
@@ -110,11 +127,18 @@ def test_learned_single_characters_and_pieces_are_those_of_hf_trainer(tmp_path):
     sentences = SENTENCES + ["中文 字符, x marks: the spot!", "A x; B x.", "Été", "Ωmega ωmega"] * 5
     for lower in (True, False):
         path = tmp_path / f"vocab-{lower}.txt"
-        vocab.learn_vocab(sentences, str(path), vocab_size=400, do_lower_case=lower, min_frequency=1)
+        vocab.learn_vocab(
+            sentences, str(path), vocab_size=400, do_lower_case=lower, min_frequency=1
+        )
         ours = vocab.load_vocab(str(path))
         reference = BertWordPieceTokenizer(strip_accents=lower, lowercase=lower)
-        reference.train_from_iterator(sentences, vocab_size=400, min_frequency=1,
-                                      special_tokens=list(vocab.SPECIAL_TOKENS), show_progress=False)
+        reference.train_from_iterator(
+            sentences,
+            vocab_size=400,
+            min_frequency=1,
+            special_tokens=list(vocab.SPECIAL_TOKENS),
+            show_progress=False,
+        )
 
         def singles(tokens):
             return {t for t in tokens if len(t) == 1 or (t.startswith("##") and len(t) == 3)}

@@ -24,7 +24,7 @@ import re
 import sys
 import sysconfig
 import textwrap
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 Document = list  # a document is a list of sentences (str)
 
@@ -44,7 +44,7 @@ class ReadStats:
     bytes_read: int = 0
     invalid_utf8_replaced: int = 0
 
-    def add(self, other: "ReadStats") -> None:
+    def add(self, other: ReadStats) -> None:
         """Accumulate another reader's counts."""
         self.bytes_read += other.bytes_read
         self.invalid_utf8_replaced += other.invalid_utf8_replaced
@@ -72,7 +72,9 @@ ABBREVIATIONS = frozenset(
 )
 # Candidate boundary: terminator(s), optional closing quotes/brackets, whitespace, then something
 # that can start a sentence (capital letter, digit, or an opening quote/bracket).
-_BOUNDARY = re.compile(r"""([.!?\u2026]+)(["'\u201d\u2019)\]]*)\s+(?=["'\u201c\u2018(\[]?[^\W_a-z])""")
+_BOUNDARY = re.compile(
+    r"""([.!?\u2026]+)(["'\u201d\u2019)\]]*)\s+(?=["'\u201c\u2018(\[]?[^\W_a-z])"""
+)
 _CJK_BOUNDARY = re.compile(r"([\u3002\uff01\uff1f]+[\u300d\u300f\uff09]*)")
 _WHITESPACE = re.compile(r"\s+")
 
@@ -168,7 +170,9 @@ def _expand(patterns: str | Sequence[str]) -> list[str]:
 
             matches = sorted(tf.io.gfile.glob(pattern))
         else:
-            matches = sorted(p for p in _glob.glob(os.path.expanduser(pattern)) if not os.path.isdir(p))
+            matches = sorted(
+                p for p in _glob.glob(os.path.expanduser(pattern)) if not os.path.isdir(p)
+            )
         if not matches:
             raise FileNotFoundError(f"--input_file {pattern}: no file matches")
         files.extend(matches)
@@ -204,7 +208,9 @@ class TextFiles:
 
     def __init__(self, patterns: str | Sequence[str], input_format: str = "google"):
         if input_format not in INPUT_FORMATS:
-            raise ValueError(f"--input_format must be one of {', '.join(INPUT_FORMATS)}, got {input_format!r}")
+            raise ValueError(
+                f"--input_format must be one of {', '.join(INPUT_FORMATS)}, got {input_format!r}"
+            )
         self.input_format = input_format
         self.source = patterns if isinstance(patterns, str) else ",".join(patterns)
         self.files = _expand(patterns)
@@ -273,7 +279,9 @@ class TextFiles:
                 segments.append(Segment(self.files[index], start, stop))
         return segments
 
-    def read(self, segments: Sequence[Segment], stats: ReadStats | None = None) -> Iterator[Document]:
+    def read(
+        self, segments: Sequence[Segment], stats: ReadStats | None = None
+    ) -> Iterator[Document]:
         """Documents of a slice (from `slices`), in file order; counts go to `stats`."""
         stats = stats if stats is not None else ReadStats()
         for segment in segments:
@@ -357,7 +365,12 @@ class Documents:
         stats: where the factory counts replaced invalid bytes, if it reads bytes.
     """
 
-    def __init__(self, factory: Callable[[], Iterable[Document]], description: str, stats: ReadStats | None = None):
+    def __init__(
+        self,
+        factory: Callable[[], Iterable[Document]],
+        description: str,
+        stats: ReadStats | None = None,
+    ):
         self._factory = factory
         self.description = description
         self.stats = stats if stats is not None else ReadStats()
@@ -369,7 +382,9 @@ class Documents:
                 yield document
 
 
-def tfds_corpus(name: str, text_field: str = "text", split: str = "train", data_dir: str | None = None) -> Documents:
+def tfds_corpus(
+    name: str, text_field: str = "text", split: str = "train", data_dir: str | None = None
+) -> Documents:
     """Documents from a TFDS dataset: one example = one document, its `text_field` split into
     sentences (each line a paragraph).
 
@@ -408,7 +423,9 @@ def tfds_corpus(name: str, text_field: str = "text", split: str = "train", data_
     return Documents(factory, f"TFDS {name}[{split}].{text_field}", stats)
 
 
-def python_docstring_documents(roots: Sequence[str], exclude_dirs: Iterable[str] = ()) -> Iterator[Document]:
+def python_docstring_documents(
+    roots: Sequence[str], exclude_dirs: Iterable[str] = ()
+) -> Iterator[Document]:
     """One document per Python source file under `roots`: the prose of its docstrings (module,
     classes, functions, in source order), read with `ast`, never imported. Code examples, doctest
     lines, indented blocks and parameter tables are left out."""
@@ -462,7 +479,11 @@ def prose_sentences(text: str) -> list[str]:
         joined = " ".join(lines)
         words = joined.split()
         letters = sum(ch.isalpha() for ch in joined)
-        if len(words) < 4 or letters < 0.7 * len(joined.replace(" ", "")) or joined[-1] not in ".!?:)\"'":
+        if (
+            len(words) < 4
+            or letters < 0.7 * len(joined.replace(" ", ""))
+            or joined[-1] not in ".!?:)\"'"
+        ):
             continue
         sentences.extend(split_sentences(joined))
     return sentences
@@ -489,7 +510,14 @@ def builtin_corpus() -> Documents:
         stdlib = sysconfig.get_paths()["stdlib"]
         yield from python_docstring_documents(
             [stdlib],
-            exclude_dirs={"site-packages", "dist-packages", "test", "tests", "idle_test", "turtledemo"},
+            exclude_dirs={
+                "site-packages",
+                "dist-packages",
+                "test",
+                "tests",
+                "idle_test",
+                "turtledemo",
+            },
         )
 
     return Documents(factory, f"built-in corpus (Python {sys.version.split()[0]} documentation)")
@@ -525,7 +553,11 @@ def resolve_corpus(
     or "builtin", else text files."""
     if tfds_name:
         return tfds_corpus(tfds_name, tfds_text_field, tfds_split, tfds_data_dir)
-    if input_file is None or input_file == BUILTIN or (not isinstance(input_file, str) and list(input_file) == [BUILTIN]):
+    if (
+        input_file is None
+        or input_file == BUILTIN
+        or (not isinstance(input_file, str) and list(input_file) == [BUILTIN])
+    ):
         return builtin_corpus()
     return TextFiles(input_file, input_format)
 
@@ -534,4 +566,3 @@ def sentences_of(corpus: Iterable[Document]) -> Iterator[str]:
     """Every sentence of a corpus, in order (what a vocabulary learner reads)."""
     for document in corpus:
         yield from document
-

@@ -29,13 +29,19 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import tensorflow as tf
 
 from kbert import features
 from tfrecords_tools import corpora
-from tfrecords_tools.instances import InstanceConfig, Layout, ShardStats, generate_shard, worker_main
+from tfrecords_tools.instances import (
+    InstanceConfig,
+    Layout,
+    ShardStats,
+    generate_shard,
+    worker_main,
+)
 from tfrecords_tools.vocab import load_vocab, vocab_sha256
 
 logger = logging.getLogger(__name__)
@@ -168,15 +174,25 @@ def create_pretraining_data(
     """
     start_time = time.perf_counter()
     compression = _check_arguments(
-        max_seq_length, max_predictions_per_seq, dupe_factor, masked_lm_prob, short_seq_prob,
-        num_workers, num_shards, negative_pool_size, compression, mask,
+        max_seq_length,
+        max_predictions_per_seq,
+        dupe_factor,
+        masked_lm_prob,
+        short_seq_prob,
+        num_workers,
+        num_shards,
+        negative_pool_size,
+        compression,
+        mask,
     )
     tokens = load_vocab(vocab_file)
     prefix = output_prefix(output_file)
     directory = _prepare_directory(prefix)
     spool_dir = None
     try:
-        corpus, corpus_fingerprint, spool_dir, spool_invalid = _text_corpus(input_file, input_format)
+        corpus, corpus_fingerprint, spool_dir, spool_invalid = _text_corpus(
+            input_file, input_format
+        )
         num_shards = num_shards or _auto_shards(corpus.total_bytes)
         config = InstanceConfig(
             vocab=tuple(tokens),
@@ -222,7 +238,9 @@ def create_pretraining_data(
         if todo:
             plan = corpus.slices(num_shards)
             _prescan(corpus, plan)
-            _run_shards(corpus, plan, config, todo, names, compression, state, num_workers, progress)
+            _run_shards(
+                corpus, plan, config, todo, names, compression, state, num_workers, progress
+            )
         totals = ShardStats()
         for name in names:
             totals.add(state.stats(name))
@@ -239,7 +257,10 @@ def create_pretraining_data(
             vocab_sha256=settings["vocab_sha256"],
             do_lower_case=do_lower_case,
             num_instances=totals.num_instances,
-            nsp_label_counts={str(features.IS_NEXT): totals.num_is_next, str(features.IS_RANDOM): totals.num_is_random},
+            nsp_label_counts={
+                str(features.IS_NEXT): totals.num_is_next,
+                str(features.IS_RANDOM): totals.num_is_random,
+            },
             seed=random_seed,
             tool_version=settings["tool_version"],
             masked=mask,
@@ -285,11 +306,21 @@ def create_pretraining_data(
 
 
 def _check_arguments(
-    max_seq_length, max_predictions_per_seq, dupe_factor, masked_lm_prob, short_seq_prob,
-    num_workers, num_shards, negative_pool_size, compression, mask,
+    max_seq_length,
+    max_predictions_per_seq,
+    dupe_factor,
+    masked_lm_prob,
+    short_seq_prob,
+    num_workers,
+    num_shards,
+    negative_pool_size,
+    compression,
+    mask,
 ) -> str | None:
     if max_seq_length < 5:
-        raise ValueError(f"--max_seq_length must be >= 5 ([CLS] A [SEP] B [SEP]), got {max_seq_length}")
+        raise ValueError(
+            f"--max_seq_length must be >= 5 ([CLS] A [SEP] B [SEP]), got {max_seq_length}"
+        )
     if mask and max_predictions_per_seq < 1:
         raise ValueError(f"--max_predictions_per_seq must be >= 1, got {max_predictions_per_seq}")
     if dupe_factor < 1:
@@ -325,7 +356,9 @@ def _prepare_directory(prefix: str) -> str:
         tf.io.gfile.remove(probe)
     except (tf.errors.OpError, OSError) as e:
         reason = getattr(e, "message", None) or getattr(e, "strerror", None) or str(e)
-        raise ValueError(f"--output_file {prefix}: cannot write to directory {directory} ({reason})") from None
+        raise ValueError(
+            f"--output_file {prefix}: cannot write to directory {directory} ({reason})"
+        ) from None
     return directory
 
 
@@ -335,8 +368,14 @@ def _text_corpus(input_file, input_format: str):
     is cut into shards the same way."""
     if isinstance(input_file, corpora.TextFiles):
         return input_file, input_file.fingerprint(), None, 0
-    names_files = input_file is None or isinstance(input_file, str) or (
-        isinstance(input_file, (list, tuple)) and bool(input_file) and all(isinstance(x, str) for x in input_file)
+    names_files = (
+        input_file is None
+        or isinstance(input_file, str)
+        or (
+            isinstance(input_file, (list, tuple))
+            and bool(input_file)
+            and all(isinstance(x, str) for x in input_file)
+        )
     )
     source = corpora.resolve_corpus(input_file, input_format) if names_files else input_file
     if isinstance(source, corpora.TextFiles):
@@ -346,7 +385,9 @@ def _text_corpus(input_file, input_format: str):
     try:
         count, digest = corpora.write_google_layout(source, path)
         if count == 0:
-            raise ValueError(f"{getattr(source, 'description', 'input corpus')}: the corpus holds no documents")
+            raise ValueError(
+                f"{getattr(source, 'description', 'input corpus')}: the corpus holds no documents"
+            )
     except BaseException:
         shutil.rmtree(spool_dir, ignore_errors=True)
         raise
@@ -369,7 +410,9 @@ def _prescan(corpus: corpora.TextFiles, plan) -> None:
                 return
     name = corpus.source
     if documents == 0:
-        raise ValueError(f"--input_file {name}: the corpus holds no documents (empty or blank input)")
+        raise ValueError(
+            f"--input_file {name}: the corpus holds no documents (empty or blank input)"
+        )
     if documents == 1:
         raise ValueError(
             f"--input_file {name}: the corpus holds a single document, so no random next segment "
@@ -387,18 +430,28 @@ class _RunState:
     """Which shards are complete, with their counts, kept in `<prefix>.create_data_state.json`
     until the metadata is written; a run with other settings is refused unless `overwrite`."""
 
-    def __init__(self, prefix: str, fingerprint: str, directory: str, names: list[str], overwrite: bool):
+    def __init__(
+        self, prefix: str, fingerprint: str, directory: str, names: list[str], overwrite: bool
+    ):
         self.path = prefix + ".create_data_state.json"
         self.fingerprint = fingerprint
         self.names = names
         self.shards: dict[str, dict] = {}
-        metadata = features.read_metadata(directory) if tf.io.gfile.exists(features.metadata_path(directory)) else None
+        metadata = (
+            features.read_metadata(directory)
+            if tf.io.gfile.exists(features.metadata_path(directory))
+            else None
+        )
         previous = None
         if tf.io.gfile.exists(self.path):
             with tf.io.gfile.GFile(self.path) as f:
                 previous = json.loads(f.read())
         elif metadata is not None and metadata.extra.get("fingerprint"):
-            previous = {"fingerprint": metadata.extra["fingerprint"], "shards": None, "metadata": metadata}
+            previous = {
+                "fingerprint": metadata.extra["fingerprint"],
+                "shards": None,
+                "metadata": metadata,
+            }
         if previous is not None and previous["fingerprint"] != fingerprint:
             if not overwrite:
                 raise ValueError(
@@ -450,7 +503,9 @@ class _RunState:
             tf.io.gfile.remove(self.path)
 
 
-def _run_shards(corpus, plan, config, todo, names, compression, state, num_workers, progress) -> None:
+def _run_shards(
+    corpus, plan, config, todo, names, compression, state, num_workers, progress
+) -> None:
     options = tf.io.TFRecordOptions(compression_type=compression or "")
     writers: dict[int, tf.io.TFRecordWriter] = {}
     bar = _Progress(sum(sum(s.end - s.start for s in plan[i]) for i in todo), len(todo), progress)
@@ -467,12 +522,16 @@ def _run_shards(corpus, plan, config, todo, names, compression, state, num_worke
         bar.update(bytes_read - before[0], documents - before[1], len(records))
 
     def on_done(shard, stats: ShardStats):
-        writer = writers.pop(shard, None) or tf.io.TFRecordWriter(names[shard] + ".incomplete", options)
+        writer = writers.pop(shard, None) or tf.io.TFRecordWriter(
+            names[shard] + ".incomplete", options
+        )
         writer.close()
         tf.io.gfile.rename(names[shard] + ".incomplete", names[shard], overwrite=True)
         state.complete(names[shard], stats)
         before = seen.pop(shard, (0, 0))
-        bar.update(stats.bytes_read - before[0], stats.num_documents - before[1], 0, shard_done=True)
+        bar.update(
+            stats.bytes_read - before[0], stats.num_documents - before[1], 0, shard_done=True
+        )
 
     try:
         if num_workers == 1 or len(todo) == 1:
@@ -483,7 +542,9 @@ def _run_shards(corpus, plan, config, todo, names, compression, state, num_worke
                     else:
                         on_records(shard, *item)
         else:
-            _run_parallel(corpus, plan, config, todo, min(num_workers, len(todo)), on_records, on_done)
+            _run_parallel(
+                corpus, plan, config, todo, min(num_workers, len(todo)), on_records, on_done
+            )
     finally:
         for writer in writers.values():
             writer.close()
@@ -503,7 +564,9 @@ def _run_parallel(corpus, plan, config, todo, num_workers, on_records, on_done) 
     workers = []
     for _ in range(num_workers):
         reader, writer = context.Pipe(duplex=False)
-        worker = context.Process(target=worker_main, args=(tasks, writer, corpus, plan, config), daemon=True)
+        worker = context.Process(
+            target=worker_main, args=(tasks, writer, corpus, plan, config), daemon=True
+        )
         worker.start()
         writer.close()
         pipes[reader] = worker
@@ -512,7 +575,9 @@ def _run_parallel(corpus, plan, config, todo, num_workers, on_records, on_done) 
     try:
         while remaining:
             if not pipes:
-                raise RuntimeError(f"the workers ended with shard(s) {sorted(remaining)} unfinished")
+                raise RuntimeError(
+                    f"the workers ended with shard(s) {sorted(remaining)} unfinished"
+                )
             for reader in multiprocessing.connection.wait(list(pipes), timeout=1.0):
                 try:
                     message = reader.recv()
@@ -533,7 +598,9 @@ def _run_parallel(corpus, plan, config, todo, num_workers, on_records, on_done) 
                     on_done(shard, message[2])
                     remaining.discard(shard)
                 else:
-                    error = {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError}.get(message[2], OSError)
+                    error = {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError}.get(
+                        message[2], OSError
+                    )
                     raise error(message[3])
     finally:
         for worker in workers:
@@ -554,9 +621,13 @@ class _Progress:
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="create-data", smoothing=0.1)
+            self.bar = tqdm(
+                total=total_bytes, unit="B", unit_scale=True, desc="create-data", smoothing=0.1
+            )
 
-    def update(self, bytes_read: int, documents: int, instances: int, shard_done: bool = False) -> None:
+    def update(
+        self, bytes_read: int, documents: int, instances: int, shard_done: bool = False
+    ) -> None:
         """Advance by what a worker reported."""
         self.documents += documents
         self.instances += instances

@@ -20,9 +20,8 @@ import itertools
 import os
 import queue
 import random
-import struct
 import threading
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -78,7 +77,7 @@ class ShardStats:
     bytes_read: int = 0
     invalid_utf8_replaced: int = 0
 
-    def add(self, other: "ShardStats") -> None:
+    def add(self, other: ShardStats) -> None:
         """Accumulate another shard's counts."""
         for field in dataclasses.fields(self):
             setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
@@ -121,7 +120,11 @@ def generate_shard(
             pool, first = block, 0
         records = maker.block_records(pool, first, len(block))
         for start in range(0, len(records), _RECORDS_PER_MESSAGE):
-            yield records[start : start + _RECORDS_PER_MESSAGE], read_stats.bytes_read, maker.stats.num_documents
+            yield (
+                records[start : start + _RECORDS_PER_MESSAGE],
+                read_stats.bytes_read,
+                maker.stats.num_documents,
+            )
         previous = block
     maker.stats.bytes_read = read_stats.bytes_read
     maker.stats.invalid_utf8_replaced = read_stats.invalid_utf8_replaced
@@ -138,7 +141,7 @@ class _Documents:
         self.offsets = offsets
 
     @classmethod
-    def join(cls, documents: list[tuple[np.ndarray, list[int]]]) -> "_Documents":
+    def join(cls, documents: list[tuple[np.ndarray, list[int]]]) -> _Documents:
         """From documents as (ids, lengths of its sentences)."""
         offsets = []
         total = 0
@@ -150,7 +153,7 @@ class _Documents:
     def __len__(self) -> int:
         return len(self.offsets)
 
-    def __add__(self, other: "_Documents") -> "_Documents":
+    def __add__(self, other: _Documents) -> _Documents:
         shift = len(self.ids)
         shifted = [[offset + shift for offset in document] for document in other.offsets]
         return _Documents(np.concatenate([self.ids, other.ids]), self.offsets + shifted)
@@ -182,7 +185,9 @@ def _vocab_tables(vocab: tuple[str, ...], do_lower_case: bool) -> _VocabTables:
             cls_id=ids[CLS],
             sep_id=ids[SEP],
             mask_id=ids[MASK],
-            replacement_ids=np.array([i for i, token in enumerate(vocab) if not is_special_token(token)], np.int32),
+            replacement_ids=np.array(
+                [i for i, token in enumerate(vocab) if not is_special_token(token)], np.int32
+            ),
             is_continuation=[token.startswith(WORDPIECE_PREFIX) for token in vocab],
         )
     return _VOCAB_TABLES[key]
@@ -216,7 +221,9 @@ class _InstanceMaker:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def tokenized(self, documents: Iterator[list[str]], batch_chars: int = 200_000) -> Iterator[tuple[tuple, int]]:
+    def tokenized(
+        self, documents: Iterator[list[str]], batch_chars: int = 200_000
+    ) -> Iterator[tuple[tuple, int]]:
         """((document's ids, its sentences' lengths), characters) for each non-empty document."""
         batch: list[list[str]] = []
         chars = 0
@@ -229,8 +236,12 @@ class _InstanceMaker:
         if batch:
             yield from self._tokenize_batch(batch)
 
-    def _tokenize_batch(self, batch: list[list[str]]) -> Iterator[tuple[tuple[np.ndarray, list[int]], int]]:
-        ids, lengths = self.encoder_ids.encode_flat([sentence for document in batch for sentence in document])
+    def _tokenize_batch(
+        self, batch: list[list[str]]
+    ) -> Iterator[tuple[tuple[np.ndarray, list[int]], int]]:
+        ids, lengths = self.encoder_ids.encode_flat(
+            [sentence for document in batch for sentence in document]
+        )
         ends = np.cumsum(lengths).tolist()
         lengths = lengths.tolist()
         k = 0
@@ -298,7 +309,9 @@ class _InstanceMaker:
             if i == last or offsets[i + 1] - offsets[chunk_start] >= target_seq_length:
                 chunk_length = i + 1 - chunk_start
                 # (int(random() * n) is a uniform draw from range(n), cheaper than randrange.)
-                a_end = chunk_start + (1 if chunk_length < 2 else 1 + int(random_float() * (chunk_length - 1)))
+                a_end = chunk_start + (
+                    1 if chunk_length < 2 else 1 + int(random_float() * (chunk_length - 1))
+                )
                 a_start, a_stop = offsets[chunk_start], offsets[a_end]
                 if chunk_length == 1 or random_float() < 0.5:
                     label = 1
@@ -307,18 +320,27 @@ class _InstanceMaker:
                     random_offsets = documents[other + (other >= own)]
                     j = int(random_float() * (len(random_offsets) - 1))
                     # Whole sentences from j on, until B reaches its target length or the document ends.
-                    k = bisect.bisect_left(random_offsets, random_offsets[j] + target_b_length, j + 1)
-                    b_start, b_stop = random_offsets[j], random_offsets[min(k, len(random_offsets) - 1)]
+                    k = bisect.bisect_left(
+                        random_offsets, random_offsets[j] + target_b_length, j + 1
+                    )
+                    b_start, b_stop = (
+                        random_offsets[j],
+                        random_offsets[min(k, len(random_offsets) - 1)],
+                    )
                     # The segments of the chunk that B did not use are not wasted: start there next.
                     i = a_end - 1
                 else:
                     label = 0
                     b_start, b_stop = offsets[a_end], offsets[i + 1]
-                out.append((*self._truncate_pair(a_start, a_stop, b_start, b_stop, max_num_tokens), label))
+                out.append(
+                    (*self._truncate_pair(a_start, a_stop, b_start, b_stop, max_num_tokens), label)
+                )
                 chunk_start = i + 1
             i += 1
 
-    def _truncate_pair(self, a_start: int, a_stop: int, b_start: int, b_stop: int, max_num_tokens: int) -> tuple:
+    def _truncate_pair(
+        self, a_start: int, a_stop: int, b_start: int, b_stop: int, max_num_tokens: int
+    ) -> tuple:
         """Google's truncate_seq_pair on two ranges: shorten the longer side one token at a time,
         each time from the front or the back at random (more noise than always cutting the end)."""
         la, lb = a_stop - a_start, b_stop - b_start
@@ -357,8 +379,12 @@ class _InstanceMaker:
         b_column = (len_a + 2)[:, None]
         in_a = (columns >= 1) & (columns <= len_a[:, None])
         in_b = (columns >= b_column) & (columns < b_column + len_b[:, None])
-        source = np.where(in_a, a_start[:, None] + columns - 1, b_start[:, None] + columns - b_column)
-        input_ids = np.where(in_a | in_b, ids[np.where(in_a | in_b, source, 0)], config.layout.pad_id).astype(np.int32)
+        source = np.where(
+            in_a, a_start[:, None] + columns - 1, b_start[:, None] + columns - b_column
+        )
+        input_ids = np.where(
+            in_a | in_b, ids[np.where(in_a | in_b, source, 0)], config.layout.pad_id
+        ).astype(np.int32)
         rows = np.arange(n)
         input_ids[:, 0] = self.cls_id
         input_ids[rows, len_a + 1] = self.sep_id
@@ -378,17 +404,23 @@ class _InstanceMaker:
             arrays.update(self._mask(input_ids, lengths, len_a, real))
         return arrays
 
-    def _mask(self, input_ids: np.ndarray, lengths: np.ndarray, len_a: np.ndarray, real: np.ndarray) -> dict:
+    def _mask(
+        self, input_ids: np.ndarray, lengths: np.ndarray, len_a: np.ndarray, real: np.ndarray
+    ) -> dict:
         """Google's create_masked_lm_predictions over a batch of instances."""
         config = self.config
         n, seq = input_ids.shape
         p = config.max_predictions_per_seq
         columns = np.arange(seq)[None, :]
-        special = (columns == 0) | (columns == (len_a + 1)[:, None]) | (columns == (lengths - 1)[:, None])
+        special = (
+            (columns == 0) | (columns == (len_a + 1)[:, None]) | (columns == (lengths - 1)[:, None])
+        )
         candidate = real & ~special
         # Google: num_to_predict = min(P, max(1, round(len(tokens) * masked_lm_prob))), where
         # len(tokens) counts [CLS] and [SEP]s; Python's round and numpy's rint both round half to even.
-        count = np.minimum(p, np.maximum(1, np.rint(lengths * config.masked_lm_prob).astype(np.int64)))
+        count = np.minimum(
+            p, np.maximum(1, np.rint(lengths * config.masked_lm_prob).astype(np.int64))
+        )
         count = np.minimum(count, candidate.sum(axis=1))
         if config.do_whole_word_mask:
             chosen = self._whole_word_positions(input_ids, candidate, count)
@@ -398,7 +430,9 @@ class _InstanceMaker:
             if p < seq:
                 # The p smallest keys (unordered), then ordered: the first `count` are the sample.
                 smallest = np.argpartition(keys, p, axis=1)[:, :p]
-                order = np.take_along_axis(smallest, np.argsort(np.take_along_axis(keys, smallest, axis=1), axis=1), axis=1)
+                order = np.take_along_axis(
+                    smallest, np.argsort(np.take_along_axis(keys, smallest, axis=1), axis=1), axis=1
+                )
             else:
                 order = np.pad(np.argsort(keys, axis=1), ((0, 0), (0, p - seq)))
             chosen = np.where(np.arange(p)[None, :] < count[:, None], order, seq)
@@ -406,13 +440,19 @@ class _InstanceMaker:
         valid = positions < seq
         positions = np.where(valid, positions, 0)
         rows = np.arange(n)[:, None]
-        original = np.where(valid, input_ids[rows, positions], self.config.layout.pad_id).astype(np.int32)
+        original = np.where(valid, input_ids[rows, positions], self.config.layout.pad_id).astype(
+            np.int32
+        )
         # 80% [MASK]; 10% a random token (so the model cannot assume the input at a masked position
         # is wrong); 10% unchanged (so it also learns to represent the real token there).
         r_mask = self.np_rng.random((n, p))
         r_keep = self.np_rng.random((n, p))
-        random_ids = self.replacement_ids[self.np_rng.integers(0, len(self.replacement_ids), (n, p))]
-        replacement = np.where(r_mask < 0.8, self.mask_id, np.where(r_keep < 0.5, original, random_ids))
+        random_ids = self.replacement_ids[
+            self.np_rng.integers(0, len(self.replacement_ids), (n, p))
+        ]
+        replacement = np.where(
+            r_mask < 0.8, self.mask_id, np.where(r_keep < 0.5, original, random_ids)
+        )
         masked_ids = input_ids.copy()
         r_index, c_index = np.nonzero(valid)
         masked_ids[r_index, positions[r_index, c_index]] = replacement[r_index, c_index]
@@ -424,7 +464,9 @@ class _InstanceMaker:
             "num_predictions": valid.sum(axis=1),
         }
 
-    def _whole_word_positions(self, input_ids: np.ndarray, candidate: np.ndarray, count: np.ndarray) -> np.ndarray:
+    def _whole_word_positions(
+        self, input_ids: np.ndarray, candidate: np.ndarray, count: np.ndarray
+    ) -> np.ndarray:
         """Whole-word masking: a word's pieces ("##" continuations) are masked together or not at
         all; words are taken in random order, skipping any that would overshoot the count."""
         n, seq = input_ids.shape
@@ -474,7 +516,9 @@ def _varint_columns(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (rows, 3 * columns), where each row's encoding is its kept bytes in order."""
     m = matrix.astype(np.uint32)
     two, three = m >= 0x80, m >= 0x4000
-    stacked = np.stack([(m & 0x7F) | (two << 7), ((m >> 7) & 0x7F) | (three << 7), m >> 14], axis=-1)
+    stacked = np.stack(
+        [(m & 0x7F) | (two << 7), ((m >> 7) & 0x7F) | (three << 7), m >> 14], axis=-1
+    )
     keep = np.stack([np.ones_like(two), two, three], axis=-1)
     return stacked.astype(np.uint8).reshape(len(m), -1), keep.reshape(len(m), -1)
 
@@ -507,13 +551,24 @@ class _ExampleEncoder:
         self.seq = seq = config.max_seq_length
         self.p = p = config.max_predictions_per_seq
         ids_name, mask_name, segment_name = layout.sequence_features
-        self.names = {"ids": ids_name, "input_mask": mask_name, "segment_ids": segment_name, "label": layout.label_feature}
+        self.names = {
+            "ids": ids_name,
+            "input_mask": mask_name,
+            "segment_ids": segment_name,
+            "label": layout.label_feature,
+        }
         if config.mask:
             positions_name, masked_ids_name, weights_name = layout.prediction_features
-            self.names.update(positions=positions_name, masked_ids=masked_ids_name, weights=weights_name)
+            self.names.update(
+                positions=positions_name, masked_ids=masked_ids_name, weights=weights_name
+            )
             # Varint payloads take 1-3 bytes per value: their headers by payload length.
-            self.positions_headers = _byte_table([self._header("positions", n) for n in range(3 * p + 1)])
-            self.masked_ids_headers = _byte_table([self._header("masked_ids", n) for n in range(3 * p + 1)])
+            self.positions_headers = _byte_table(
+                [self._header("positions", n) for n in range(3 * p + 1)]
+            )
+            self.masked_ids_headers = _byte_table(
+                [self._header("masked_ids", n) for n in range(3 * p + 1)]
+            )
             self.weights_header = self._header("weights", 4 * p, is_float=True)
         self.ids_headers = _byte_table([self._header("ids", n) for n in range(3 * seq + 1)])
         self.mask_header = self._header("input_mask", seq)
@@ -544,7 +599,9 @@ class _ExampleEncoder:
 
         def looked_up(table: tuple[np.ndarray, np.ndarray], index: np.ndarray) -> None:
             rows, row_lengths = table
-            pieces.append((rows[index], np.arange(rows.shape[1])[None, :] < row_lengths[index][:, None]))
+            pieces.append(
+                (rows[index], np.arange(rows.shape[1])[None, :] < row_lengths[index][:, None])
+            )
 
         def varints(matrix: np.ndarray, headers: tuple[np.ndarray, np.ndarray]) -> None:
             data, keep = _varint_columns(matrix)
@@ -561,14 +618,18 @@ class _ExampleEncoder:
             varints(arrays["masked_lm_positions"], self.positions_headers)
             varints(arrays["masked_lm_ids"], self.masked_ids_headers)
             constant(self.weights_header)
-            weights = (np.arange(self.p)[None, :] < arrays["num_predictions"][:, None]).astype("<f4")
+            weights = (np.arange(self.p)[None, :] < arrays["num_predictions"][:, None]).astype(
+                "<f4"
+            )
             pieces.append((weights.view(np.uint8), np.ones((1, 4 * self.p), bool)))
         looked_up(self.labels, arrays["labels"])
         keeps = [np.broadcast_to(keep, data.shape) for data, keep in pieces]
         body_lengths = sum(keep.sum(axis=1) for keep in keeps)
         # Each record: field 1 (0x0a), the body's length as a varint, the body.
         length_data, length_keep = _varint_columns(body_lengths[:, None])
-        data = np.concatenate([np.full((n, 1), 0x0A, np.uint8), length_data, *(d for d, _ in pieces)], axis=1)
+        data = np.concatenate(
+            [np.full((n, 1), 0x0A, np.uint8), length_data, *(d for d, _ in pieces)], axis=1
+        )
         keep = np.concatenate([np.ones((n, 1), bool), length_keep, *keeps], axis=1)
         flat = data[keep].tobytes()
         ends = np.cumsum(keep.sum(axis=1)).tolist()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -107,7 +107,11 @@ class WordPieceEncoder:
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """WordPiece ids of each text (no [CLS]/[SEP] added)."""
         ids, lengths = self.encode_flat(texts)
-        return [piece.tolist() for piece in np.split(ids, np.cumsum(lengths)[:-1])] if len(texts) else []
+        return (
+            [piece.tolist() for piece in np.split(ids, np.cumsum(lengths)[:-1])]
+            if len(texts)
+            else []
+        )
 
     def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """All texts' WordPiece ids back to back (int32) and the number of ids of each text."""
@@ -121,7 +125,9 @@ class WordPieceEncoder:
             )
             ids = [encoding.ids for encoding in encodings]
             lengths = np.fromiter(map(len, ids), np.int64, len(ids))
-            parts.append((np.fromiter(itertools.chain.from_iterable(ids), np.int32, lengths.sum()), lengths))
+            parts.append(
+                (np.fromiter(itertools.chain.from_iterable(ids), np.int32, lengths.sum()), lengths)
+            )
         if len(parts) < 2:
             return parts[0] if parts else (np.zeros(0, np.int32), np.zeros(0, np.int64))
         # Both kinds: put each text's ids back in the texts' order.
@@ -131,7 +137,9 @@ class WordPieceEncoder:
         lengths[order] = by_part
         starts = np.empty(len(texts), np.int64)
         starts[order] = np.cumsum(by_part) - by_part
-        gather = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+        gather = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(
+            lengths.sum()
+        )
         return np.concatenate([parts[0][0], parts[1][0]])[gather], lengths
 
     def _encode_ascii(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -149,10 +157,14 @@ class WordPieceEncoder:
             cache[_SEPARATOR] = []
             missing.discard(_SEPARATOR)
             new = sorted(missing)
-            encodings = self._words.encode_batch([word.decode("ascii") for word in new], add_special_tokens=False)
+            encodings = self._words.encode_batch(
+                [word.decode("ascii") for word in new], add_special_tokens=False
+            )
             cache.update(zip(new, (encoding.ids for encoding in encodings)))
         pieces = list(map(cache.__getitem__, words))
-        ends = np.concatenate([[0], np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))])
+        ends = np.concatenate(
+            [[0], np.cumsum(np.fromiter(map(len, pieces), np.int64, len(pieces)))]
+        )
         separators = np.flatnonzero(np.fromiter(map(_SEPARATOR.__eq__, words), bool, len(words)))
         bounds = np.concatenate([[0], ends[separators], ends[-1:]])
         ids = np.fromiter(itertools.chain.from_iterable(pieces), np.int32, int(bounds[-1]))

@@ -22,7 +22,7 @@ import string
 import tempfile
 import time
 import unicodedata
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 PAD = "[PAD]"
 UNK = "[UNK]"
@@ -206,7 +206,9 @@ def learn_vocab(
             wordpieces_prefix=WORDPIECE_PREFIX,
         )
     seconds = time.perf_counter() - start
-    learned = [token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])]
+    learned = [
+        token for token, _ in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    ]
     first = [*SPECIAL_TOKENS, *alphabet, *continuations]
     placed = set(first)
     tokens = first + [token for token in learned if token not in placed]
@@ -263,7 +265,11 @@ def _is_punctuation(char: str) -> bool:
 
 
 def _spool_and_count_characters(
-    sentences: Iterable[str], normalizer, do_lower_case: bool, spool: str, limit_alphabet: int,
+    sentences: Iterable[str],
+    normalizer,
+    do_lower_case: bool,
+    spool: str,
+    limit_alphabet: int,
     batch_chars: int = 1 << 20,
 ) -> tuple[list[str], list[str]]:
     """Write the sentences one per line to `spool` and return (alphabet, "##" pieces).
@@ -280,8 +286,12 @@ def _spool_and_count_characters(
         # ASCII needs only lower-casing (its control characters are dropped from the counts below);
         # the rest goes through the tokenizer's own normalizer, which is much slower.
         ascii_text = "\n".join(sentence for sentence in batch if sentence.isascii())
-        text = (ascii_text.lower() if do_lower_case else ascii_text) + "\n" + normalizer.normalize_str(
-            "\n".join(sentence for sentence in batch if not sentence.isascii())
+        text = (
+            (ascii_text.lower() if do_lower_case else ascii_text)
+            + "\n"
+            + normalizer.normalize_str(
+                "\n".join(sentence for sentence in batch if not sentence.isascii())
+            )
         )
         counts.update(text)
         present = set(text)
@@ -308,7 +318,11 @@ def _spool_and_count_characters(
         if batch:
             count(batch)
     ranked = sorted(
-        (char for char in counts if not char.isspace() and unicodedata.category(char) not in _REMOVED_CATEGORIES),
+        (
+            char
+            for char in counts
+            if not char.isspace() and unicodedata.category(char) not in _REMOVED_CATEGORIES
+        ),
         key=lambda c: (-counts[c], c),
     )
     alphabet = sorted(ranked[:limit_alphabet])

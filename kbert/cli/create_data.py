@@ -24,21 +24,44 @@ def _bool(value: str) -> bool:
 
 def add_bool_flag(parser, name: str, default: bool, help: str) -> None:
     """`--name`, `--name=false` and absl's `--noname`, as Google's scripts accept them."""
-    add_flag(parser, name, type=_bool, nargs="?", const=True, default=default, metavar="BOOL", help=help)
+    add_flag(
+        parser, name, type=_bool, nargs="?", const=True, default=default, metavar="BOOL", help=help
+    )
     parser.add_argument(f"--no{name}", dest=name, action="store_false", help=argparse.SUPPRESS)
 
 
 def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags choosing the corpus (shared by `kbert vocab`)."""
-    group = parser.add_argument_group("corpus (default: the built-in corpus, Python's own documentation)")
-    add_flag(group, "input_file", default=None,
-             help="text file(s): a path, glob, or comma-separated list; 'builtin' for the built-in corpus")
-    add_flag(group, "input_format", choices=("google", "lines", "blocks"), default="google",
-             help="google: one sentence per line, blank line between documents (default); "
-                  "lines: one document per line; blocks: blank-line-separated documents of free text")
-    add_flag(group, "tfds_name", default=None, help="read a TFDS dataset instead, e.g. wikipedia/20230601.en")
+    group = parser.add_argument_group(
+        "corpus (default: the built-in corpus, Python's own documentation)"
+    )
+    add_flag(
+        group,
+        "input_file",
+        default=None,
+        help="text file(s): a path, glob, or comma-separated list; 'builtin' for the built-in corpus",
+    )
+    add_flag(
+        group,
+        "input_format",
+        choices=("google", "lines", "blocks"),
+        default="google",
+        help="google: one sentence per line, blank line between documents (default); "
+        "lines: one document per line; blocks: blank-line-separated documents of free text",
+    )
+    add_flag(
+        group,
+        "tfds_name",
+        default=None,
+        help="read a TFDS dataset instead, e.g. wikipedia/20230601.en",
+    )
     add_flag(group, "tfds_split", default="train", help="TFDS split (default: train)")
-    add_flag(group, "tfds_text_field", default="text", help="TFDS feature holding the text (default: text)")
+    add_flag(
+        group,
+        "tfds_text_field",
+        default="text",
+        help="TFDS feature holding the text (default: text)",
+    )
     add_flag(group, "tfds_data_dir", default=None, help="TFDS data directory")
 
 
@@ -47,7 +70,12 @@ def corpus_from_args(args):
     from tfrecords_tools import corpora
 
     return corpora.resolve_corpus(
-        args.input_file, args.input_format, args.tfds_name, args.tfds_text_field, args.tfds_split, args.tfds_data_dir
+        args.input_file,
+        args.input_format,
+        args.tfds_name,
+        args.tfds_text_field,
+        args.tfds_split,
+        args.tfds_data_dir,
     )
 
 
@@ -61,34 +89,90 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_corpus_arguments(parser)
     out = parser.add_argument_group("output")
-    add_flag(out, "output_file", required=True,
-             help="shard path prefix (a trailing .tfrecord is dropped); the directory holds one data set")
-    add_flag(out, "vocab_file", required=True, help="vocab.txt ([PAD] at id 0; learn one with `kbert vocab`)")
-    add_flag(out, "num_shards", type=int, default=None,
-             help="output files (default: one per MiB of input, at most 4096)")
+    add_flag(
+        out,
+        "output_file",
+        required=True,
+        help="shard path prefix (a trailing .tfrecord is dropped); the directory holds one data set",
+    )
+    add_flag(
+        out,
+        "vocab_file",
+        required=True,
+        help="vocab.txt ([PAD] at id 0; learn one with `kbert vocab`)",
+    )
+    add_flag(
+        out,
+        "num_shards",
+        type=int,
+        default=None,
+        help="output files (default: one per MiB of input, at most 4096)",
+    )
     add_flag(out, "compression", choices=("none", "gzip"), default="none", help="shard compression")
-    add_flag(out, "overwrite", action="store_true",
-             help="replace a data set made with other settings under the same prefix")
+    add_flag(
+        out,
+        "overwrite",
+        action="store_true",
+        help="replace a data set made with other settings under the same prefix",
+    )
 
     algo = parser.add_argument_group("Google's algorithm")
-    add_bool_flag(algo, "do_lower_case", True, "lower-case and strip accents (uncased vocab; default true)")
+    add_bool_flag(
+        algo, "do_lower_case", True, "lower-case and strip accents (uncased vocab; default true)"
+    )
     add_flag(algo, "max_seq_length", type=int, default=128, help="tokens per instance (128)")
-    add_flag(algo, "max_predictions_per_seq", type=int, default=20, help="masked positions per instance at most (20)")
-    add_flag(algo, "random_seed", type=int, default=12345, help="seed of every random choice (12345)")
-    add_flag(algo, "dupe_factor", type=int, default=10, help="differently-masked passes over the corpus (10)")
+    add_flag(
+        algo,
+        "max_predictions_per_seq",
+        type=int,
+        default=20,
+        help="masked positions per instance at most (20)",
+    )
+    add_flag(
+        algo, "random_seed", type=int, default=12345, help="seed of every random choice (12345)"
+    )
+    add_flag(
+        algo,
+        "dupe_factor",
+        type=int,
+        default=10,
+        help="differently-masked passes over the corpus (10)",
+    )
     add_flag(algo, "masked_lm_prob", type=float, default=0.15, help="share of tokens masked (0.15)")
-    add_flag(algo, "short_seq_prob", type=float, default=0.1, help="probability of a shorter target length (0.1)")
-    add_bool_flag(algo, "do_whole_word_mask", False, "mask all word pieces of a word together (default false)")
+    add_flag(
+        algo,
+        "short_seq_prob",
+        type=float,
+        default=0.1,
+        help="probability of a shorter target length (0.1)",
+    )
+    add_bool_flag(
+        algo, "do_whole_word_mask", False, "mask all word pieces of a word together (default false)"
+    )
 
     run = parser.add_argument_group("kbert")
-    add_flag(run, "num_workers", type=int, default=1,
-             help="processes (output is byte-identical for any number; default 1)")
-    add_flag(run, "negative_pool_size", type=int, default=1000,
-             help="documents per block; random next segments come from this block and the one "
-                  "before, which bounds memory (default 1000)")
-    add_flag(run, "no_mask", action="store_true",
-             help="write unmasked records (input_ids, input_mask, segment_ids, next_sentence_labels) "
-                  "for dynamic masking in kbert.data")
+    add_flag(
+        run,
+        "num_workers",
+        type=int,
+        default=1,
+        help="processes (output is byte-identical for any number; default 1)",
+    )
+    add_flag(
+        run,
+        "negative_pool_size",
+        type=int,
+        default=1000,
+        help="documents per block; random next segments come from this block and the one "
+        "before, which bounds memory (default 1000)",
+    )
+    add_flag(
+        run,
+        "no_mask",
+        action="store_true",
+        help="write unmasked records (input_ids, input_mask, segment_ids, next_sentence_labels) "
+        "for dynamic masking in kbert.data",
+    )
     add_flag(run, "quiet", action="store_true", help="no progress bar")
 
 
@@ -96,7 +180,9 @@ def run(args: argparse.Namespace) -> int:
     """Create the records and print a summary."""
     from tfrecords_tools.create_pretraining_data import create_pretraining_data
 
-    logging.basicConfig(level=logging.WARNING, format="kbert create-data: %(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="kbert create-data: %(levelname)s: %(message)s"
+    )
     try:
         summary = create_pretraining_data(
             corpus_from_args(args),
@@ -124,13 +210,19 @@ def run(args: argparse.Namespace) -> int:
         return 1
     counts = summary.nsp_label_counts
     rate = summary.input_bytes / 1e6 / max(summary.seconds, 1e-9)
-    print(f"wrote {summary.num_instances:,} instances in {len(summary.output_files)} shard(s) "
-          f"({summary.shards_written} written, {summary.shards_kept} kept from an earlier run) "
-          f"in {summary.seconds:.1f}s")
-    print(f"  documents {summary.num_documents:,}  tokens {summary.num_tokens:,}  "
-          f"input {summary.input_bytes / 1e6:.2f} MB ({rate:.2f} MB/s)")
-    print(f"  NSP labels: 0 (B follows A) {counts.get('0', 0):,}  1 (B random) {counts.get('1', 0):,}  "
-          f"-> {summary.is_random_share:.1%} random")
+    print(
+        f"wrote {summary.num_instances:,} instances in {len(summary.output_files)} shard(s) "
+        f"({summary.shards_written} written, {summary.shards_kept} kept from an earlier run) "
+        f"in {summary.seconds:.1f}s"
+    )
+    print(
+        f"  documents {summary.num_documents:,}  tokens {summary.num_tokens:,}  "
+        f"input {summary.input_bytes / 1e6:.2f} MB ({rate:.2f} MB/s)"
+    )
+    print(
+        f"  NSP labels: 0 (B follows A) {counts.get('0', 0):,}  1 (B random) {counts.get('1', 0):,}  "
+        f"-> {summary.is_random_share:.1%} random"
+    )
     if summary.masked:
         print(f"  mean masked positions per instance {summary.mean_masked_positions:.2f}")
     else:

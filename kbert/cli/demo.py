@@ -15,7 +15,8 @@ import os
 import random
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kbert.cli import add_flag
 from kbert.cli.create_data import add_corpus_arguments, corpus_from_args
@@ -26,10 +27,24 @@ FILL_MASK_EXAMPLES = (
     "A tuple is an immutable [MASK] of objects.",
 )
 # The full run is sized to finish in about 10 minutes on 2 CPU cores; the quick one in about one.
-FULL = dict(preset="tiny", steps=1600, batch_size=64, max_seq_length=64, vocab_size=8000, dupe_factor=5,
-            learning_rate=1e-3)
-QUICK = dict(preset="tiny", steps=20, batch_size=16, max_seq_length=64, vocab_size=2000, dupe_factor=1,
-             learning_rate=1e-3)
+FULL = dict(
+    preset="tiny",
+    steps=1600,
+    batch_size=64,
+    max_seq_length=64,
+    vocab_size=8000,
+    dupe_factor=5,
+    learning_rate=1e-3,
+)
+QUICK = dict(
+    preset="tiny",
+    steps=20,
+    batch_size=16,
+    max_seq_length=64,
+    vocab_size=2000,
+    dupe_factor=1,
+    learning_rate=1e-3,
+)
 QUICK_DOCUMENTS = 120
 
 
@@ -37,19 +52,77 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `kbert demo`."""
     add_corpus_arguments(parser)
     add_flag(parser, "output_dir", default="runs/demo", help="the demo's run directory (runs/demo)")
-    add_flag(parser, "export_base", default="saved_models", help="where the SavedModel goes (saved_models)")
+    add_flag(
+        parser,
+        "export_base",
+        default="saved_models",
+        help="where the SavedModel goes (saved_models)",
+    )
     add_flag(parser, "name", default="kbert-demo", help="model name under export_base (kbert-demo)")
-    add_flag(parser, "preset", default=None, help=f"model size preset (full: {FULL['preset']}, quick: {QUICK['preset']})")
-    add_flag(parser, "steps", type=int, default=None, help=f"training steps (full: {FULL['steps']}, quick: {QUICK['steps']})")
-    add_flag(parser, "batch_size", type=int, default=None, help=f"global batch size (full: {FULL['batch_size']})")
-    add_flag(parser, "max_seq_length", type=int, default=None, help=f"tokens per sequence (full: {FULL['max_seq_length']})")
-    add_flag(parser, "vocab_size", type=int, default=None, help=f"WordPiece vocabulary size (full: {FULL['vocab_size']})")
-    add_flag(parser, "dupe_factor", type=int, default=None, help=f"differently-masked copies (full: {FULL['dupe_factor']})")
-    add_flag(parser, "learning_rate", type=float, default=None, help=f"peak learning rate (full: {FULL['learning_rate']})")
-    add_flag(parser, "heldout_fraction", type=float, default=0.1, help="share of documents held out (0.1)")
-    add_flag(parser, "seed", type=int, default=0, help="seed of the split, the data and the training (0)")
-    add_flag(parser, "quick", action="store_true",
-             help="a tiny run of a few seconds on the first documents (what the test suite runs)")
+    add_flag(
+        parser,
+        "preset",
+        default=None,
+        help=f"model size preset (full: {FULL['preset']}, quick: {QUICK['preset']})",
+    )
+    add_flag(
+        parser,
+        "steps",
+        type=int,
+        default=None,
+        help=f"training steps (full: {FULL['steps']}, quick: {QUICK['steps']})",
+    )
+    add_flag(
+        parser,
+        "batch_size",
+        type=int,
+        default=None,
+        help=f"global batch size (full: {FULL['batch_size']})",
+    )
+    add_flag(
+        parser,
+        "max_seq_length",
+        type=int,
+        default=None,
+        help=f"tokens per sequence (full: {FULL['max_seq_length']})",
+    )
+    add_flag(
+        parser,
+        "vocab_size",
+        type=int,
+        default=None,
+        help=f"WordPiece vocabulary size (full: {FULL['vocab_size']})",
+    )
+    add_flag(
+        parser,
+        "dupe_factor",
+        type=int,
+        default=None,
+        help=f"differently-masked copies (full: {FULL['dupe_factor']})",
+    )
+    add_flag(
+        parser,
+        "learning_rate",
+        type=float,
+        default=None,
+        help=f"peak learning rate (full: {FULL['learning_rate']})",
+    )
+    add_flag(
+        parser,
+        "heldout_fraction",
+        type=float,
+        default=0.1,
+        help="share of documents held out (0.1)",
+    )
+    add_flag(
+        parser, "seed", type=int, default=0, help="seed of the split, the data and the training (0)"
+    )
+    add_flag(
+        parser,
+        "quick",
+        action="store_true",
+        help="a tiny run of a few seconds on the first documents (what the test suite runs)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,7 +141,10 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
 
     with stage("split the corpus into train and held-out documents"):
-        train_text, heldout_text = os.path.join(data, "train.txt"), os.path.join(data, "heldout.txt")
+        train_text, heldout_text = (
+            os.path.join(data, "train.txt"),
+            os.path.join(data, "heldout.txt"),
+        )
         counts = _split_corpus(args, train_text, heldout_text, args.quick)
         print(f"  {counts['train']:,} train and {counts['heldout']:,} held-out documents")
 
@@ -78,11 +154,18 @@ def run(args: argparse.Namespace) -> int:
 
     with stage("write masked pre-training TFRecords"):
         train_records, heldout_records = os.path.join(data, "train"), os.path.join(data, "heldout")
-        for text, records, dupe in ((train_text, train_records, settings["dupe_factor"]), (heldout_text, heldout_records, 1)):
+        for text, records, dupe in (
+            (train_text, train_records, settings["dupe_factor"]),
+            (heldout_text, heldout_records, 1),
+        ):
             _create_records(text, records, vocab_file, settings["max_seq_length"], dupe, args.seed)
 
-    with stage(f"pre-train a '{settings['preset']}' BERT for {settings['steps']} steps (MLM + NSP)"):
-        results = _pretrain(run_dir, train_records, heldout_records, vocab_file, settings, args.seed)
+    with stage(
+        f"pre-train a '{settings['preset']}' BERT for {settings['steps']} steps (MLM + NSP)"
+    ):
+        results = _pretrain(
+            run_dir, train_records, heldout_records, vocab_file, settings, args.seed
+        )
 
     with stage("evaluate on the held-out records beside the baselines"):
         results["mlm_baseline_accuracy"] = _majority_baseline(train_records, heldout_records)
@@ -126,7 +209,9 @@ class _Stage:
             print(f"  done in {time.perf_counter() - self.start:.1f}s", flush=True)
 
 
-def _split_corpus(args: argparse.Namespace, train_text: str, heldout_text: str, quick: bool) -> dict[str, int]:
+def _split_corpus(
+    args: argparse.Namespace, train_text: str, heldout_text: str, quick: bool
+) -> dict[str, int]:
     """Write the train and held-out documents in Google's layout (reused when both exist)."""
     from tfrecords_tools import corpora
 
@@ -143,8 +228,12 @@ def _split_corpus(args: argparse.Namespace, train_text: str, heldout_text: str, 
         raise ValueError(f"the corpus has {len(documents)} documents: too few to hold some out")
     counts = {}
     for path, keep in ((train_text, False), (heldout_text, True)):
-        _atomic(path, lambda tmp, keep=keep: corpora.write_google_layout(
-            (d for d, h in zip(documents, heldout) if h == keep), tmp))
+        _atomic(
+            path,
+            lambda tmp, keep=keep: corpora.write_google_layout(
+                (d for d, h in zip(documents, heldout) if h == keep), tmp
+            ),
+        )
         counts["heldout" if keep else "train"] = sum(h == keep for h in heldout)
     _write_json(marker, counts)
     return counts
@@ -156,11 +245,17 @@ def _learn_vocab(train_text: str, vocab_file: str, vocab_size: int) -> None:
     if os.path.exists(vocab_file):
         print(f"  reusing {vocab_file}")
         return
-    result = vocab.learn_vocab(corpora.sentences_of(corpora.TextFiles(train_text, "google")), vocab_file, vocab_size)
-    print(f"  {result.vocab_size:,} tokens from {result.num_sentences:,} sentences ({result.learner})")
+    result = vocab.learn_vocab(
+        corpora.sentences_of(corpora.TextFiles(train_text, "google")), vocab_file, vocab_size
+    )
+    print(
+        f"  {result.vocab_size:,} tokens from {result.num_sentences:,} sentences ({result.learner})"
+    )
 
 
-def _create_records(text: str, records: str, vocab_file: str, max_seq_length: int, dupe_factor: int, seed: int) -> None:
+def _create_records(
+    text: str, records: str, vocab_file: str, max_seq_length: int, dupe_factor: int, seed: int
+) -> None:
     from kbert import features
     from tfrecords_tools.create_pretraining_data import create_pretraining_data
 
@@ -168,15 +263,29 @@ def _create_records(text: str, records: str, vocab_file: str, max_seq_length: in
         print(f"  reusing {records}/")
         return
     summary = create_pretraining_data(
-        text, os.path.join(records, "records.tfrecord"), vocab_file,
-        max_seq_length=max_seq_length, max_predictions_per_seq=max(1, round(max_seq_length * 0.15)),
-        random_seed=seed, dupe_factor=dupe_factor, num_workers=min(2, os.cpu_count() or 1),
+        text,
+        os.path.join(records, "records.tfrecord"),
+        vocab_file,
+        max_seq_length=max_seq_length,
+        max_predictions_per_seq=max(1, round(max_seq_length * 0.15)),
+        random_seed=seed,
+        dupe_factor=dupe_factor,
+        num_workers=min(2, os.cpu_count() or 1),
         progress=sys.stderr.isatty(),
     )
-    print(f"  {records}/: {summary.num_instances:,} instances, {summary.is_random_share:.0%} NSP 'random'")
+    print(
+        f"  {records}/: {summary.num_instances:,} instances, {summary.is_random_share:.0%} NSP 'random'"
+    )
 
 
-def _pretrain(run_dir: str, train_records: str, heldout_records: str, vocab_file: str, settings: dict, seed: int) -> dict[str, Any]:
+def _pretrain(
+    run_dir: str,
+    train_records: str,
+    heldout_records: str,
+    vocab_file: str,
+    settings: dict,
+    seed: int,
+) -> dict[str, Any]:
     from kbert import train
     from kbert.config import BertConfig
     from tfrecords_tools.vocab import load_vocab
@@ -189,10 +298,18 @@ def _pretrain(run_dir: str, train_records: str, heldout_records: str, vocab_file
     steps = settings["steps"]
     interval = max(1, steps // 10)
     result = train.pretrain(
-        config, train_records, run_dir, steps=steps, batch_size=settings["batch_size"],
-        eval_files=heldout_records, learning_rate=settings["learning_rate"],
-        warmup_steps=max(1, steps // 10), checkpoint_interval=interval, eval_interval=interval * 2,
-        seed=seed, verbose=2 if not sys.stdout.isatty() else "auto",
+        config,
+        train_records,
+        run_dir,
+        steps=steps,
+        batch_size=settings["batch_size"],
+        eval_files=heldout_records,
+        learning_rate=settings["learning_rate"],
+        warmup_steps=max(1, steps // 10),
+        checkpoint_interval=interval,
+        eval_interval=interval * 2,
+        seed=seed,
+        verbose=2 if not sys.stdout.isatty() else "auto",
     )
     return dict(result.eval_results)
 
@@ -243,10 +360,16 @@ def _print_summary(results: dict[str, Any], curves: str, export_dir: str, second
     mlm, base = results["mlm_accuracy"], results["mlm_baseline_accuracy"]
     print("\nheld-out results")
     print(f"  {'metric':24s} {'model':>8s} {'baseline':>9s}")
-    print(f"  {'MLM accuracy':24s} {mlm:8.3f} {base:9.3f}   (most frequent masked token; {mlm / max(base, 1e-9):.1f}x)")
-    print(f"  {'NSP accuracy':24s} {results['nsp_accuracy']:8.3f} {0.5:9.3f}   (chance; "
-          f"always the majority label: {results['nsp_majority_accuracy']:.3f})")
-    print(f"  {'MLM loss / perplexity':24s} {results['mlm_loss']:8.3f} {results.get('mlm_perplexity', float('nan')):9.1f}")
+    print(
+        f"  {'MLM accuracy':24s} {mlm:8.3f} {base:9.3f}   (most frequent masked token; {mlm / max(base, 1e-9):.1f}x)"
+    )
+    print(
+        f"  {'NSP accuracy':24s} {results['nsp_accuracy']:8.3f} {0.5:9.3f}   (chance; "
+        f"always the majority label: {results['nsp_majority_accuracy']:.3f})"
+    )
+    print(
+        f"  {'MLM loss / perplexity':24s} {results['mlm_loss']:8.3f} {results.get('mlm_perplexity', float('nan')):9.1f}"
+    )
     print(f"  {'NSP loss':24s} {results['nsp_loss']:8.3f}")
     print(f"loss curves: {curves}")
     print(f"SavedModel:  {export_dir}")
@@ -271,4 +394,6 @@ def _atomic(path: str, write: Callable[[str], Any]) -> None:
 
 
 def _write_json(path: str, data: dict) -> None:
-    _atomic(path, lambda tmp: open(tmp, "w").write(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+    _atomic(
+        path, lambda tmp: open(tmp, "w").write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    )

@@ -13,23 +13,60 @@ from kbert.cli.train import STRATEGIES, _jit_compile
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `kbert evaluate`, named like `kbert.train.evaluate`'s arguments."""
     parser.epilog = "Example: kbert evaluate --model runs/mini --eval_files data/heldout"
-    add_flag(parser, "model", required=True, help="a run directory (its model.keras) or a .keras file")
-    add_flag(parser, "eval_files", required=True,
-             help="held-out TFRecords: glob(s), comma-separated, or a directory")
-    add_flag(parser, "batch_size", type=int, default=256,
-             help="global batch size (the last batch is padded with zero-weight rows)")
-    add_flag(parser, "output_path", default=None,
-             help="JSON to write (default: eval_results.json in --model when it is a run directory, "
-                  "else none)")
-    add_flag(parser, "strategy", choices=STRATEGIES, default="auto",
-             help="auto, cpu, mirrored, multi_worker or tpu (as for kbert train)")
+    add_flag(
+        parser, "model", required=True, help="a run directory (its model.keras) or a .keras file"
+    )
+    add_flag(
+        parser,
+        "eval_files",
+        required=True,
+        help="held-out TFRecords: glob(s), comma-separated, or a directory",
+    )
+    add_flag(
+        parser,
+        "batch_size",
+        type=int,
+        default=256,
+        help="global batch size (the last batch is padded with zero-weight rows)",
+    )
+    add_flag(
+        parser,
+        "output_path",
+        default=None,
+        help="JSON to write (default: eval_results.json in --model when it is a run directory, "
+        "else none)",
+    )
+    add_flag(
+        parser,
+        "strategy",
+        choices=STRATEGIES,
+        default="auto",
+        help="auto, cpu, mirrored, multi_worker or tpu (as for kbert train)",
+    )
     add_flag(parser, "tpu", default="local", help="TPU for --strategy tpu")
-    add_flag(parser, "jit_compile", type=_jit_compile, default="auto",
-             metavar="{auto,true,false}", help="XLA compilation")
-    add_flag(parser, "dynamic_masking_vocab", default=None, metavar="VOCAB_TXT",
-             help="draw deterministic masks with this vocab.txt (records without masks)")
-    add_flag(parser, "verbose", type=int, choices=(0, 1, 2), default=1,
-             help="0 silent, 1 progress bar (default), 2 one line")
+    add_flag(
+        parser,
+        "jit_compile",
+        type=_jit_compile,
+        default="auto",
+        metavar="{auto,true,false}",
+        help="XLA compilation",
+    )
+    add_flag(
+        parser,
+        "dynamic_masking_vocab",
+        default=None,
+        metavar="VOCAB_TXT",
+        help="draw deterministic masks with this vocab.txt (records without masks)",
+    )
+    add_flag(
+        parser,
+        "verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=1,
+        help="0 silent, 1 progress bar (default), 2 one line",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

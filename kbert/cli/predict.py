@@ -9,11 +9,19 @@ from kbert.cli import add_flag
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `kbert predict`, named like `kbert.export.fill_mask`'s arguments."""
-    add_flag(parser, "model", required=True,
-             help="an export directory, EXPORT_BASE/NAME/VERSION (from kbert export)")
+    add_flag(
+        parser,
+        "model",
+        required=True,
+        help="an export directory, EXPORT_BASE/NAME/VERSION (from kbert export)",
+    )
     parser.add_argument("text", help='text with [MASK]s, e.g. "Paris is the [MASK] of France."')
-    add_flag(parser, "text_b", default="",
-             help="second segment: also print the probability that it follows TEXT")
+    add_flag(
+        parser,
+        "text_b",
+        default="",
+        help="second segment: also print the probability that it follows TEXT",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = "Example: kbert vocab --input_file 'corpus/*.txt' --output_file vocab.txt --vocab_size 30522"
     add_corpus_arguments(parser)
     add_flag(parser, "output_file", required=True, help="where to write vocab.txt")
-    add_flag(parser, "vocab_size", type=int, default=30522, help="tokens, special ones included (30522)")
+    add_flag(
+        parser, "vocab_size", type=int, default=30522, help="tokens, special ones included (30522)"
+    )
     add_bool_flag(parser, "do_lower_case", True, "learn an uncased vocabulary (default true)")
     add_flag(parser, "min_frequency", type=int, default=2, help="minimum count of a merge (2)")
 
@@ -30,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
         do_lower_case=args.do_lower_case,
         min_frequency=args.min_frequency,
     )
-    print(f"wrote {result.vocab_file}: {result.vocab_size:,} tokens "
-          f"({'uncased' if result.do_lower_case else 'cased'}; requested {result.requested_size:,}) "
-          f"learned from {result.num_sentences:,} sentences in {result.seconds:.1f}s with {result.learner}")
+    print(
+        f"wrote {result.vocab_file}: {result.vocab_size:,} tokens "
+        f"({'uncased' if result.do_lower_case else 'cased'}; requested {result.requested_size:,}) "
+        f"learned from {result.num_sentences:,} sentences in {result.seconds:.1f}s with {result.learner}"
+    )
     return 0
