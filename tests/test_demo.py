@@ -1,4 +1,4 @@
-"""`kbert demo --quick`: the whole pipeline end to end, with valid artifacts, and re-runs reuse it."""
+"""`kbert demo --quick`: the whole pipeline end to end, valid artifacts, and re-runs reuse it."""
 
 import contextlib
 import io

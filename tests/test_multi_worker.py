@@ -1,4 +1,4 @@
-"""MultiWorkerMirroredStrategy: two `kbert train` worker processes on 127.0.0.1 (the multi-host proxy)."""
+"""MultiWorkerMirroredStrategy: two `kbert train` workers on 127.0.0.1 (the multi-host proxy)."""
 
 import json
 import os

@@ -226,7 +226,7 @@ class TextFiles:
         return sum(self.sizes)
 
     def fingerprint(self) -> str:
-        """Identity of the input (paths, sizes, modification times, layout) for resumption checks."""
+        """Identity of the input (paths, sizes, modification times, layout) for resume checks."""
         parts = [self.input_format]
         for path, size in zip(self.files, self.sizes):
             mtime = os.path.getmtime(path) if "://" not in path else 0
@@ -413,7 +413,8 @@ def tfds_corpus(
         for example in tfds.as_numpy(dataset):
             if text_field not in example:
                 raise ValueError(
-                    f"--tfds_text_field {text_field!r}: dataset {name} has fields {', '.join(sorted(example))}"
+                    f"--tfds_text_field {text_field!r}: dataset {name} has fields "
+                    f"{', '.join(sorted(example))}"
                 )
             value = example[text_field]
             text = decode_utf8(value, stats) if isinstance(value, bytes) else str(value)

@@ -36,7 +36,7 @@ def build_tokenizer(
     do_lower_case: bool = True,
     max_input_chars_per_word: int = GOOGLE_MAX_INPUT_CHARS_PER_WORD,
 ):
-    """A `tokenizers.Tokenizer` with Google's BERT tokenization for this vocab (no special tokens added).
+    """A `tokenizers.Tokenizer` with Google's BERT tokenization for this vocab (no special tokens).
 
     Args:
         tokens: the vocabulary in id order.

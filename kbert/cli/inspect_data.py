@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     if report.validated:
         counts = report.nsp_label_counts
         print(
-            f"OK: all {report.num_records:,} records valid; NSP labels 0: {counts['0']:,} 1: {counts['1']:,}; "
+            f"OK: all {report.num_records:,} records valid; "
+            f"NSP labels 0: {counts['0']:,} 1: {counts['1']:,}; "
             f"masked predictions {report.num_masked_predictions:,}"
         )
     return 0

@@ -1,4 +1,4 @@
-"""`kbert vocab`: learn a WordPiece vocabulary from a corpus (wraps `tfrecords_tools.vocab.learn_vocab`)."""
+"""`kbert vocab`: learn a WordPiece vocabulary from a corpus (wraps `tfrecords_tools.vocab`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from kbert.cli.create_data import add_bool_flag, add_corpus_arguments, corpus_fr
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `kbert vocab`."""
-    parser.epilog = "Example: kbert vocab --input_file 'corpus/*.txt' --output_file vocab.txt --vocab_size 30522"
+    parser.epilog = (
+        "Example: kbert vocab --input_file 'corpus/*.txt' --output_file vocab.txt "
+        "--vocab_size 30522"
+    )
     add_corpus_arguments(parser)
     add_flag(parser, "output_file", required=True, help="where to write vocab.txt")
     add_flag(
@@ -35,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"wrote {result.vocab_file}: {result.vocab_size:,} tokens "
         f"({'uncased' if result.do_lower_case else 'cased'}; requested {result.requested_size:,}) "
-        f"learned from {result.num_sentences:,} sentences in {result.seconds:.1f}s with {result.learner}"
+        f"learned from {result.num_sentences:,} sentences in {result.seconds:.1f}s "
+        f"with {result.learner}"
     )
     return 0
