@@ -203,7 +203,9 @@ def test_vocab_file_without_mask_token_is_an_error(tmp_path):
     path = tmp_path / "vocab.txt"
     path.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n")
 
-    with pytest.raises(ValueError, match=r"vocab\.txt: vocabulary lacks \[MASK\]"):
+    with pytest.raises(
+        ValueError, match=r"vocab\.txt: vocabulary lacks required token\(s\) \[MASK\]"
+    ):
         DynamicMasking.from_vocab_file(str(path))
 
 
