@@ -4,6 +4,7 @@ import random
 
 import pytest
 import tensorflow as tf
+from helpers import write_records
 
 from kbert import features
 from kbert.cli import main as kbert_main
@@ -49,13 +50,6 @@ def good_record(**changes):
     }
     values.update(changes)
     return features.to_example(values).SerializeToString()
-
-
-def write_records(path, records):
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for record in records:
-            writer.write(record)
-    return str(path)
 
 
 def test_valid_set_decodes_as_text_with_masks_and_labels(dataset):
@@ -151,8 +145,7 @@ def test_cli_exits_1_naming_the_violation_and_0_when_valid(dataset, tmp_path, ca
 
 def test_gzip_shards_are_recognised_by_their_first_bytes_not_their_name(tmp_path):
     plain = write_records(tmp_path / "plain.tfrecord.gz", [good_record()] * 2)
-    with tf.io.TFRecordWriter(str(tmp_path / "packed.tfrecord"), options="GZIP") as writer:
-        writer.write(good_record())
+    write_records(tmp_path / "packed.tfrecord", [good_record()], compression="GZIP")
 
     report = inspect_records(str(tmp_path / "*.tfrecord*"))
 
