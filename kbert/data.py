@@ -112,19 +112,7 @@ def pretraining_dataset(
     records = on_disk.find_records(
         file_pattern, max_seq_length, max_predictions_per_seq, compression_type
     )
-    prediction_length = records.max_predictions_per_seq
-    if not records.masked and dynamic_masking is None:
-        raise ValueError(
-            f"{records.files[0]}: records carry no masks (written for dynamic masking); pass "
-            "dynamic_masking=kbert.masking.DynamicMasking.from_vocab_file(<vocab.txt>)"
-        )
-    if dynamic_masking is not None:
-        if not prediction_length:
-            raise ValueError(
-                f"{records.files[0]}: max_predictions_per_seq is needed for dynamic masking "
-                "(neither given nor in the metadata)"
-            )
-        _check_vocab_size(records, dynamic_masking)
+    _check_masking(records, dynamic_masking)
     # Evaluation is deterministic, its dynamic masks included.
     deterministic = seed is not None or not is_training
     if seed is None:
@@ -399,7 +387,20 @@ def _padding_record(records: on_disk.RecordSet) -> bytes:
     ).SerializeToString()
 
 
-def _check_vocab_size(records: on_disk.RecordSet, dynamic_masking: DynamicMasking) -> None:
+def _check_masking(records: on_disk.RecordSet, dynamic_masking: DynamicMasking | None) -> None:
+    """Unmasked records need dynamic masking, and it needs P and the records' vocabulary size."""
+    if dynamic_masking is None:
+        if not records.masked:
+            raise ValueError(
+                f"{records.files[0]}: records carry no masks (written for dynamic masking); pass "
+                "dynamic_masking=kbert.masking.DynamicMasking.from_vocab_file(<vocab.txt>)"
+            )
+        return
+    if not records.max_predictions_per_seq:
+        raise ValueError(
+            f"{records.files[0]}: max_predictions_per_seq is needed for dynamic masking "
+            "(neither given nor in the metadata)"
+        )
     for directory, meta in records.metadata.items():
         if meta.vocab_size and meta.vocab_size != dynamic_masking.vocab_size:
             raise ValueError(
