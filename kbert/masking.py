@@ -80,7 +80,7 @@ class DynamicMasking:
 
     @classmethod
     def from_vocab_file(cls, vocab_file: str, **rates: float) -> DynamicMasking:
-        """Read a WordPiece `vocab.txt` (one token a line); every `[...]` token is special.
+        """Read a vocab.txt by `kbert.vocabulary`'s rules; every `[...]` token is special.
 
         Bracketed tokens are `[PAD] [UNK] [CLS] [SEP] [MASK]` and Google's `[unused0]`...; of them
         only `[UNK]` is ever masked (tfrecords_tools uses the same rule).
