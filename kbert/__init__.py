@@ -2,6 +2,11 @@
 
 The public API is imported lazily, so `import kbert` (and `kbert --help`) does not start
 TensorFlow until something that needs it is used.
+
+Direction between the packages: `tfrecords_tools` (the record writer) depends on kbert, never the
+reverse. It may import kbert's shared definitions of the data on disk, `kbert.features` (the
+record format), `kbert.records` (finding and checking shards) and `kbert.vocabulary` (the vocab.txt
+rules); no kbert module below `kbert.cli` imports `tfrecords_tools`.
 """
 
 import importlib

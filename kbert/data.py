@@ -16,47 +16,24 @@ empty step on datasets of unknown cardinality, which skews the reported losses).
 from __future__ import annotations
 
 import collections
-import concurrent.futures
-import dataclasses
 import logging
 import math
-import posixpath
 import random
 from collections.abc import Sequence
 from typing import Any
 
 import tensorflow as tf
-from google.protobuf.message import DecodeError
 
 from kbert import features
+from kbert import records as on_disk
 from kbert.masking import DynamicMasking, unmask
 
 __all__ = ["DynamicMasking", "describe", "pretraining_dataset"]
 
 logger = logging.getLogger(__name__)
 
-_GZIP_MAGIC = b"\x1f\x8b\x08"
-_READ_BUFFER_BYTES = 8 << 20
-# Files opened at once to check their first record (matters on gs://, harmless locally).
-_PARALLEL_FILE_CHECKS = 16
-# Files read at once by the interleave; each holds `_READ_BUFFER_BYTES`.
+# Files read at once by the interleave; each holds `kbert.records.READ_BUFFER_BYTES`.
 _MAX_PARALLEL_READS = 16
-# Names a glob may match beside the shards that are not records (metadata, vocab, state files,
-# shards still being written by tfrecords_tools).
-_NOT_RECORDS = (".json", ".tmp", ".txt", ".incomplete")
-
-
-@dataclasses.dataclass(frozen=True)
-class _RecordSet:
-    """The matched shards and what they hold, checked against each other and the metadata."""
-
-    files: tuple[str, ...]
-    compression: tuple[str, ...]
-    max_seq_length: int
-    max_predictions_per_seq: int | None
-    masked: bool
-    known_counts: dict[str, int]
-    metadata: dict[str, features.Metadata]
 
 
 def pretraining_dataset(
@@ -125,22 +102,17 @@ def pretraining_dataset(
     """
     _check_positive("global_batch_size", global_batch_size)
     _check_positive("shuffle_buffer_size", shuffle_buffer_size)
-    if num_epochs is not None:
-        _check_positive("num_epochs", num_epochs)
-    records = _resolve(file_pattern, max_seq_length, max_predictions_per_seq, compression_type)
-    prediction_length = records.max_predictions_per_seq
-    if not records.masked and dynamic_masking is None:
-        raise ValueError(
-            f"{records.files[0]}: records carry no masks (written for dynamic masking); pass "
-            "dynamic_masking=kbert.masking.DynamicMasking.from_vocab_file(<vocab.txt>)"
-        )
-    if dynamic_masking is not None:
-        if not prediction_length:
-            raise ValueError(
-                f"{records.files[0]}: max_predictions_per_seq is needed for dynamic masking "
-                "(neither given nor in the metadata)"
-            )
-        _check_vocab_size(records, dynamic_masking)
+    for name, value in (
+        ("num_epochs", num_epochs),
+        ("max_seq_length", max_seq_length),
+        ("max_predictions_per_seq", max_predictions_per_seq),
+    ):
+        if value is not None:
+            _check_positive(name, value)
+    records = on_disk.find_records(
+        file_pattern, max_seq_length, max_predictions_per_seq, compression_type
+    )
+    _check_masking(records, dynamic_masking)
     # Evaluation is deterministic, its dynamic masks included.
     deterministic = seed is not None or not is_training
     if seed is None:
@@ -228,9 +200,9 @@ def describe(file_pattern: str | Sequence[str], count_records: bool = True) -> d
     >>> info["num_records"], info["max_seq_length"], info["masked"]
     (3, 3, False)
     """
-    records = _resolve(file_pattern, None, None, None)
+    records = on_disk.find_records(file_pattern)
     counts = (
-        _count_records(records, records.files)
+        on_disk.count_records(records)
         if count_records
         else {f: records.known_counts.get(f) for f in records.files}
     )
@@ -271,7 +243,7 @@ def describe(file_pattern: str | Sequence[str], count_records: bool = True) -> d
 
 
 def _training_records(
-    records: _RecordSet,
+    records: on_disk.RecordSet,
     seed: int,
     num_pipelines: int,
     pipeline_id: int,
@@ -299,7 +271,7 @@ def _training_records(
         if shard_files:
             dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.interleave(
-            _read_file,
+            on_disk.read_records,
             cycle_length=min(len(files), _MAX_PARALLEL_READS),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
@@ -315,7 +287,7 @@ def _training_records(
     dataset = tf.data.Dataset.range(1).flat_map(lambda _: shuffled_records())
     num_records = None
     if num_epochs is not None:
-        counts = _count_records(records, files)
+        counts = on_disk.count_records(records, files)
         num_records = sum(counts.values())
         if not shard_files:
             num_records = len(range(pipeline_id, num_records, num_pipelines))
@@ -323,7 +295,7 @@ def _training_records(
 
 
 def _evaluation_records(
-    records: _RecordSet,
+    records: on_disk.RecordSet,
     global_batch_size: int,
     step_size: int,
     num_pipelines: int,
@@ -331,12 +303,12 @@ def _evaluation_records(
 ) -> tuple[tf.data.Dataset, int]:
     """(serialized, is_real) of one deterministic pass, padded to whole global steps; the count
     of global steps. `step_size`: this pipeline's records per global step."""
-    total = sum(_count_records(records, records.files).values())
+    total = sum(on_disk.count_records(records).values())
     if total == 0:
         raise ValueError(f"{records.files[0]}: no records to evaluate")
     dataset = tf.data.Dataset.from_tensor_slices((list(records.files), list(records.compression)))
     dataset = dataset.interleave(
-        _read_file,
+        on_disk.read_records,
         cycle_length=min(len(records.files), _MAX_PARALLEL_READS),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
@@ -362,7 +334,7 @@ def _evaluation_records(
 
 
 def _batch_parser(
-    records: _RecordSet, dynamic_masking: DynamicMasking | None, seed: int, pipeline_id: int
+    records: on_disk.RecordSet, dynamic_masking: DynamicMasking | None, seed: int, pipeline_id: int
 ):
     """The map function: (batch index, (serialized [B], is_real [B])) -> (x, y, sample_weight)."""
     spec = features.feature_spec(
@@ -405,13 +377,7 @@ def _batch_parser(
     return parse
 
 
-def _read_file(path: tf.Tensor, compression: tf.Tensor) -> tf.data.Dataset:
-    return tf.data.TFRecordDataset(
-        path, compression_type=compression, buffer_size=_READ_BUFFER_BYTES
-    )
-
-
-def _padding_record(records: _RecordSet) -> bytes:
+def _padding_record(records: on_disk.RecordSet) -> bytes:
     """A serialized all-zero record: no real tokens, no predictions (weights 0)."""
     spec = features.feature_spec(
         records.max_seq_length, records.max_predictions_per_seq, masked=records.masked
@@ -421,195 +387,20 @@ def _padding_record(records: _RecordSet) -> bytes:
     ).SerializeToString()
 
 
-def _resolve(
-    file_pattern: str | Sequence[str],
-    max_seq_length: int | None,
-    max_predictions_per_seq: int | None,
-    compression_type: str | None,
-) -> _RecordSet:
-    """Match the shards, read their metadata and first records, and settle the lengths."""
-    if max_seq_length is not None:
-        _check_positive("max_seq_length", max_seq_length)
-    if max_predictions_per_seq is not None:
-        _check_positive("max_predictions_per_seq", max_predictions_per_seq)
-    if compression_type not in (None, "", "GZIP", "ZLIB"):
-        raise ValueError(f'compression_type must be "", "GZIP" or "ZLIB", got {compression_type!r}')
-    files = _match_files(file_pattern)
-    with concurrent.futures.ThreadPoolExecutor(min(len(files), _PARALLEL_FILE_CHECKS)) as pool:
-        inspected = list(pool.map(lambda f: _inspect_file(f, compression_type), files))
-    compression = tuple(c for c, _ in inspected)
-    first_lengths = {f: lengths for f, (_, lengths) in zip(files, inspected)}
-
-    metadata = {}
-    for directory in sorted({posixpath.dirname(f) for f in files}):
-        meta = features.read_metadata(directory)
-        if meta is not None:
-            metadata[directory] = meta
-
-    masked_files = [f for f in files if features.MASKED_LM_POSITIONS in first_lengths[f]]
-    unmasked_files = [f for f in files if features.MASKED_LM_POSITIONS not in first_lengths[f]]
-    if masked_files and unmasked_files:
+def _check_masking(records: on_disk.RecordSet, dynamic_masking: DynamicMasking | None) -> None:
+    """Unmasked records need dynamic masking, and it needs P and the records' vocabulary size."""
+    if dynamic_masking is None:
+        if not records.masked:
+            raise ValueError(
+                f"{records.files[0]}: records carry no masks (written for dynamic masking); pass "
+                "dynamic_masking=kbert.masking.DynamicMasking.from_vocab_file(<vocab.txt>)"
+            )
+        return
+    if not records.max_predictions_per_seq:
         raise ValueError(
-            f"{masked_files[0]} holds masked records but {unmasked_files[0]} unmasked ones: "
-            "one dataset reads one kind"
+            f"{records.files[0]}: max_predictions_per_seq is needed for dynamic masking "
+            "(neither given nor in the metadata)"
         )
-    masked = bool(masked_files)
-    for directory, meta in metadata.items():
-        if meta.masked != masked:
-            raise ValueError(
-                f"{features.metadata_path(directory)} says masked={meta.masked} but the records "
-                f"beside it are {'masked' if masked else 'unmasked'}"
-            )
-
-    max_seq_length = _settle_length(
-        "max_seq_length", max_seq_length, metadata, features.INPUT_IDS, first_lengths, True
-    )
-    max_predictions_per_seq = _settle_length(
-        "max_predictions_per_seq",
-        max_predictions_per_seq,
-        metadata,
-        features.MASKED_LM_POSITIONS,
-        first_lengths,
-        masked,
-    )
-    known_counts = {}
-    for f in files:
-        meta = metadata.get(posixpath.dirname(f))
-        if meta is not None and posixpath.basename(f) in meta.shards:
-            known_counts[f] = int(meta.shards[posixpath.basename(f)])
-    return _RecordSet(
-        files=tuple(files),
-        compression=compression,
-        max_seq_length=max_seq_length,
-        max_predictions_per_seq=max_predictions_per_seq,
-        masked=masked,
-        known_counts=known_counts,
-        metadata=metadata,
-    )
-
-
-def _settle_length(
-    name: str,
-    requested: int | None,
-    metadata: dict[str, features.Metadata],
-    feature: str,
-    first_lengths: dict[str, dict[str, int]],
-    in_records: bool,
-) -> int | None:
-    """One length from the request, the metadata and the records; disagreement is an error."""
-    value, source = requested, f"{name}={requested}"
-    for directory, meta in metadata.items():
-        meta_value = getattr(meta, name) or None
-        if meta_value is None or (not in_records and requested is not None):
-            continue
-        meta_source = f"{features.metadata_path(directory)} ({name} {meta_value})"
-        if value is not None and meta_value != value:
-            raise ValueError(f"{name} mismatch: {source} but {meta_source}")
-        value, source = meta_value, meta_source
-    if not in_records:
-        return value
-    for path, lengths in first_lengths.items():
-        if value is None:
-            value = lengths[feature]
-            source = f"the first record of {path} ({name} {value})"
-        elif lengths[feature] != value:
-            raise ValueError(
-                f"{path}: records have {feature} of length {lengths[feature]}, expected {value} "
-                f"from {source}"
-            )
-    return value
-
-
-def _match_files(file_pattern: str | Sequence[str]) -> list[str]:
-    """Sorted shard paths for glob(s) / comma-separated globs / directories."""
-    patterns = file_pattern.split(",") if isinstance(file_pattern, str) else list(file_pattern)
-    patterns = [p.strip() for p in patterns if p and p.strip()]
-    if not patterns:
-        raise FileNotFoundError(f"no file pattern given ({file_pattern!r})")
-    files = set()
-    for pattern in patterns:
-        if tf.io.gfile.isdir(pattern):
-            pattern = tf.io.gfile.join(pattern, "*")
-        for path in tf.io.gfile.glob(pattern):
-            name = posixpath.basename(path)
-            if name.startswith(".") or name.endswith(_NOT_RECORDS) or tf.io.gfile.isdir(path):
-                continue
-            files.add(path)
-    if not files:
-        raise FileNotFoundError(f"no TFRecord files match {','.join(patterns)!r}")
-    return sorted(files)
-
-
-def _inspect_file(path: str, compression_type: str | None) -> tuple[str, dict[str, int]]:
-    """(compression, {feature: length}) from a shard's first bytes and first record."""
-    try:
-        if compression_type is None:
-            with tf.io.gfile.GFile(path, "rb") as f:
-                compression_type = "GZIP" if f.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC else ""
-        first = list(tf.data.TFRecordDataset(path, compression_type).take(1).as_numpy_iterator())
-    except tf.errors.PermissionDeniedError:
-        raise PermissionError(f"{path}: permission denied") from None
-    except tf.errors.NotFoundError:
-        raise FileNotFoundError(f"{path}: not found") from None
-    except tf.errors.OpError as e:
-        raise ValueError(f"{path}: not a readable TFRecord file ({e.message.strip()})") from None
-    if not first:
-        raise ValueError(f"{path}: holds no records")
-    try:
-        example = tf.train.Example.FromString(first[0])
-    except DecodeError:
-        raise ValueError(f"{path}: its first record is not a tf.train.Example") from None
-    lengths = {}
-    for name, feature in example.features.feature.items():
-        if name not in features.ALL_FEATURES:
-            continue
-        expected_kind = "float_list" if name in features.FLOAT_FEATURES else "int64_list"
-        kind = feature.WhichOneof("kind")
-        if kind != expected_kind:
-            raise ValueError(f"{path}: feature {name} is a {kind}, expected {expected_kind}")
-        lengths[name] = len(getattr(feature, kind).value)
-    predictions = [n for n in features.PREDICTION_FEATURES if n in lengths]
-    expected = features.ALL_FEATURES if predictions else features.UNMASKED_FEATURES
-    missing = [n for n in expected if n not in lengths]
-    if missing:
-        raise ValueError(f"{path}: records lack feature(s) {', '.join(missing)}")
-    for group in (features.SEQUENCE_FEATURES, predictions):
-        if len({lengths[n] for n in group}) > 1:
-            raise ValueError(
-                f"{path}: features {', '.join(group)} differ in length "
-                f"({', '.join(str(lengths[n]) for n in group)})"
-            )
-    if lengths[features.NEXT_SENTENCE_LABELS] != 1:
-        raise ValueError(
-            f"{path}: next_sentence_labels has {lengths[features.NEXT_SENTENCE_LABELS]} values, "
-            "expected 1"
-        )
-    return compression_type, lengths
-
-
-def _count_records(records: _RecordSet, files: Sequence[str]) -> dict[str, int]:
-    """Records per shard: from the metadata, else by reading (which names a damaged shard)."""
-    compression = dict(zip(records.files, records.compression))
-
-    def count(path: str) -> int:
-        if path in records.known_counts:
-            return records.known_counts[path]
-        try:
-            return int(
-                tf.data.TFRecordDataset(path, compression[path], _READ_BUFFER_BYTES).reduce(
-                    tf.constant(0, tf.int64), lambda n, _: n + 1
-                )
-            )
-        except tf.errors.OpError as e:
-            raise ValueError(f"{path}: damaged TFRecord file ({e.message.strip()})") from None
-
-    with concurrent.futures.ThreadPoolExecutor(
-        max(1, min(len(files), _PARALLEL_FILE_CHECKS))
-    ) as pool:
-        return dict(zip(files, pool.map(count, files)))
-
-
-def _check_vocab_size(records: _RecordSet, dynamic_masking: DynamicMasking) -> None:
     for directory, meta in records.metadata.items():
         if meta.vocab_size and meta.vocab_size != dynamic_masking.vocab_size:
             raise ValueError(

@@ -16,7 +16,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from kbert import features
-from kbert.serving_tokenizer import read_vocab
+from kbert.vocabulary import MASK, UNK, is_special_token, read_vocab
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,7 @@ class DynamicMasking:
 
     @classmethod
     def from_vocab_file(cls, vocab_file: str, **rates: float) -> DynamicMasking:
-        """Read a WordPiece `vocab.txt` (one token a line); every `[...]` token is special.
+        """Read a vocab.txt by `kbert.vocabulary`'s rules; every `[...]` token is special.
 
         Bracketed tokens are `[PAD] [UNK] [CLS] [SEP] [MASK]` and Google's `[unused0]`...; of them
         only `[UNK]` is ever masked (tfrecords_tools uses the same rule).
@@ -98,15 +98,12 @@ class DynamicMasking:
         4
         """
         tokens = read_vocab(vocab_file)
-        ids = {token: i for i, token in enumerate(tokens)}
-        if ids["[PAD]"] != features.PAD_ID:
-            raise ValueError(f"{vocab_file}: [PAD] must be id {features.PAD_ID}, is {ids['[PAD]']}")
-        special = tuple(i for i, token in enumerate(tokens) if _is_special_token(token))
+        special = tuple(i for i, token in enumerate(tokens) if is_special_token(token))
         return cls(
             vocab_size=len(tokens),
-            mask_token_id=ids["[MASK]"],
+            mask_token_id=tokens.index(MASK),
             special_token_ids=special,
-            unk_token_id=ids["[UNK]"],
+            unk_token_id=tokens.index(UNK),
             **rates,
         )
 
@@ -167,10 +164,6 @@ class DynamicMasking:
                 shape=prediction_shape
             ),
         }
-
-
-def _is_special_token(token: str) -> bool:
-    return len(token) > 2 and token.startswith("[") and token.endswith("]")
 
 
 def unmask(

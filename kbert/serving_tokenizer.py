@@ -20,9 +20,22 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from kbert import features
+from kbert.vocabulary import CLS, MASK, PAD, SEP, SPECIAL_TOKENS, UNK, read_vocab
 
-PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
-SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
+# The vocab.txt names (defined in kbert.vocabulary) stay importable from here.
+__all__ = [
+    "CLS",
+    "MASK",
+    "MAX_BYTES_PER_WORD",
+    "PAD",
+    "SEP",
+    "SPECIAL_TOKENS",
+    "UNK",
+    "ServingTextEncoder",
+    "read_vocab",
+    "truncated_pair_lengths",
+    "write_vocab",
+]
 # Google's FullTokenizer turns words longer than 200 characters into [UNK]; tf-text counts bytes.
 MAX_BYTES_PER_WORD = 200
 
@@ -38,44 +51,6 @@ _CJK = (
     r"[\x{4E00}-\x{9FFF}]|[\x{3400}-\x{4DBF}]|[\x{20000}-\x{2A6DF}]|[\x{2A700}-\x{2B73F}]"
     r"|[\x{2B740}-\x{2B81F}]|[\x{2B820}-\x{2CEAF}]|[\x{F900}-\x{FAFF}]|[\x{2F800}-\x{2FA1F}]"
 )
-
-
-def read_vocab(vocab_file: str) -> list[str]:
-    """The tokens of a vocab.txt (one per line, Google's format), checked for BERT's special tokens.
-
-    Args:
-        vocab_file: path of the vocabulary (any `tf.io.gfile` path).
-
-    Examples:
-    >>> import os, tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), "vocab.txt")
-    >>> _ = open(path, "w").write("[PAD]\\n[UNK]\\n[CLS]\\n[SEP]\\n[MASK]\\nparis\\n")
-    >>> read_vocab(path)[-1]
-    'paris'
-    """
-    if not tf.io.gfile.exists(vocab_file):
-        raise FileNotFoundError(f"{vocab_file}: no such vocabulary file (expected a vocab.txt)")
-    with tf.io.gfile.GFile(vocab_file, "r") as f:
-        text = f.read()
-    # Google's load_vocab strips each line, so a CRLF or space-padded file reads the same.
-    # Lines end at "\n" only, as for the lookup tables: str.splitlines also breaks at
-    # U+0085, U+2028, \x1c..., which would shift every later id. A byte-order mark is no
-    # part of [PAD] (tfrecords_tools reads the file as utf-8-sig too).
-    tokens = [line.strip() for line in text.removeprefix("\ufeff").split("\n")]
-    while tokens and not tokens[-1]:
-        tokens.pop()
-    missing = [token for token in SPECIAL_TOKENS if token not in tokens]
-    if missing:
-        raise ValueError(
-            f"{vocab_file}: vocabulary lacks {' '.join(missing)} (BERT's special tokens are "
-            f"{' '.join(SPECIAL_TOKENS)})"
-        )
-    seen: set[str] = set()
-    for line, token in enumerate(tokens, 1):
-        if token in seen:
-            raise ValueError(f"{vocab_file}: line {line} repeats the token {token!r}")
-        seen.add(token)
-    return tokens
 
 
 def write_vocab(tokens: Sequence[str], path: str) -> None:

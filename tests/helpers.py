@@ -47,6 +47,44 @@ def random_batch(batch_size=8, seq_len=16, num_predictions=4, vocab_size=100, se
     return x, y, sample_weight
 
 
+def write_records(path, rows, compression=None):
+    """Google's writer layout: one tf.train.Example per row (a dict of feature values, or bytes
+    already serialized). Returns the path as a string."""
+    import tensorflow as tf
+
+    from kbert import features
+
+    with tf.io.TFRecordWriter(str(path), options=compression) as writer:
+        for row in rows:
+            writer.write(
+                row if isinstance(row, bytes) else features.to_example(row).SerializeToString()
+            )
+    return str(path)
+
+
+def write_metadata(
+    directory, shards, max_seq_length, max_predictions_per_seq, vocab_size=100, **fields
+):
+    """`kbert_metadata.json` for `shards` ({file name: records}) in `directory`; `fields`
+    override the rest (masked, nsp_label_counts, num_masked_predictions, seed...)."""
+    from kbert import features
+
+    values = dict(
+        max_seq_length=max_seq_length,
+        max_predictions_per_seq=max_predictions_per_seq,
+        vocab_size=vocab_size,
+        vocab_sha256="0" * 64,
+        do_lower_case=True,
+        num_instances=sum(shards.values()),
+        nsp_label_counts={"0": 1, "1": 1},
+        seed=12345,
+        tool_version="test",
+        shards=dict(shards),
+    )
+    values.update(fields)
+    features.write_metadata(str(directory), features.Metadata(**values))
+
+
 def write_pretraining_records(
     directory, num_records=64, seq_len=16, num_predictions=3, vocab_size=100, seed=0
 ):
@@ -58,48 +96,36 @@ def write_pretraining_records(
     import os
 
     import numpy as np
-    import tensorflow as tf
-
-    from kbert import features
 
     rng = np.random.default_rng(seed)
     os.makedirs(directory, exist_ok=True)
-    with tf.io.TFRecordWriter(os.path.join(directory, "shard-00000.tfrecord")) as writer:
-        for i in range(num_records):
-            ids = rng.integers(5, vocab_size, seq_len)
-            ids[0], ids[-1] = 2, 3
-            positions = np.sort(
-                rng.choice(np.arange(1, seq_len - 1), num_predictions, replace=False)
-            )
-            labels = ids[positions].copy()
-            ids[positions] = 4
-            writer.write(
-                features.to_example(
-                    {
-                        "input_ids": ids,
-                        "input_mask": [1] * seq_len,
-                        "segment_ids": [0] * (seq_len // 2) + [1] * (seq_len - seq_len // 2),
-                        "masked_lm_positions": positions,
-                        "masked_lm_ids": labels,
-                        "masked_lm_weights": [1.0] * num_predictions,
-                        "next_sentence_labels": [i % 2],
-                    }
-                ).SerializeToString()
-            )
-    features.write_metadata(
+    rows = []
+    for i in range(num_records):
+        ids = rng.integers(5, vocab_size, seq_len)
+        ids[0], ids[-1] = 2, 3
+        positions = np.sort(rng.choice(np.arange(1, seq_len - 1), num_predictions, replace=False))
+        labels = ids[positions].copy()
+        ids[positions] = 4
+        rows.append(
+            {
+                "input_ids": ids,
+                "input_mask": [1] * seq_len,
+                "segment_ids": [0] * (seq_len // 2) + [1] * (seq_len - seq_len // 2),
+                "masked_lm_positions": positions,
+                "masked_lm_ids": labels,
+                "masked_lm_weights": [1.0] * num_predictions,
+                "next_sentence_labels": [i % 2],
+            }
+        )
+    write_records(os.path.join(directory, "shard-00000.tfrecord"), rows)
+    write_metadata(
         directory,
-        features.Metadata(
-            max_seq_length=seq_len,
-            max_predictions_per_seq=num_predictions,
-            vocab_size=vocab_size,
-            vocab_sha256="0" * 64,
-            do_lower_case=True,
-            num_instances=num_records,
-            nsp_label_counts={"0": (num_records + 1) // 2, "1": num_records // 2},
-            seed=seed,
-            tool_version="test",
-            num_masked_predictions=num_records * num_predictions,
-            shards={"shard-00000.tfrecord": num_records},
-        ),
+        {"shard-00000.tfrecord": num_records},
+        seq_len,
+        num_predictions,
+        vocab_size,
+        nsp_label_counts={"0": (num_records + 1) // 2, "1": num_records // 2},
+        seed=seed,
+        num_masked_predictions=num_records * num_predictions,
     )
     return directory

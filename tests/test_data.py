@@ -1,10 +1,9 @@
 """kbert.data: pre-training TFRecords -> (x, y, sample_weight) for fit and evaluate."""
 
-
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import tiny_config
+from helpers import tiny_config, write_metadata, write_records
 
 from kbert import features
 from kbert.data import describe, pretraining_dataset
@@ -42,33 +41,6 @@ def make_instances(n, seq=SEQ, pred=PRED, seed=0, masked=True):
     return instances
 
 
-def write_shard(path, instances, gzip=False):
-    """Google's writer layout: one tf.train.Example per instance."""
-    with tf.io.TFRecordWriter(str(path), options="GZIP" if gzip else None) as writer:
-        for instance in instances:
-            writer.write(features.to_example(instance).SerializeToString())
-    return str(path)
-
-
-def write_metadata(directory, instances_per_shard, seq=SEQ, pred=PRED, masked=True):
-    features.write_metadata(
-        str(directory),
-        features.Metadata(
-            max_seq_length=seq,
-            max_predictions_per_seq=pred,
-            vocab_size=VOCAB,
-            vocab_sha256="0" * 64,
-            do_lower_case=True,
-            num_instances=sum(instances_per_shard.values()),
-            nsp_label_counts={"0": 1, "1": 1},
-            seed=12345,
-            tool_version="test",
-            masked=masked,
-            shards=dict(instances_per_shard),
-        ),
-    )
-
-
 def stacked(instances, name):
     return np.stack([instance[name] for instance in instances])
 
@@ -89,7 +61,7 @@ def sequence_keys(arrays):
 
 def test_records_round_trip_to_the_exact_tensors(tmp_path):
     instances = make_instances(8)
-    path = write_shard(tmp_path / "eval.tfrecord", instances)
+    path = write_records(tmp_path / "eval.tfrecord", instances)
 
     dataset = pretraining_dataset(path, global_batch_size=4, is_training=False)
     got = collect(dataset)
@@ -104,7 +76,7 @@ def test_records_round_trip_to_the_exact_tensors(tmp_path):
 
 @pytest.mark.parametrize("is_training", [True, False])
 def test_element_spec_is_fully_static_with_int32_ids_and_float32_weights(tmp_path, is_training):
-    path = write_shard(tmp_path / "a.tfrecord", make_instances(10))
+    path = write_records(tmp_path / "a.tfrecord", make_instances(10))
 
     dataset = pretraining_dataset(path, global_batch_size=4, is_training=is_training, seed=1)
 
@@ -122,8 +94,8 @@ def test_element_spec_is_fully_static_with_int32_ids_and_float32_weights(tmp_pat
 
 def test_gzip_shards_are_read_like_plain_ones(tmp_path):
     instances = make_instances(12, seed=3)
-    write_shard(tmp_path / "part-0.tfrecord", instances[:6])
-    write_shard(tmp_path / "part-1.tfrecord.gz", instances[6:], gzip=True)
+    write_records(tmp_path / "part-0.tfrecord", instances[:6])
+    write_records(tmp_path / "part-1.tfrecord.gz", instances[6:], compression="GZIP")
 
     got = collect(pretraining_dataset(str(tmp_path / "part-*"), 4, is_training=False))
 
@@ -132,7 +104,7 @@ def test_gzip_shards_are_read_like_plain_ones(tmp_path):
 
 def test_evaluation_pads_the_last_batch_with_zero_weight_rows_and_knows_its_cardinality(tmp_path):
     instances = make_instances(10, seed=4)
-    path = write_shard(tmp_path / "eval.tfrecord", instances)
+    path = write_records(tmp_path / "eval.tfrecord", instances)
 
     dataset = pretraining_dataset(path, global_batch_size=4, is_training=False)
     got = collect(dataset)
@@ -148,7 +120,7 @@ def test_evaluation_pads_the_last_batch_with_zero_weight_rows_and_knows_its_card
 
 def test_evaluation_order_is_deterministic(tmp_path):
     for i in range(3):
-        write_shard(tmp_path / f"s{i}.tfrecord", make_instances(5, seed=10 + i))
+        write_records(tmp_path / f"s{i}.tfrecord", make_instances(5, seed=10 + i))
 
     first = collect(pretraining_dataset(str(tmp_path), 4, is_training=False))
     second = collect(pretraining_dataset(str(tmp_path), 4, is_training=False))
@@ -157,8 +129,8 @@ def test_evaluation_order_is_deterministic(tmp_path):
 
 
 def test_evaluation_cardinality_comes_from_metadata_counts(tmp_path):
-    write_shard(tmp_path / "a.tfrecord", make_instances(7, seed=5))
-    write_metadata(tmp_path, {"a.tfrecord": 7})
+    write_records(tmp_path / "a.tfrecord", make_instances(7, seed=5))
+    write_metadata(tmp_path, {"a.tfrecord": 7}, SEQ, PRED, VOCAB)
 
     dataset = pretraining_dataset(str(tmp_path / "*.tfrecord"), 2, is_training=False)
 
@@ -169,7 +141,7 @@ def test_evaluation_cardinality_comes_from_metadata_counts(tmp_path):
 def test_training_repeats_shuffles_and_is_reproducible_with_a_seed(tmp_path):
     instances = make_instances(12, seed=6)
     for i in range(3):
-        write_shard(tmp_path / f"s{i}.tfrecord", instances[4 * i : 4 * i + 4])
+        write_records(tmp_path / f"s{i}.tfrecord", instances[4 * i : 4 * i + 4])
     pattern = str(tmp_path / "*.tfrecord")
 
     def first_batches(seed):
@@ -188,7 +160,7 @@ def test_training_repeats_shuffles_and_is_reproducible_with_a_seed(tmp_path):
 
 
 def test_finite_training_has_its_true_cardinality(tmp_path):
-    path = write_shard(tmp_path / "a.tfrecord", make_instances(10, seed=7))
+    path = write_records(tmp_path / "a.tfrecord", make_instances(10, seed=7))
 
     dataset = pretraining_dataset(path, 4, seed=1, num_epochs=2)
 
@@ -200,7 +172,7 @@ def test_two_input_pipelines_read_disjoint_files_that_cover_all(tmp_path):
     shards = {}
     for i in range(5):
         instances = make_instances(3, seed=20 + i)
-        write_shard(tmp_path / f"s{i}.tfrecord", instances)
+        write_records(tmp_path / f"s{i}.tfrecord", instances)
         shards.update({tuple(inst["input_ids"]): i for inst in instances})
 
     seen = []
@@ -219,8 +191,8 @@ def test_two_input_pipelines_read_disjoint_files_that_cover_all(tmp_path):
 
 def test_evaluation_pipelines_share_records_and_run_the_same_number_of_batches(tmp_path):
     instances = make_instances(11, seed=21)
-    write_shard(tmp_path / "a.tfrecord", instances[:8])
-    write_shard(tmp_path / "b.tfrecord", instances[8:])
+    write_records(tmp_path / "a.tfrecord", instances[:8])
+    write_records(tmp_path / "b.tfrecord", instances[8:])
 
     rows, cardinalities = [], []
     for pipeline_id in range(2):
@@ -236,7 +208,7 @@ def test_evaluation_pipelines_share_records_and_run_the_same_number_of_batches(t
 
 def test_an_evaluation_pipeline_feeding_two_replicas_yields_a_batch_for_each_per_step(tmp_path):
     instances = make_instances(10, seed=22)
-    path = write_shard(tmp_path / "a.tfrecord", instances)
+    path = write_records(tmp_path / "a.tfrecord", instances)
     # One worker, two devices: MirroredStrategy's input context.
     context = tf.distribute.InputContext(1, 0, 2)
 
@@ -252,8 +224,8 @@ def test_an_evaluation_pipeline_feeding_two_replicas_yields_a_batch_for_each_per
 
 
 def test_lengths_come_from_metadata(tmp_path):
-    write_shard(tmp_path / "a.tfrecord", make_instances(4))
-    write_metadata(tmp_path, {"a.tfrecord": 4})
+    write_records(tmp_path / "a.tfrecord", make_instances(4))
+    write_metadata(tmp_path, {"a.tfrecord": 4}, SEQ, PRED, VOCAB)
 
     x, _, _ = pretraining_dataset(str(tmp_path), 2, seed=0).element_spec
 
@@ -261,15 +233,15 @@ def test_lengths_come_from_metadata(tmp_path):
 
 
 def test_a_length_that_disagrees_with_metadata_names_both_numbers(tmp_path):
-    write_shard(tmp_path / "a.tfrecord", make_instances(4))
-    write_metadata(tmp_path, {"a.tfrecord": 4})
+    write_records(tmp_path / "a.tfrecord", make_instances(4))
+    write_metadata(tmp_path, {"a.tfrecord": 4}, SEQ, PRED, VOCAB)
 
     with pytest.raises(ValueError, match=r"max_seq_length=32.*max_seq_length 16"):
         pretraining_dataset(str(tmp_path), 2, max_seq_length=32)
 
 
 def test_lengths_are_inferred_from_the_first_record_without_metadata(tmp_path):
-    path = write_shard(tmp_path / "google.tfrecord", make_instances(4, seq=24, pred=5))
+    path = write_records(tmp_path / "google.tfrecord", make_instances(4, seq=24, pred=5))
 
     x, y, _ = pretraining_dataset(path, 2, seed=0).element_spec
 
@@ -277,8 +249,8 @@ def test_lengths_are_inferred_from_the_first_record_without_metadata(tmp_path):
 
 
 def test_records_of_the_wrong_length_name_the_file(tmp_path):
-    write_shard(tmp_path / "a.tfrecord", make_instances(4))
-    write_shard(tmp_path / "b.tfrecord", make_instances(4, seq=32))
+    write_records(tmp_path / "a.tfrecord", make_instances(4))
+    write_records(tmp_path / "b.tfrecord", make_instances(4, seq=32))
 
     with pytest.raises(ValueError, match=r"b\.tfrecord.*input_ids of length 32, expected 16"):
         pretraining_dataset(str(tmp_path), 2, max_seq_length=16)
@@ -290,7 +262,7 @@ def test_a_pattern_matching_nothing_is_file_not_found(tmp_path):
 
 
 def test_an_unreadable_shard_names_the_file(tmp_path):
-    write_shard(tmp_path / "a.tfrecord", make_instances(4))
+    write_records(tmp_path / "a.tfrecord", make_instances(4))
     (tmp_path / "b.tfrecord").write_bytes(b"this is not a TFRecord file at all" * 10)
 
     with pytest.raises(ValueError, match=r"b\.tfrecord: not a readable TFRecord file"):
@@ -298,7 +270,7 @@ def test_an_unreadable_shard_names_the_file(tmp_path):
 
 
 def test_a_truncated_shard_names_the_file(tmp_path):
-    path = write_shard(tmp_path / "a.tfrecord", make_instances(6))
+    path = write_records(tmp_path / "a.tfrecord", make_instances(6))
     data = open(path, "rb").read()
     with open(path, "wb") as f:
         f.write(data[:-20])
@@ -308,24 +280,24 @@ def test_a_truncated_shard_names_the_file(tmp_path):
 
 
 def test_unmasked_records_without_dynamic_masking_say_what_to_pass(tmp_path):
-    path = write_shard(tmp_path / "a.tfrecord", make_instances(4, masked=False))
+    path = write_records(tmp_path / "a.tfrecord", make_instances(4, masked=False))
 
     with pytest.raises(ValueError, match="carry no masks.*dynamic_masking="):
         pretraining_dataset(path, 2)
 
 
 def test_metadata_and_vocab_beside_the_shards_are_not_read_as_records(tmp_path):
-    write_shard(tmp_path / "a.tfrecord", make_instances(4))
-    write_metadata(tmp_path, {"a.tfrecord": 4})
+    write_records(tmp_path / "a.tfrecord", make_instances(4))
+    write_metadata(tmp_path, {"a.tfrecord": 4}, SEQ, PRED, VOCAB)
     (tmp_path / "vocab.txt").write_text("[PAD]\n")
 
     assert describe(str(tmp_path / "*"))["files"] == [str(tmp_path / "a.tfrecord")]
 
 
 def test_describe_reports_counts_and_lengths(tmp_path):
-    write_shard(tmp_path / "a-0.tfrecord", make_instances(5))
-    write_shard(tmp_path / "a-1.tfrecord", make_instances(3), gzip=True)
-    write_metadata(tmp_path, {"a-0.tfrecord": 5})
+    write_records(tmp_path / "a-0.tfrecord", make_instances(5))
+    write_records(tmp_path / "a-1.tfrecord", make_instances(3), compression="GZIP")
+    write_metadata(tmp_path, {"a-0.tfrecord": 5}, SEQ, PRED, VOCAB)
 
     info = describe(str(tmp_path))
 
@@ -373,7 +345,7 @@ def numpy_log_softmax(logits):
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_evaluate_reports_whole_set_weighted_means(tmp_path, request, replicas):
     instances = make_instances(10, seed=30)
-    path = write_shard(tmp_path / "eval.tfrecord", instances)
+    path = write_records(tmp_path / "eval.tfrecord", instances)
     dataset = pretraining_dataset(path, global_batch_size=4, is_training=False)
     real_predictions = [collect(dataset.skip(i).take(1))["w_mlm"].sum() for i in range(3)]
     assert len(set(real_predictions)) > 1
@@ -406,7 +378,7 @@ def test_evaluate_reports_whole_set_weighted_means(tmp_path, request, replicas):
 
 
 def test_evaluate_over_per_replica_pipelines_equals_the_single_pipeline(tmp_path, mirrored):
-    path = write_shard(tmp_path / "eval.tfrecord", make_instances(10, seed=30))
+    path = write_records(tmp_path / "eval.tfrecord", make_instances(10, seed=30))
     with mirrored.scope():
         model = tiny_model()
     # The single pipeline's numbers are checked against numpy above.
@@ -424,7 +396,7 @@ def test_evaluate_over_per_replica_pipelines_equals_the_single_pipeline(tmp_path
 
 
 def test_fit_over_n_finite_batches_takes_exactly_n_steps(tmp_path):
-    path = write_shard(tmp_path / "a.tfrecord", make_instances(10, seed=31))
+    path = write_records(tmp_path / "a.tfrecord", make_instances(10, seed=31))
     evaluation = pretraining_dataset(path, 4, is_training=False)
     training = pretraining_dataset(path, 4, seed=2, num_epochs=2)
     model = tiny_model()
@@ -437,7 +409,7 @@ def test_fit_over_n_finite_batches_takes_exactly_n_steps(tmp_path):
 
 def test_fit_runs_under_mirrored_strategy(tmp_path, mirrored):
     for i in range(2):
-        write_shard(tmp_path / f"s{i}.tfrecord", make_instances(8, seed=40 + i))
+        write_records(tmp_path / f"s{i}.tfrecord", make_instances(8, seed=40 + i))
     with mirrored.scope():
         model = tiny_model()
 

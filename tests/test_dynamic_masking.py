@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
+from helpers import write_metadata, write_records
 
-from kbert import features
 from kbert.data import pretraining_dataset
 from kbert.masking import DynamicMasking
 
@@ -49,13 +48,6 @@ def make_sequences(n, seed=0):
     return rows
 
 
-def write_shard(path, rows):
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for row in rows:
-            writer.write(features.to_example(row).SerializeToString())
-    return str(path)
-
-
 def collect(dataset):
     keys = ("input_ids", "input_mask", "masked_lm_positions", "mlm", "weights")
     parts = {key: [] for key in keys}
@@ -81,7 +73,7 @@ def originals(batch):
 
 def test_masking_statistics_follow_googles_rules(tmp_path, vocab_file):
     rows = make_sequences(2100, seed=1)
-    path = write_shard(tmp_path / "unmasked.tfrecord", rows)
+    path = write_records(tmp_path / "unmasked.tfrecord", rows)
     masking = DynamicMasking.from_vocab_file(vocab_file)
 
     got = collect(
@@ -127,7 +119,7 @@ def test_masking_statistics_follow_googles_rules(tmp_path, vocab_file):
 
 def test_each_epoch_draws_new_masks(tmp_path, vocab_file):
     rows = make_sequences(16, seed=2)
-    path = write_shard(tmp_path / "unmasked.tfrecord", rows)
+    path = write_records(tmp_path / "unmasked.tfrecord", rows)
     masking = DynamicMasking.from_vocab_file(vocab_file)
 
     got = collect(
@@ -145,7 +137,7 @@ def test_each_epoch_draws_new_masks(tmp_path, vocab_file):
 
 
 def test_the_same_seed_reproduces_the_masks(tmp_path, vocab_file):
-    path = write_shard(tmp_path / "unmasked.tfrecord", make_sequences(24, seed=3))
+    path = write_records(tmp_path / "unmasked.tfrecord", make_sequences(24, seed=3))
     masking = DynamicMasking.from_vocab_file(vocab_file)
 
     def masks(seed):
@@ -177,7 +169,7 @@ def test_masked_records_are_unmasked_and_masked_anew(tmp_path, vocab_file):
                 "masked_lm_weights": [1.0, 0.0, 0.0, 0.0],
             }
         )
-    path = write_shard(tmp_path / "masked.tfrecord", stored)
+    path = write_records(tmp_path / "masked.tfrecord", stored)
 
     got = collect(
         pretraining_dataset(
@@ -203,26 +195,16 @@ def test_vocab_file_without_mask_token_is_an_error(tmp_path):
     path = tmp_path / "vocab.txt"
     path.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n")
 
-    with pytest.raises(ValueError, match=r"vocab\.txt: vocabulary lacks \[MASK\]"):
+    with pytest.raises(
+        ValueError, match=r"vocab\.txt: vocabulary lacks required token\(s\) \[MASK\]"
+    ):
         DynamicMasking.from_vocab_file(str(path))
 
 
 def test_a_vocabulary_of_another_size_than_the_metadata_is_an_error(tmp_path, vocab_file):
-    write_shard(tmp_path / "a.tfrecord", make_sequences(4))
-    features.write_metadata(
-        str(tmp_path),
-        features.Metadata(
-            max_seq_length=SEQ,
-            max_predictions_per_seq=PRED,
-            vocab_size=30522,
-            vocab_sha256="0" * 64,
-            do_lower_case=True,
-            num_instances=4,
-            nsp_label_counts={},
-            seed=1,
-            tool_version="test",
-            masked=False,
-        ),
+    write_records(tmp_path / "a.tfrecord", make_sequences(4))
+    write_metadata(
+        tmp_path, {"a.tfrecord": 4}, SEQ, PRED, 30522, masked=False, nsp_label_counts={}, seed=1
     )
 
     with pytest.raises(ValueError, match="vocab_size mismatch.*100 ids.*says 30522"):

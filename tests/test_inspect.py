@@ -4,9 +4,11 @@ import random
 
 import pytest
 import tensorflow as tf
+from helpers import write_records
 
 from kbert import features
 from kbert.cli import main as kbert_main
+from kbert.data import describe
 from tfrecords_tools.create_pretraining_data import create_pretraining_data
 from tfrecords_tools.inspect import inspect_records
 from tfrecords_tools.vocab import SPECIAL_TOKENS, write_vocab
@@ -48,13 +50,6 @@ def good_record(**changes):
     }
     values.update(changes)
     return features.to_example(values).SerializeToString()
-
-
-def write_records(path, records):
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for record in records:
-            writer.write(record)
-    return str(path)
 
 
 def test_valid_set_decodes_as_text_with_masks_and_labels(dataset):
@@ -146,3 +141,76 @@ def test_cli_exits_1_naming_the_violation_and_0_when_valid(dataset, tmp_path, ca
         and "next_sentence_labels" in err
         and "\n" not in err
     )
+
+
+def test_gzip_shards_are_recognised_by_their_first_bytes_not_their_name(tmp_path):
+    plain = write_records(tmp_path / "plain.tfrecord.gz", [good_record()] * 2)
+    write_records(tmp_path / "packed.tfrecord", [good_record()], compression="GZIP")
+
+    report = inspect_records(str(tmp_path / "*.tfrecord*"))
+
+    assert report.files == [str(tmp_path / "packed.tfrecord"), plain]
+    assert report.num_records == 3
+
+
+def test_a_directory_is_read_like_kbert_data_reads_it(dataset, tmp_path):
+    work, _, _ = dataset
+    directory = tmp_path / "copy"
+    directory.mkdir()
+    for path in tf.io.gfile.glob(str(work / "data" / "*")):
+        name = path.rsplit("/", 1)[1]
+        # Shards named without .tfrecord are shards all the same; the vocab beside them is not.
+        tf.io.gfile.copy(path, str(directory / name.replace(".tfrecord", "")))
+    (directory / "vocab.txt").write_text("[PAD]\n")
+
+    report = inspect_records(str(directory))
+
+    assert report.files == describe(str(directory))["files"] and len(report.files) == 2
+    assert report.validated and report.metadata is not None
+
+
+def test_comma_separated_patterns_are_read_together(tmp_path):
+    first = write_records(tmp_path / "a.tfrecord", [good_record()] * 2)
+    second = write_records(tmp_path / "b.tfrecord", [good_record()])
+
+    report = inspect_records(f"{first},{second}")
+
+    assert report.files == [first, second] and report.num_records == 3
+
+
+def test_a_requested_length_that_disagrees_with_the_records_is_named(tmp_path):
+    path = write_records(tmp_path / "google.tfrecord", [good_record()])
+
+    with pytest.raises(ValueError, match=f"records have input_ids of length {SEQ}, expected 16"):
+        inspect_records(path, max_seq_length=16)
+
+
+def test_every_shard_is_checked_not_only_the_first(tmp_path):
+    write_records(tmp_path / "a.tfrecord", [good_record()])
+    short = features.to_example(
+        {
+            "input_ids": [2, 5, 3, 6, 3, 0],
+            "input_mask": [1, 1, 1, 1, 1, 0],
+            "segment_ids": [0, 0, 0, 1, 1, 0],
+            "masked_lm_positions": [1, 0, 0],
+            "masked_lm_ids": [5, 0, 0],
+            "masked_lm_weights": [1.0, 0.0, 0.0],
+            "next_sentence_labels": [0],
+        }
+    ).SerializeToString()
+    write_records(tmp_path / "b.tfrecord", [short])
+
+    with pytest.raises(ValueError, match="b.tfrecord: records have input_ids of length 6"):
+        inspect_records(str(tmp_path))
+
+
+def test_shards_in_two_directories_are_each_checked_against_their_own_metadata(dataset, tmp_path):
+    work, _, summary = dataset
+    for copy in ("one", "two"):
+        for path in tf.io.gfile.glob(str(work / "data" / "*")):
+            (tmp_path / copy).mkdir(exist_ok=True)
+            tf.io.gfile.copy(path, str(tmp_path / copy / path.rsplit("/", 1)[1]))
+
+    report = inspect_records(f"{tmp_path / 'one'},{tmp_path / 'two'}")
+
+    assert report.validated and report.num_records == 2 * summary.num_instances

@@ -6,18 +6,24 @@ tokens and 0 on padding; masked positions lie inside the real tokens (never [CLS
 weights 1 then 0 and padded predictions (0, 0, 0.0); next_sentence_labels is 0 or 1. With
 metadata: record counts per shard, NSP label counts and masked counts agree with it. The first
 violation raises ValueError naming the file, record and feature.
+
+Shards are found, their compression detected and their lengths settled by `kbert.records`, the
+reader `kbert.data` trains from, so the set checked here is the set training reads.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import os
+import posixpath
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow as tf
 
 from kbert import features
-from tfrecords_tools.vocab import CLS, MASK, SEP, load_vocab, vocab_sha256
+from kbert.records import RecordSet, find_records, read_records
+from kbert.vocabulary import CLS, MASK, SEP, read_vocab, vocab_sha256
 
 _BATCH = 1024
 
@@ -38,6 +44,16 @@ class InspectReport:
     validated: bool
 
 
+@dataclasses.dataclass
+class _Tally:
+    """What the records of one directory hold, to check against its metadata."""
+
+    files: list[str] = dataclasses.field(default_factory=list)
+    num_records: int = 0
+    labels: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(2, np.int64))
+    predictions: int = 0
+
+
 def inspect_records(
     file_pattern: str,
     num_records: int = 3,
@@ -48,11 +64,15 @@ def inspect_records(
 ) -> InspectReport:
     """Decode the first `num_records` records as text and validate all of them.
 
+    The shards are found and their lengths settled as `kbert.data` does (`kbert.records`), so
+    what passes here is what training reads.
+
     Args:
-        file_pattern: shard glob (or the directory holding the shards).
+        file_pattern: glob(s), comma-separated globs or a directory of shards.
         num_records: records to decode as text.
         vocab_file: vocab.txt to show tokens as text (ids are shown without it).
-        max_seq_length: needed only for records without metadata; else inferred from the first record.
+        max_seq_length: needed only for records without metadata; else inferred from the first
+            record.
         max_predictions_per_seq: as `max_seq_length`.
         validate: check every record (False decodes only).
 
@@ -72,125 +92,79 @@ def inspect_records(
     >>> report.validated and report.examples[0].startswith("[CLS]")
     True
     """
-    files = _files(file_pattern)
-    metadata = features.read_metadata(os.path.dirname(files[0]) or ".")
-    masked, seq, p = _lengths(files[0], metadata, max_seq_length, max_predictions_per_seq)
-    tokens = load_vocab(vocab_file) if vocab_file else None
-    if (
-        tokens is not None
-        and metadata is not None
-        and metadata.vocab_sha256 != vocab_sha256(vocab_file)
-    ):
-        raise ValueError(
-            f"--vocab_file {vocab_file}: not the vocabulary these records were made with "
-            f"(sha256 differs from {features.METADATA_FILENAME})"
-        )
-    vocab_size = metadata.vocab_size if metadata is not None else (len(tokens) if tokens else None)
-    checker = _Checker(seq, p, masked, vocab_size, tokens)
+    records = find_records(file_pattern, max_seq_length, max_predictions_per_seq)
+    tokens = read_vocab(vocab_file) if vocab_file else None
+    if tokens is not None:
+        _check_vocab_file(records, vocab_file)
+    seq, p, masked = records.max_seq_length, records.max_predictions_per_seq or 0, records.masked
     spec = features.feature_spec(seq, p, masked=masked)
     examples: list[str] = []
-    total = 0
-    labels = np.zeros(2, np.int64)
-    predictions = 0
-    for path in files:
+    tallies: dict[str, _Tally] = collections.defaultdict(_Tally)
+    for path, compression in zip(records.files, records.compression):
+        if not validate and len(examples) >= num_records:
+            break
+        metadata = records.metadata_of(path)
+        vocab_size = metadata.vocab_size if metadata is not None else len(tokens or []) or None
+        checker = _Checker(seq, p, masked, vocab_size, tokens)
+        tally = tallies[posixpath.dirname(path)]
+        tally.files.append(path)
         count = 0
-        for batch in _batches(path, spec, validate):
-            if len(examples) < num_records:
-                examples.extend(
-                    _decode(batch, i, tokens, masked)
-                    for i in range(min(num_records - len(examples), len(batch[features.INPUT_IDS])))
-                )
+        for batch in _batches(path, compression, spec):
+            wanted = min(num_records - len(examples), len(batch[features.INPUT_IDS]))
+            examples.extend(_decode(batch, i, tokens, masked) for i in range(max(0, wanted)))
             if not validate:
-                if len(examples) >= num_records:
-                    break
-                continue
+                break
             checker.check(batch, path, count)
-            n = len(batch[features.INPUT_IDS])
-            count += n
-            labels += np.bincount(batch[features.NEXT_SENTENCE_LABELS][:, 0], minlength=2)[:2]
+            count += len(batch[features.INPUT_IDS])
+            labels = batch[features.NEXT_SENTENCE_LABELS][:, 0]
+            tally.labels += np.bincount(labels, minlength=2)[:2]
             if masked:
-                predictions += int(batch[features.MASKED_LM_WEIGHTS].sum())
-        total += count
-        if validate and metadata is not None and metadata.shards:
-            expected = metadata.shards.get(os.path.basename(path))
+                tally.predictions += int(batch[features.MASKED_LM_WEIGHTS].sum())
+        tally.num_records += count
+        if validate and metadata is not None:
+            expected = metadata.shards.get(posixpath.basename(path))
             if expected is not None and expected != count:
                 raise ValueError(
                     f"{path}: holds {count} records, {features.METADATA_FILENAME} says {expected}"
                 )
-    nsp = {str(features.IS_NEXT): int(labels[0]), str(features.IS_RANDOM): int(labels[1])}
-    if validate and metadata is not None:
-        _check_totals(metadata, files, total, nsp, predictions, masked)
+    if validate:
+        for directory, tally in tallies.items():
+            if directory in records.metadata:
+                _check_totals(records.metadata[directory], directory, tally, masked)
+    labels = sum((t.labels for t in tallies.values()), np.zeros(2, np.int64))
     return InspectReport(
-        files=files,
-        num_records=total,
+        files=list(records.files),
+        num_records=sum(t.num_records for t in tallies.values()),
         max_seq_length=seq,
         max_predictions_per_seq=p,
         masked=masked,
-        nsp_label_counts=nsp,
-        num_masked_predictions=predictions,
+        nsp_label_counts=_nsp_counts(labels),
+        num_masked_predictions=sum(t.predictions for t in tallies.values()),
         examples=examples,
-        metadata=metadata,
+        metadata=next(iter(records.metadata.values()), None),
         validated=validate,
     )
 
 
-def _files(file_pattern: str) -> list[str]:
-    if tf.io.gfile.isdir(file_pattern):
-        file_pattern = os.path.join(file_pattern, "*.tfrecord*")
-    files = sorted(
-        f
-        for f in tf.io.gfile.glob(file_pattern)
-        if not f.endswith((".json", ".incomplete")) and not tf.io.gfile.isdir(f)
-    )
-    if not files:
-        raise FileNotFoundError(f"--input_file {file_pattern}: no TFRecord file matches")
-    return files
+def _check_vocab_file(records: RecordSet, vocab_file: str) -> None:
+    """The vocab file must be the one the metadata says the records were made with."""
+    digest = vocab_sha256(vocab_file)
+    for directory, metadata in records.metadata.items():
+        if metadata.vocab_sha256 != digest:
+            raise ValueError(
+                f"vocab_file {vocab_file}: not the vocabulary these records were made with "
+                f"(sha256 differs from {features.metadata_path(directory)})"
+            )
 
 
-def _compression(path: str) -> str:
-    return "GZIP" if path.endswith(".gz") else ""
+def _nsp_counts(labels: np.ndarray) -> dict[str, int]:
+    return {str(features.IS_NEXT): int(labels[0]), str(features.IS_RANDOM): int(labels[1])}
 
 
-def _lengths(
-    first: str, metadata, max_seq_length, max_predictions_per_seq
-) -> tuple[bool, int, int]:
-    if metadata is not None:
-        for name, given, recorded in (
-            ("max_seq_length", max_seq_length, metadata.max_seq_length),
-            ("max_predictions_per_seq", max_predictions_per_seq, metadata.max_predictions_per_seq),
-        ):
-            if given is not None and given != recorded:
-                raise ValueError(
-                    f"--{name} {given} disagrees with {features.METADATA_FILENAME} ({recorded})"
-                )
-        return metadata.masked, metadata.max_seq_length, metadata.max_predictions_per_seq
-    try:
-        raw = next(
-            iter(tf.data.TFRecordDataset(first, compression_type=_compression(first)).take(1))
-        )
-    except StopIteration:
-        raise ValueError(
-            f"{first}: empty file and no {features.METADATA_FILENAME} to say the lengths"
-        ) from None
-    except tf.errors.OpError as e:
-        raise ValueError(
-            f"{first}: not a readable TFRecord file ({e.message.splitlines()[0]})"
-        ) from None
-    example = tf.train.Example.FromString(raw.numpy()).features.feature
-    if features.INPUT_IDS not in example:
-        raise ValueError(f"{first}: record 0 has no {features.INPUT_IDS} feature")
-    masked = features.MASKED_LM_POSITIONS in example
-    seq = max_seq_length or len(example[features.INPUT_IDS].int64_list.value)
-    p = max_predictions_per_seq or (
-        len(example[features.MASKED_LM_POSITIONS].int64_list.value) if masked else 0
-    )
-    return masked, seq, p
-
-
-def _batches(path: str, spec, validate: bool):
-    dataset = tf.data.TFRecordDataset(path, compression_type=_compression(path)).batch(_BATCH)
+def _batches(path: str, compression: str, spec: dict) -> Iterator[dict[str, np.ndarray]]:
+    """Parsed batches of one shard; a damaged file or a record off the contract is named."""
+    iterator = iter(read_records(path, compression).batch(_BATCH))
     start = 0
-    iterator = iter(dataset)
     while True:
         try:
             raw = next(iterator)
@@ -198,7 +172,8 @@ def _batches(path: str, spec, validate: bool):
             return
         except tf.errors.OpError as e:
             raise ValueError(
-                f"{path}: truncated or corrupt TFRecord file after record {start} ({e.message.splitlines()[0]})"
+                f"{path}: truncated or corrupt TFRecord file after record {start} "
+                f"({e.message.splitlines()[0]})"
             ) from None
         try:
             parsed = tf.io.parse_example(raw, spec)
@@ -349,23 +324,19 @@ class _Checker:
         return rules
 
 
-def _check_totals(
-    metadata: features.Metadata,
-    files: list[str],
-    total: int,
-    nsp: dict,
-    predictions: int,
-    masked: bool,
-) -> None:
-    where = f"{os.path.dirname(files[0]) or '.'}/{features.METADATA_FILENAME}"
-    if metadata.shards and len(files) != len(metadata.shards):
+def _check_totals(metadata: features.Metadata, directory: str, tally: _Tally, masked: bool) -> None:
+    """The records of `directory` agree with its metadata's shard list and counts."""
+    where = features.metadata_path(directory)
+    if metadata.shards and len(tally.files) != len(metadata.shards):
         raise ValueError(
-            f"{where}: lists {len(metadata.shards)} shards, the pattern matched {len(files)} files"
+            f"{where}: lists {len(metadata.shards)} shards, the pattern matched "
+            f"{len(tally.files)} files"
         )
-    if total != metadata.num_instances:
+    if tally.num_records != metadata.num_instances:
         raise ValueError(
-            f"{where}: says {metadata.num_instances} instances, the files hold {total}"
+            f"{where}: says {metadata.num_instances} instances, the files hold {tally.num_records}"
         )
+    nsp = _nsp_counts(tally.labels)
     if {k: int(v) for k, v in metadata.nsp_label_counts.items()} != nsp:
         raise ValueError(
             f"{where}: NSP label counts {metadata.nsp_label_counts} disagree with the records {nsp}"
@@ -373,15 +344,16 @@ def _check_totals(
     if (
         masked
         and metadata.num_masked_predictions
-        and metadata.num_masked_predictions != predictions
+        and metadata.num_masked_predictions != tally.predictions
     ):
         raise ValueError(
-            f"{where}: says {metadata.num_masked_predictions} masked predictions, the records hold {predictions}"
+            f"{where}: says {metadata.num_masked_predictions} masked predictions, the records "
+            f"hold {tally.predictions}"
         )
 
 
 def _decode(batch: dict, i: int, tokens: list[str] | None, masked: bool) -> str:
-    """One record as text: `[MASK]{orig}` / `other{orig}` at masked positions, then the NSP label."""
+    """One record as text: `[MASK]{orig}` / `other{orig}` at masked positions, then NSP's label."""
     n = int(batch[features.INPUT_MASK][i].sum())
     ids = batch[features.INPUT_IDS][i][:n].tolist()
     words = [tokens[t] if tokens and 0 <= t < len(tokens) else str(t) for t in ids]

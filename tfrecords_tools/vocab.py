@@ -1,12 +1,12 @@
-"""WordPiece vocabularies: load and check a vocab.txt, or learn one from a corpus.
+"""WordPiece vocabularies: learn a vocab.txt from a corpus, write one, load and check one.
 
-A vocab.txt holds one token per line, the line number being the id (Google's layout). kbert needs
-`[PAD]` at id 0 (the padding id of the record format) and `[UNK] [CLS] [SEP] [MASK]` somewhere;
-Google's bert-base 30522-token files qualify as they are.
+Loading and checking are `kbert.vocabulary`'s (the one definition of the vocab.txt rules, shared
+with kbert's dynamic masking and serving signature); their names are importable from here too.
 
 Learning uses Hugging Face `tokenizers`' WordPiece trainer (Rust, multi-threaded): on the 2-core
 benchmark machine it learned an 8k vocab from a 2 MB sample in 1.5 s where tensorflow-text's
-`bert_vocab_from_dataset` took 34 s, and a 30k vocab from 10 MB in 3-4 s (benchmarks/create_data.py).
+`bert_vocab_from_dataset` took 34 s, and a 30k vocab from 10 MB in 3-4 s
+(benchmarks/create_data.py).
 Unlike the bare trainer, `learn_vocab` gives the same vocab.txt, byte for byte, for the same corpus.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import logging
 import os
 import re
@@ -24,14 +23,38 @@ import time
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 
-PAD = "[PAD]"
-UNK = "[UNK]"
-CLS = "[CLS]"
-SEP = "[SEP]"
-MASK = "[MASK]"
-SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
-REQUIRED_TOKENS = (UNK, CLS, SEP, MASK)
+# The vocab.txt rules live in kbert.vocabulary; these names stay importable from here.
+from kbert.vocabulary import (
+    CLS,
+    MASK,
+    PAD,
+    SEP,
+    SPECIAL_TOKENS,
+    UNK,
+    check_vocab,
+    is_special_token,
+    vocab_sha256,
+)
+from kbert.vocabulary import read_vocab as load_vocab
+
 WORDPIECE_PREFIX = "##"
+
+__all__ = [
+    "CLS",
+    "MASK",
+    "PAD",
+    "SEP",
+    "SPECIAL_TOKENS",
+    "UNK",
+    "WORDPIECE_PREFIX",
+    "VocabResult",
+    "check_vocab",
+    "is_special_token",
+    "learn_vocab",
+    "load_vocab",
+    "vocab_sha256",
+    "write_vocab",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,87 +66,6 @@ def _open_binary(path: str, mode: str = "rb"):
     import tensorflow as tf  # only remote paths need TensorFlow's file systems
 
     return tf.io.gfile.GFile(path, mode)
-
-
-def is_special_token(token: str) -> bool:
-    """True for bracketed tokens such as `[CLS]`, `[MASK]`, `[unused7]` (never masked or sampled)."""
-    return len(token) > 2 and token.startswith("[") and token.endswith("]")
-
-
-def load_vocab(vocab_file: str) -> list[str]:
-    """Read and check a vocab.txt; returns its tokens in id order.
-
-    Args:
-        vocab_file: path of a vocab.txt (one token per line, Google's layout).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is unreadable, empty, has duplicates, lacks `[PAD]` at id 0 or one of
-            `[UNK] [CLS] [SEP] [MASK]`.
-
-    Examples:
-    >>> import tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "vocab.txt")
-    >>> _ = open(path, "w").write("[PAD]\\n[UNK]\\n[CLS]\\n[SEP]\\n[MASK]\\nhello\\n")
-    >>> load_vocab(path)[5]
-    'hello'
-    """
-    tokens = _read_vocab_lines(vocab_file)
-    check_vocab(tokens, vocab_file)
-    return tokens
-
-
-def _read_vocab_lines(vocab_file: str) -> list[str]:
-    try:
-        with _open_binary(vocab_file) as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--vocab_file {vocab_file}: no such file") from None
-    except (OSError, IsADirectoryError) as e:
-        raise ValueError(f"--vocab_file {vocab_file}: cannot read it ({e})") from None
-    if "://" in vocab_file and not isinstance(data, bytes):
-        data = data.encode("utf-8")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"--vocab_file {vocab_file}: not UTF-8 text ({e})") from None
-    # Google's load_vocab strips each line; a trailing newline does not make an extra token.
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line.strip() for line in lines]
-
-
-def check_vocab(tokens: Sequence[str], source: str = "vocab") -> None:
-    """Raise ValueError unless `tokens` is a usable BERT vocabulary (see `load_vocab`)."""
-    if not tokens:
-        raise ValueError(f"--vocab_file {source}: empty vocabulary")
-    if tokens[0] != PAD:
-        raise ValueError(
-            f"--vocab_file {source}: id 0 must be {PAD} (the padding id of the records), "
-            f"found {tokens[0]!r}"
-        )
-    present = set(tokens)
-    missing = [t for t in REQUIRED_TOKENS if t not in present]
-    if missing:
-        raise ValueError(f"--vocab_file {source}: lacks required token(s) {' '.join(missing)}")
-    if len(present) != len(tokens):
-        seen: dict[str, int] = {}
-        for i, token in enumerate(tokens):
-            if token in seen:
-                raise ValueError(
-                    f"--vocab_file {source}: token {token!r} appears twice (ids {seen[token]} and {i})"
-                )
-            seen[token] = i
-
-
-def vocab_sha256(vocab_file: str) -> str:
-    """sha256 of the vocab file's bytes (what the metadata records to tie records to a vocab)."""
-    digest = hashlib.sha256()
-    with _open_binary(vocab_file) as f:
-        data = f.read()
-    digest.update(data if isinstance(data, bytes) else data.encode("utf-8"))
-    return digest.hexdigest()
 
 
 @dataclasses.dataclass
@@ -243,7 +185,7 @@ def write_vocab(tokens: Sequence[str], vocab_file: str) -> str:
 
 
 class _Counter:
-    """Counts what the trainer consumed (so an empty corpus is reported, not a silent tiny vocab)."""
+    """Counts what the trainer consumed (an empty corpus is reported, not a silent tiny vocab)."""
 
     def __init__(self, items: Iterable[str]):
         self._items = items
@@ -299,7 +241,7 @@ def _spool_and_count_characters(
         seen.update(present)
         pending = {char for char in present - inside_words - punctuation if not char.isspace()}
         if pending:
-            # A character is inside a word when the one before it is neither a space nor punctuation.
+            # A character is inside a word when the one before it is neither space nor punctuation.
             word_char = "[^\\s" + "".join(map(re.escape, punctuation)) + "]"
             found = re.findall(f"[{''.join(map(re.escape, pending))}](?<={word_char}.)", text)
             inside_words.update(found)

@@ -1,0 +1,136 @@
+"""The vocab.txt rules, defined once: BERT's special tokens, reading and checking a file, its hash.
+
+A vocab.txt holds one token per line, the line number being the id (Google's layout). kbert needs
+`[PAD]` at id 0 (the padding id of the records) and `[UNK] [CLS] [SEP] [MASK]` somewhere; Google's
+bert-base 30522-token files qualify as they are. `kbert` (dynamic masking, serving) and
+`tfrecords_tools` (tokenization, record writing, inspection) read vocabularies only through here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+PAD = "[PAD]"
+UNK = "[UNK]"
+CLS = "[CLS]"
+SEP = "[SEP]"
+MASK = "[MASK]"
+SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
+
+
+def is_special_token(token: str) -> bool:
+    """True for bracketed tokens such as `[CLS]`, `[MASK]`, `[unused7]` (never masked or sampled).
+
+    Examples:
+    >>> is_special_token("[unused7]"), is_special_token("paris"), is_special_token("[]")
+    (True, False, False)
+    """
+    return len(token) > 2 and token.startswith("[") and token.endswith("]")
+
+
+def read_vocab(vocab_file: str) -> list[str]:
+    """Read and check a vocab.txt; returns its tokens in id order.
+
+    Lines end at "\\n" only (as for TensorFlow's lookup tables; `str.splitlines` also breaks at
+    U+2028, U+0085, ..., which would shift every later id) and are stripped as Google's
+    `load_vocab` does, so CRLF files read the same. A UTF-8 byte-order mark is no part of `[PAD]`.
+
+    Args:
+        vocab_file: path of a vocab.txt (any `tf.io.gfile` path, e.g. `gs://`).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is unreadable, not UTF-8, empty, has a blank line or a duplicate
+            token, lacks `[PAD]` at id 0 or one of `[UNK] [CLS] [SEP] [MASK]`.
+
+    Examples:
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "vocab.txt")
+    >>> _ = open(path, "w").write("[PAD]\\n[UNK]\\n[CLS]\\n[SEP]\\n[MASK]\\nhello\\n")
+    >>> read_vocab(path)[5]
+    'hello'
+    """
+    try:
+        text = _read_bytes(vocab_file).decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{vocab_file}: not UTF-8 text ({e})") from None
+    lines = text.split("\n")
+    # The newline that ends the last line does not start another token.
+    if lines[-1] == "":
+        lines.pop()
+    tokens = [line.strip() for line in lines]
+    check_vocab(tokens, vocab_file)
+    return tokens
+
+
+def check_vocab(tokens: Sequence[str], source: str = "vocab") -> None:
+    """Raise ValueError, naming `source` and the line, unless `tokens` is a usable BERT vocabulary.
+
+    Args:
+        tokens: the vocabulary in id order.
+        source: what to name in the error (the file's path).
+
+    Examples:
+    >>> check_vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"])
+    """
+    if not tokens:
+        raise ValueError(f"{source}: empty vocabulary")
+    if tokens[0] != PAD:
+        raise ValueError(
+            f"{source}: id 0 must be {PAD} (the padding id of the records), found {tokens[0]!r}"
+        )
+    seen: dict[str, int] = {}
+    for i, token in enumerate(tokens):
+        # TensorFlow's lookup tables (the serving signature) refuse empty lines.
+        if not token:
+            raise ValueError(
+                f"{source}: line {i + 1} is blank (one token per line, no blank lines)"
+            )
+        if token in seen:
+            raise ValueError(
+                f"{source}: token {token!r} appears twice (ids {seen[token]} and {i}) on lines "
+                f"{seen[token] + 1} and {i + 1}"
+            )
+        seen[token] = i
+    missing = [t for t in SPECIAL_TOKENS if t not in seen]
+    if missing:
+        raise ValueError(
+            f"{source}: vocabulary lacks required token(s) {' '.join(missing)} (BERT's special "
+            f"tokens are {' '.join(SPECIAL_TOKENS)})"
+        )
+
+
+def vocab_sha256(vocab_file: str) -> str:
+    """sha256 of the vocab file's bytes (what the metadata records to tie records to a vocab).
+
+    Args:
+        vocab_file: path of a vocab.txt (any `tf.io.gfile` path).
+
+    Examples:
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "vocab.txt")
+    >>> _ = open(path, "wb").write(b"")
+    >>> vocab_sha256(path)[:12]
+    'e3b0c44298fc'
+    """
+    return hashlib.sha256(_read_bytes(vocab_file)).hexdigest()
+
+
+def _read_bytes(path: str) -> bytes:
+    """The file's bytes; local files through Python's I/O so that the TensorFlow-free tools
+    (`kbert learn-vocab`) do not start TensorFlow, anything else (gs://...) through tf.io.gfile."""
+    try:
+        if "://" not in path:
+            with open(path, "rb") as f:
+                return f.read()
+        import tensorflow as tf
+
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(path)
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such vocabulary file (expected a vocab.txt)") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read it ({e})") from None
