@@ -179,6 +179,7 @@ def test_version_guard_accepts_matching_pairs(versions):
     check_versions(versions)
 
 
+@pytest.mark.tf_compat
 def test_installed_environment_passes_the_version_guard():
     assert "tensorflow-text" in installed_versions()
     check_versions()

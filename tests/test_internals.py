@@ -10,6 +10,8 @@ import importlib.metadata
 import pytest
 from helpers import tiny_config
 
+pytestmark = pytest.mark.tf_compat
+
 
 def _minor(distribution: str) -> str:
     return ".".join(importlib.metadata.version(distribution).split(".")[:2])
