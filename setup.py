@@ -33,8 +33,8 @@ setup(
     extras_require={
         # The JAX backend on CPU (`KERAS_BACKEND=jax`); a TPU runtime brings its own jax.
         "jax": ["jax"],
-        # CI pins jax[cpu] to the Colab TPU runtime's version (.ci/run).
-        "test": ["pytest", "psutil", "jax[cpu]"],
+        # What the tests and CI's lint need; CI pins jax[cpu] to the Colab TPU runtime's version.
+        "test": ["pytest", "psutil", "jax[cpu]", "ruff>=0.17,<0.18"],
     },
     entry_points={"console_scripts": ["kbert=kbert.cli:main"]},
 )
