@@ -10,22 +10,31 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["kbert", "kbert.*", "tfrecords_tools", "tfrecords_tools.*"]),
     python_requires=">=3.10",
+    # TensorFlow runs the input pipeline on the host under both Keras backends; kbert never
+    # requires jax, so on a Colab TPU it installs beside the runtime's jax, jaxlib and libtpu.
+    # TensorFlow 2.20 is allowed for the TPUStrategy route (tensorflow-tpu's newest is 2.20.0).
+    # keras and keras-hub are bounded at the minor versions the suite passes: kbert reaches into
+    # their private internals (tests/test_internals.py names each).
     install_requires=[
-        "tensorflow~=2.21",
-        "keras~=3.15",
-        "keras-hub~=0.32",
-        "tensorflow-text~=2.21",
+        "tensorflow>=2.20,<2.22",
+        # tensorflow-text 2.21.0 broke keras-hub's tokenizers (keras-hub#2979).
+        "tensorflow-text>=2.20.1,<2.22,!=2.21.0",
+        "tensorflow-serving-api>=2.20,<2.22",
+        "keras>=3.15,<3.16",
+        "keras-hub>=0.32,<0.33",
         "tensorflow-datasets",
         "tokenizers",
         "tqdm",
         "safetensors",
         "matplotlib",
-        "tensorflow-serving-api~=2.21",
         "tensorboard",
         "h5py",
     ],
     extras_require={
-        "test": ["pytest", "psutil"],
+        # The JAX backend on CPU (`KERAS_BACKEND=jax`); a TPU runtime brings its own jax.
+        "jax": ["jax"],
+        # What the tests and CI's lint need; CI pins jax[cpu] to the Colab TPU runtime's version.
+        "test": ["pytest", "psutil", "jax[cpu]", "ruff>=0.17,<0.18"],
     },
     entry_points={"console_scripts": ["kbert=kbert.cli:main"]},
 )

@@ -45,6 +45,9 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 def __getattr__(name):
     if name in _EXPORTS:
+        from kbert.versions import check_installed_versions
+
+        check_installed_versions()  # a clear error here, not a failed op load inside TensorFlow
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'kbert' has no attribute {name!r}")
 

@@ -17,6 +17,10 @@ def pytest_configure(config):
         cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
     )
     config.addinivalue_line("markers", "slow: long test, run with `python -m pytest tests -m slow`")
+    config.addinivalue_line(
+        "markers",
+        "tf_compat: smoke subset (build, fit, export) CI also runs under TensorFlow 2.20 (.ci/run)",
+    )
     # Keras 3.15 converting tensors for numpy 2: harmless, and thousands of lines of noise.
     config.addinivalue_line(
         "filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword"

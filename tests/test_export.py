@@ -276,6 +276,7 @@ def test_export_writes_the_first_version_with_vocab_and_warmup(export_dir):
     assert [e for e in os.listdir(os.path.dirname(export_dir)) if e != "1"] == []
 
 
+@pytest.mark.tf_compat
 def test_fresh_process_signatures_equal_the_keras_model(
     export_dir, model, hf_tokenizer, tokens, tmp_path
 ):

@@ -10,6 +10,7 @@ from helpers import random_batch, tiny_config
 import kbert
 
 
+@pytest.mark.tf_compat
 def test_model_has_google_inputs_and_named_mlm_and_nsp_logits():
     model = kbert.build_pretraining_model(
         tiny_config(), max_seq_length=16, max_predictions_per_seq=4
@@ -88,6 +89,7 @@ def test_bad_lengths_are_clear_errors(args, message):
         kbert.build_pretraining_model(tiny_config(), *args)
 
 
+@pytest.mark.tf_compat
 def test_xla_compiled_train_step_runs_on_cpu():
     model = kbert.build_pretraining_model(tiny_config(), 16, 4)
     kbert.compile_for_pretraining(model, keras.optimizers.SGD(0.1), jit_compile=True)

@@ -30,6 +30,28 @@ def test_ci_runs_the_readme_test_command_exactly():
     assert test_command in ci_lines
 
 
+def ci_commands() -> list[str]:
+    """The install, lint and test commands of .ci/run, as a person types them."""
+    commands = []
+    for line in (ROOT / ".ci/run").read_text().splitlines():
+        line = line.strip()
+        if line.startswith("python -m pip install") and "--upgrade pip" not in line:
+            commands.append(line.replace("python -m pip install --quiet", "pip install"))
+        elif line.startswith(("ruff ", "python -m pytest")):
+            commands.append(line)
+    return commands
+
+
+def test_readme_shows_every_install_lint_and_test_command_ci_runs():
+    commands = ci_commands()
+    assert any(c.startswith("pip install") for c in commands), commands
+    readme = set()
+    for command in readme_commands():
+        readme.update(part.strip() for part in command.split("&&"))
+    missing = [c for c in commands if c not in readme]
+    assert not missing, f"commands .ci/run runs that the README does not show: {missing}"
+
+
 def copy_checkout(destination: Path) -> None:
     """The committed tree, as a fresh clone would have it."""
     files = subprocess.run(

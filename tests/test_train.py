@@ -1,4 +1,4 @@
-"""`kbert.train.pretrain` and `evaluate`: learning, strategies, accumulation, XLA, bf16, NaN, run files."""
+"""`pretrain` and `evaluate`: learning, strategies, accumulation, XLA, bf16, NaN, run files."""
 
 import csv
 import glob
@@ -187,6 +187,7 @@ def numpy_evaluation(model, files):
     }
 
 
+@pytest.mark.tf_compat
 def test_run_directory_holds_history_checkpoints_logs_model_and_evaluation(data, tmp_path):
     run = tmp_path / "run"
     eval_data = write_pretraining_records(str(tmp_path / "eval"), num_records=21, seed=9)

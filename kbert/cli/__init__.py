@@ -66,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from kbert.versions import IncompatibleVersionsError, check_installed_versions
+
+    # Every command reads or writes through TensorFlow; refuse a broken pair before it loads.
+    try:
+        check_installed_versions()
+    except IncompatibleVersionsError as e:
+        print(f"kbert: error: {e}", file=sys.stderr)
+        return 1
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
