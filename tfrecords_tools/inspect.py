@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -45,6 +47,7 @@ def inspect_records(
     max_seq_length: int | None = None,
     max_predictions_per_seq: int | None = None,
     validate: bool = True,
+    progress: Callable[..., Any] | None = None,
 ) -> InspectReport:
     """Decode the first `num_records` records as text and validate all of them.
 
@@ -55,6 +58,8 @@ def inspect_records(
         max_seq_length: needed only for records without metadata; else inferred from the first record.
         max_predictions_per_seq: as `max_seq_length`.
         validate: check every record (False decodes only).
+        progress: reports the records validated, called like `tqdm.tqdm(total=..., desc=...,
+            unit=...)` (e.g. that, or `kbert.progress.progress`).
 
     Raises:
         FileNotFoundError: nothing matches `file_pattern`.
@@ -92,6 +97,9 @@ def inspect_records(
     total = 0
     labels = np.zeros(2, np.int64)
     predictions = 0
+    bar = None
+    if progress is not None and validate:
+        bar = progress(total=_expected_records(files, metadata), desc="validating", unit="records")
     for path in files:
         count = 0
         for batch in _batches(path, spec, validate):
@@ -107,6 +115,8 @@ def inspect_records(
             checker.check(batch, path, count)
             n = len(batch[features.INPUT_IDS])
             count += n
+            if bar is not None:
+                bar.update(n)
             labels += np.bincount(batch[features.NEXT_SENTENCE_LABELS][:, 0], minlength=2)[:2]
             if masked:
                 predictions += int(batch[features.MASKED_LM_WEIGHTS].sum())
@@ -117,6 +127,8 @@ def inspect_records(
                 raise ValueError(
                     f"{path}: holds {count} records, {features.METADATA_FILENAME} says {expected}"
                 )
+    if bar is not None:
+        bar.close()
     nsp = {str(features.IS_NEXT): int(labels[0]), str(features.IS_RANDOM): int(labels[1])}
     if validate and metadata is not None:
         _check_totals(metadata, files, total, nsp, predictions, masked)
@@ -132,6 +144,12 @@ def inspect_records(
         metadata=metadata,
         validated=validate,
     )
+
+
+def _expected_records(files: list[str], metadata: features.Metadata | None) -> int | None:
+    """How many records the metadata says `files` hold (None unless it says it for each)."""
+    counts = [metadata.shards.get(os.path.basename(f)) for f in files] if metadata else [None]
+    return None if None in counts else sum(counts)
 
 
 def _files(file_pattern: str) -> list[str]:
