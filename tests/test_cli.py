@@ -1,6 +1,7 @@
 """The rules every `kbert` command shares: boolean flags, --flagfile, one-line errors, quiet
 TensorFlow logs, progress in log files."""
 
+import io
 import os
 import re
 import subprocess
@@ -8,10 +9,12 @@ import sys
 
 import pytest
 import tensorflow as tf
+import tqdm
 from helpers import write_pretraining_records
 
 from kbert.cli import COMMANDS, build_parser, describe_devices, main
 from kbert.cli import plot as plot_command
+from kbert.progress import LineProgress, progress
 
 # What each command requires, so that every command can be parsed.
 REQUIRED = {
@@ -215,3 +218,20 @@ def test_vocab_reports_progress_in_a_log(tmp_path):
 def test_device_summary_names_the_backend_and_the_cpu():
     summary = describe_devices()
     assert summary.startswith("CPU (") and f"TensorFlow {tf.__version__}" in summary
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(tmp_path):
+    leader, follower = os.openpty()
+    with open(follower, "w") as terminal, open(tmp_path / "log.txt", "w") as log:
+        assert isinstance(progress(range(3), desc="a", file=terminal), tqdm.tqdm)
+        assert isinstance(progress(range(3), desc="a", file=log), LineProgress)
+    os.close(leader)
+
+
+def test_progress_without_a_total_prints_a_line_every_interval():
+    log = io.StringIO()
+    with LineProgress(desc="spooling", unit="documents", file=log, interval=0) as bar:
+        for _ in range(3):
+            bar.update(2)
+    lines = [line.split(" (")[0] for line in log.getvalue().splitlines()]
+    assert lines == ["spooling: 2 documents", "spooling: 4 documents", "spooling: 6 documents"]
