@@ -296,8 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    debug = getattr(args, "debug", False) or _debug_from_environment()
-    vars(args).pop("debug", None)
+    debug = vars(args).pop("debug", None)
+    debug = _debug_from_environment() if debug is None else debug
     if not debug:
         quiet_tensorflow()
     try:
