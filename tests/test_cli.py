@@ -81,6 +81,8 @@ def test_every_command_accepts_each_boolean_spelling(command):
             f"--{flag}=1": True,
             f"--{flag}=YES": True,
             f"--{flag}=no": False,
+            f"--{flag}=t": True,
+            f"--{flag}=F": False,
         }
         for spelling, value in spellings.items():
             assert getattr(parse(command, spelling), flag) is value, spelling

@@ -43,8 +43,9 @@ FLAG_RULES = (
     "--flagfile FILE reads flags from FILE, one per line (# comments), as absl does; flags "
     "after it override it. --debug (or KBERT_DEBUG=1) shows tracebacks and TensorFlow's logs."
 )
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
+# absl's spellings (true/t/1, false/f/0) and the usual others.
+_TRUE = ("true", "t", "1", "yes", "on")
+_FALSE = ("false", "f", "0", "no", "off")
 _NEGATIONS = ("no", "no_", "no-")
 _FLAGFILE = "--flagfile"
 # TensorFlow errors that mean unreadable or missing data, or a full device, rather than a bug.
@@ -59,7 +60,7 @@ _EXPECTED_TF_ERRORS = (
 
 
 def parse_bool(value: str) -> bool:
-    """A boolean flag's value: true/false, 1/0, yes/no, on/off, in any case.
+    """A boolean flag's value: true/false, t/f, 1/0, yes/no, on/off, in any case.
 
     Args:
         value: the text after `--flag=`.
