@@ -37,11 +37,10 @@ def parse(command, *flags):
 
 
 def boolean_flags(command):
-    """The flags of `command` that have absl's `--noflag` negation."""
+    """The flags of `command` that take no value (switches), however they were added."""
     parser = build_parser(command)
     sub = next(a for a in parser._actions if a.dest == "command").choices[command]
-    options = sub._option_string_actions
-    return sorted({a.dest for option, a in options.items() if option == f"--no{a.dest}"})
+    return sorted({a.dest for a in sub._actions if a.nargs == 0 and a.dest != "help"})
 
 
 def run_kbert(*args, env=None):
