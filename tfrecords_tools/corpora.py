@@ -25,6 +25,7 @@ import sys
 import sysconfig
 import textwrap
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 Document = list  # a document is a list of sentences (str)
 
@@ -524,9 +525,28 @@ def builtin_corpus() -> Documents:
     return Documents(factory, f"built-in corpus (Python {sys.version.split()[0]} documentation)")
 
 
-def write_google_layout(documents: Iterable[Document], path: str) -> tuple[int, str]:
+def write_google_layout(
+    documents: Iterable[Document], path: str, progress: Callable[..., Any] | None = None
+) -> tuple[int, str]:
     """Write documents in Google's layout (one sentence per line, blank line between documents);
-    returns (number of documents, sha256 of the bytes written)."""
+    returns (number of documents, sha256 of the bytes written).
+
+    Args:
+        documents: lists of sentences.
+        path: the local file to write.
+        progress: reports the documents written, called like `tqdm.tqdm` (e.g. that, or
+            `kbert.progress.progress`).
+
+    Examples:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "corpus.txt")
+    >>> write_google_layout([["One.", "Two."], ["Three."]], path)[0]
+    2
+    >>> open(path).read()
+    'One.\\nTwo.\\n\\nThree.\\n\\n'
+    """
+    if progress is not None:
+        documents = progress(documents, desc="spooling", unit="documents")
     digest = hashlib.sha256()
     count = 0
     with open(path, "wb") as f:

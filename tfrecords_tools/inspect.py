@@ -16,7 +16,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -61,6 +62,7 @@ def inspect_records(
     max_seq_length: int | None = None,
     max_predictions_per_seq: int | None = None,
     validate: bool = True,
+    progress: Callable[..., Any] | None = None,
 ) -> InspectReport:
     """Decode the first `num_records` records as text and validate all of them.
 
@@ -75,6 +77,8 @@ def inspect_records(
             record.
         max_predictions_per_seq: as `max_seq_length`.
         validate: check every record (False decodes only).
+        progress: reports the records validated, called like `tqdm.tqdm(total=..., desc=...,
+            unit=...)` (e.g. that, or `kbert.progress.progress`).
 
     Raises:
         FileNotFoundError: nothing matches `file_pattern`.
@@ -100,6 +104,11 @@ def inspect_records(
     spec = features.feature_spec(seq, p, masked=masked)
     examples: list[str] = []
     tallies: dict[str, _Tally] = collections.defaultdict(_Tally)
+    bar = None
+    if progress is not None and validate:
+        known = records.known_counts
+        total = sum(known.values()) if len(known) == len(records.files) else None
+        bar = progress(total=total, desc="validating", unit="records")
     for path, compression in zip(records.files, records.compression):
         if not validate and len(examples) >= num_records:
             break
@@ -116,6 +125,8 @@ def inspect_records(
                 break
             checker.check(batch, path, count)
             count += len(batch[features.INPUT_IDS])
+            if bar is not None:
+                bar.update(len(batch[features.INPUT_IDS]))
             labels = batch[features.NEXT_SENTENCE_LABELS][:, 0]
             tally.labels += np.bincount(labels, minlength=2)[:2]
             if masked:
@@ -127,6 +138,8 @@ def inspect_records(
                 raise ValueError(
                     f"{path}: holds {count} records, {features.METADATA_FILENAME} says {expected}"
                 )
+    if bar is not None:
+        bar.close()
     if validate:
         for directory, tally in tallies.items():
             if directory in records.metadata:

@@ -18,10 +18,12 @@ import logging
 import os
 import re
 import string
+import sys
 import tempfile
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 # The vocab.txt rules live in kbert.vocabulary; these names stay importable from here.
 from kbert.vocabulary import (
@@ -88,6 +90,7 @@ def learn_vocab(
     do_lower_case: bool = True,
     min_frequency: int = 2,
     limit_alphabet: int = 1000,
+    progress: Callable[..., Any] | None = None,
 ) -> VocabResult:
     """Learn a WordPiece vocabulary from sentences and write it as vocab.txt (atomically).
 
@@ -105,6 +108,8 @@ def learn_vocab(
         do_lower_case: learn an uncased vocabulary.
         min_frequency: a merge must occur at least this often.
         limit_alphabet: at most this many single characters are kept.
+        progress: reports the passes over the sentences, called like `tqdm.tqdm` (e.g. that, or
+            `kbert.progress.progress`); on a terminal the trainer also shows its own bars.
 
     Examples:
     >>> import tempfile, os
@@ -129,22 +134,31 @@ def learn_vocab(
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kbert-vocab-") as spool_dir:
         spool = os.path.join(spool_dir, "sentences.txt")
+        spooled = (
+            counter if progress is None else progress(counter, desc="reading", unit="sentences")
+        )
         alphabet, continuations = _spool_and_count_characters(
-            counter, tokenizer.normalizer, do_lower_case, spool, limit_alphabet
+            spooled, tokenizer.normalizer, do_lower_case, spool, limit_alphabet
         )
         if counter.count == 0 or not alphabet:
             raise ValueError("the corpus holds no text to learn a vocabulary from")
         # HF's trainer numbers the "##c" pieces in hash-map order, which breaks ties between merges
         # differently on every run (huggingface/tokenizers#1794); giving it the alphabet and those
         # pieces up front fixes their ids, so the same corpus always gives the same vocab.
+        # The trainer's bars draw only on a terminal (and add blank lines to stdout), so a log
+        # file gets the progress of feeding it instead.
+        trainer_bars = progress is not None and sys.stderr.isatty() and sys.stdout.isatty()
+        lines = _spooled_lines(spool)
+        if progress is not None and not trainer_bars:
+            lines = progress(lines, desc="counting words", total=counter.count, unit="sentences")
         tokenizer.train_from_iterator(
-            _batches(_spooled_lines(spool)),
+            _batches(lines),
             vocab_size=vocab_size,
             min_frequency=min_frequency,
             limit_alphabet=len(alphabet),
             initial_alphabet=alphabet,
             special_tokens=[*SPECIAL_TOKENS, *continuations],
-            show_progress=False,
+            show_progress=trainer_bars,
             wordpieces_prefix=WORDPIECE_PREFIX,
         )
     seconds = time.perf_counter() - start

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from kbert.cli import add_flag
+from kbert.cli import add_flag, report_devices
 from kbert.cli.train import STRATEGIES, _jit_compile
 
 
@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
     from kbert.train import EVAL_RESULTS_FILE, evaluate
 
+    report_devices("evaluate")
     output_path = args.output_path
     if output_path is None and tf.io.gfile.isdir(args.model):
         output_path = tf.io.gfile.join(args.model, EVAL_RESULTS_FILE)

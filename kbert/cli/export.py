@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from kbert.cli import add_flag
+from kbert.cli import add_flag, report_devices
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(
         parser,
         "do_lower_case",
-        action=argparse.BooleanOptionalAction,
+        type=bool,
         default=True,
         help="lower-case and strip accents in the text signatures (uncased vocab; default)",
     )
@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from kbert.export import SIGNATURES, export_for_serving
 
+    report_devices("export")
     path = export_for_serving(
         args.model,
         args.vocab_file,

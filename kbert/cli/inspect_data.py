@@ -25,12 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="for records without metadata",
     )
     add_flag(
-        parser, "no_validate", action="store_true", help="only decode, do not check every record"
+        parser,
+        "validate",
+        type=bool,
+        default=True,
+        help="check every record (default true; --no_validate only decodes)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the set's description, the decoded records and the validation verdict."""
+    from kbert.progress import progress
     from tfrecords_tools.inspect import inspect_records
 
     report = inspect_records(
@@ -39,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         vocab_file=args.vocab_file,
         max_seq_length=args.max_seq_length,
         max_predictions_per_seq=args.max_predictions_per_seq,
-        validate=not args.no_validate,
+        validate=args.validate,
+        progress=progress,
     )
     source = "kbert_metadata.json" if report.metadata is not None else "first record (no metadata)"
     print(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kbert.cli import add_flag
+from kbert.cli import add_flag, report_devices
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the top-k fillings of every [MASK], then P(B follows A) for a pair."""
     from kbert.export import fill_mask
 
+    report_devices("predict")
     result = fill_mask(args.model, args.text, args.text_b)
     if not result["masks"]:
         print("no [MASK] in the text (or none within the model's max_seq_length)")

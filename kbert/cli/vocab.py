@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from kbert.cli import add_flag
-from kbert.cli.create_data import add_bool_flag, add_corpus_arguments, corpus_from_args
+from kbert.cli.create_data import add_corpus_arguments, corpus_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,12 +19,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(
         parser, "vocab_size", type=int, default=30522, help="tokens, special ones included (30522)"
     )
-    add_bool_flag(parser, "do_lower_case", True, "learn an uncased vocabulary (default true)")
+    add_flag(
+        parser,
+        "do_lower_case",
+        type=bool,
+        default=True,
+        help="learn an uncased vocabulary (default true)",
+    )
     add_flag(parser, "min_frequency", type=int, default=2, help="minimum count of a merge (2)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Learn the vocabulary and print what was written."""
+    from kbert.progress import progress
     from tfrecords_tools import corpora
     from tfrecords_tools.vocab import learn_vocab
 
@@ -34,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         vocab_size=args.vocab_size,
         do_lower_case=args.do_lower_case,
         min_frequency=args.min_frequency,
+        progress=progress,
     )
     print(
         f"wrote {result.vocab_file}: {result.vocab_size:,} tokens "
