@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import tempfile
-import uuid
 import zipfile
 from typing import Any
 
@@ -30,6 +29,7 @@ import tensorflow as tf
 from keras_hub.src.utils import preset_utils
 
 from kbert.config import BertConfig
+from kbert.io import atomic_path, publish_directory, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ def _check_google_config(ckpt_prefix: str, encoder: keras_hub.models.BertBackbon
     path = os.path.join(os.path.dirname(ckpt_prefix), BERT_CONFIG_FILENAME)
     if not tf.io.gfile.exists(path):
         return
-    heads = _read_json(path).get("num_attention_heads")
+    heads = read_json(path, BERT_CONFIG_FILENAME).get("num_attention_heads")
     if heads is not None and heads != encoder.num_heads:
         raise ValueError(
             f"{path}: num_attention_heads={heads}, but the model has num_attention_heads="
@@ -431,7 +431,8 @@ def save_google_checkpoint(
     config = getattr(model, "bert_config", None) or _config_from_encoder(_encoder(model))
     config.to_json_file(os.path.join(directory, BERT_CONFIG_FILENAME))
     if vocab_file is not None:
-        _copy_atomically(vocab_file, os.path.join(directory, VOCAB_FILENAME))
+        with atomic_path(os.path.join(directory, VOCAB_FILENAME)) as tmp:
+            tf.io.gfile.copy(vocab_file, tmp, overwrite=True)
     logger.info("wrote Google TF1 checkpoint %s (%d variables)", prefix, len(values))
     return prefix
 
@@ -528,7 +529,7 @@ def read_source_config(source: str) -> BertConfig:
             raise FileNotFoundError(
                 f"{path}: not found; a Google checkpoint's config sits beside it"
             )
-        fields = _read_json(path)
+        fields = read_json(path, BERT_CONFIG_FILENAME)
     else:
         config = preset_utils.load_json(location, preset_utils.CONFIG_FILE)
         if kind == HF_FOLDER:
@@ -840,7 +841,7 @@ def save_encoder_preset(
     with tempfile.TemporaryDirectory() as staging:
         encoder.save_to_preset(staging)
         preprocessor.save_to_preset(staging)
-        _publish_directory(staging, preset_dir)
+        publish_directory(staging, preset_dir)
     logger.info("wrote keras-hub preset %s", preset_dir)
     return preset_dir
 
@@ -887,54 +888,6 @@ def saved_optimizer_step(keras_file: str) -> int | None:
         )
         return None
     return counter // (optimizer["config"].get("gradient_accumulation_steps") or 1)
-
-
-def _publish_directory(local_dir: str, destination: str) -> None:
-    """Copy a local directory to `destination`, replacing it without a moment where it is absent.
-
-    The copy is written to a temporary sibling; an existing `destination` is moved aside to
-    another, the copy renamed into place, then the old one deleted (or put back on failure).
-    """
-    destination = destination.rstrip("/")
-    token = uuid.uuid4().hex[:8]
-    new, old = f"{destination}.tmp-{token}", f"{destination}.old-{token}"
-    replacing = tf.io.gfile.exists(destination)
-    try:
-        for root, _, files in os.walk(local_dir):
-            target = os.path.join(new, os.path.relpath(root, local_dir))
-            tf.io.gfile.makedirs(target)
-            for name in files:
-                tf.io.gfile.copy(os.path.join(root, name), os.path.join(target, name))
-        if replacing:
-            tf.io.gfile.rename(destination, old)
-        try:
-            tf.io.gfile.rename(new, destination)
-        except BaseException:
-            if replacing:
-                # A directory rename copies object by object on gs://: clear a partial one first.
-                if tf.io.gfile.exists(destination):
-                    tf.io.gfile.rmtree(destination)
-                tf.io.gfile.rename(old, destination)
-            raise
-    finally:
-        if tf.io.gfile.exists(new):
-            tf.io.gfile.rmtree(new)
-    if replacing:
-        tf.io.gfile.rmtree(old)
-
-
-def _copy_atomically(source: str, destination: str) -> None:
-    tmp = destination + ".tmp"
-    tf.io.gfile.copy(source, tmp, overwrite=True)
-    tf.io.gfile.rename(tmp, destination, overwrite=True)
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    with tf.io.gfile.GFile(path, "r") as f:
-        try:
-            return json.loads(f.read())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
 def _log(report: LoadReport) -> None:

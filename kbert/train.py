@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import posixpath
@@ -38,9 +37,17 @@ from kbert import checkpoints
 from kbert.config import PRESET_SIZES, BertConfig, resolve_config
 from kbert.data import describe, pretraining_dataset
 from kbert.distribute import resolve_strategy, worker_directory
+from kbert.io import (
+    MODEL_FILE,
+    atomic_path,
+    check_positive_int,
+    read_json,
+    resolve_model_file,
+    write_json,
+)
 from kbert.losses import compile_for_pretraining
 from kbert.masking import DynamicMasking
-from kbert.model import BertPretrainingModel, build_pretraining_model
+from kbert.model import BertPretrainingModel, build_pretraining_model, load_pretraining_model
 from kbert.optimization import WarmupLinearDecay, create_optimizer
 
 logger = logging.getLogger(__name__)
@@ -59,7 +66,6 @@ BACKUP_DIR = "backup"
 CHECKPOINT_DIR = "checkpoints"
 HISTORY_FILE = "history.csv"
 TENSORBOARD_DIR = "logs"
-MODEL_FILE = "model.keras"
 ENCODER_WEIGHTS_FILE = "encoder.weights.h5"
 EVAL_RESULTS_FILE = "eval_results.json"
 _METRICS = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy")
@@ -203,11 +209,11 @@ def pretrain(
     >>> result.eval_results["num_sequences"], result.history["step"]
     (16, [4])
     """
-    _check_positive("steps", steps)
-    _check_positive("batch_size", batch_size)
-    _check_positive("steps_per_execution", steps_per_execution)
-    _check_positive("gradient_accumulation_steps", gradient_accumulation_steps)
-    _check_positive("keep_checkpoints", keep_checkpoints)
+    check_positive_int("steps", steps)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("steps_per_execution", steps_per_execution)
+    check_positive_int("gradient_accumulation_steps", gradient_accumulation_steps)
+    check_positive_int("keep_checkpoints", keep_checkpoints)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     if mixed_precision not in (*MIXED_PRECISION_POLICIES, "auto"):
@@ -220,14 +226,14 @@ def pretrain(
         raise ValueError(f"warmup_steps must be between 0 and steps ({steps}), got {warmup_steps}")
     if checkpoint_interval is None:
         checkpoint_interval = _largest_divisor(steps, DEFAULT_MAX_CHECKPOINT_INTERVAL)
-    _check_positive("checkpoint_interval", checkpoint_interval)
+    check_positive_int("checkpoint_interval", checkpoint_interval)
     if steps % checkpoint_interval:
         raise ValueError(
             f"checkpoint_interval ({checkpoint_interval}) must divide steps ({steps}): training "
             "runs in whole intervals so that every one ends with a checkpoint"
         )
     if eval_interval is not None:
-        _check_positive("eval_interval", eval_interval)
+        check_positive_int("eval_interval", eval_interval)
         if not eval_files:
             raise ValueError("eval_interval needs eval_files")
         if eval_interval % checkpoint_interval:
@@ -293,7 +299,7 @@ def pretrain(
             backup_dir,
         )
     bert_config.to_json_file(posixpath.join(output_dir, BERT_CONFIG_FILE))
-    _write_json_atomically(posixpath.join(output_dir, RUN_CONFIG_FILE), run_config)
+    write_json(posixpath.join(output_dir, RUN_CONFIG_FILE), run_config)
 
     keras.utils.set_random_seed(seed)
     with _dtype_policy(MIXED_PRECISION_POLICIES[mixed_precision]), strategy.scope():
@@ -415,10 +421,10 @@ def evaluate(
     >>> results["num_sequences"]
     5
     """
-    _check_positive("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     model_file = None
     if not isinstance(model, keras.Model):
-        model_file = posixpath.join(model, MODEL_FILE) if tf.io.gfile.isdir(model) else model
+        model_file = resolve_model_file(model)
         model = load_model(model, strategy=strategy, tpu=tpu, jit_compile=jit_compile)
     if not isinstance(model, BertPretrainingModel):
         raise ValueError(f"evaluate needs a kbert BertPretrainingModel, got {type(model).__name__}")
@@ -436,7 +442,7 @@ def evaluate(
         optimizer = getattr(model, "optimizer", None)
         results["step"] = _step(model) if optimizer is not None and optimizer.built else None
     if output_path:
-        _write_json_atomically(output_path, results)
+        write_json(output_path, results)
         logger.info("evaluation written to %s", output_path)
     return results
 
@@ -483,23 +489,11 @@ def load_model(
     >>> load_model(path, strategy="cpu").max_seq_length
     8
     """
-    model_path = path
-    if tf.io.gfile.isdir(path):
-        model_path = posixpath.join(path, MODEL_FILE)
-    if not tf.io.gfile.exists(model_path):
-        raise FileNotFoundError(
-            f"{model_path}: not found (expected a run directory holding {MODEL_FILE}, "
-            "or a .keras file)"
-        )
     if isinstance(strategy, str):
         strategy = resolve_strategy(strategy, tpu=tpu)
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        model = keras.saving.load_model(model_path, compile=False)
-        if not isinstance(model, BertPretrainingModel):
-            raise ValueError(
-                f"{model_path}: not a kbert pre-training model ({type(model).__name__})"
-            )
+        model = load_pretraining_model(path)
         compile_for_pretraining(model, jit_compile=jit_compile)
     return model
 
@@ -707,16 +701,14 @@ def _restored_epoch(backup_dir: str) -> int:
     path = posixpath.join(backup_dir, "training_metadata.json")
     if not tf.io.gfile.exists(path):
         return 0
-    with tf.io.gfile.GFile(path, "r") as f:
-        return int(json.loads(f.read())["epoch"])
+    return int(read_json(path, "backup metadata")["epoch"])
 
 
 def _check_resumable(output_dir: str, run_config: dict[str, Any]) -> None:
     path = posixpath.join(output_dir, RUN_CONFIG_FILE)
     if not tf.io.gfile.exists(path):
         return
-    with tf.io.gfile.GFile(path, "r") as f:
-        previous = json.loads(f.read())
+    previous = read_json(path, RUN_CONFIG_FILE)
     changed = [k for k in _RESUME_INVARIANTS if k in previous and previous[k] != run_config[k]]
     if changed:
         raise ValueError(
@@ -767,19 +759,9 @@ def _save_model(model: keras.Model, output_dir: str) -> None:
         (MODEL_FILE, model.save),
         (ENCODER_WEIGHTS_FILE, model.get_layer("encoder").save_weights),
     ):
-        path = posixpath.join(output_dir, filename)
-        # Keras checks the extension, so the temporary name keeps it.
-        tmp = posixpath.join(output_dir, f"tmp-{filename}")
-        save(tmp)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+        with atomic_path(posixpath.join(output_dir, filename)) as tmp:
+            save(tmp)
     logger.info("saved %s and %s in %s", MODEL_FILE, ENCODER_WEIGHTS_FILE, output_dir)
-
-
-def _write_json_atomically(path: str, data: dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def _step(model: keras.Model) -> int:
@@ -796,8 +778,3 @@ def _safe_exp(value: float) -> float:
 
 def _largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
-def _check_positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")

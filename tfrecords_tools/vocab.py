@@ -6,7 +6,8 @@ Google's bert-base 30522-token files qualify as they are.
 
 Learning uses Hugging Face `tokenizers`' WordPiece trainer (Rust, multi-threaded): on the 2-core
 benchmark machine it learned an 8k vocab from a 2 MB sample in 1.5 s where tensorflow-text's
-`bert_vocab_from_dataset` took 34 s, and a 30k vocab from 10 MB in 3-4 s (benchmarks/create_data.py).
+`bert_vocab_from_dataset` took 34 s, and a 30k vocab from 10 MB in 3-4 s
+(benchmarks/create_data.py).
 Unlike the bare trainer, `learn_vocab` gives the same vocab.txt, byte for byte, for the same corpus.
 """
 
@@ -23,6 +24,8 @@ import tempfile
 import time
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
+
+from kbert.io import write_atomically
 
 PAD = "[PAD]"
 UNK = "[UNK]"
@@ -46,7 +49,7 @@ def _open_binary(path: str, mode: str = "rb"):
 
 
 def is_special_token(token: str) -> bool:
-    """True for bracketed tokens such as `[CLS]`, `[MASK]`, `[unused7]` (never masked or sampled)."""
+    """True for bracketed tokens such as `[CLS]`, `[MASK]`, `[unused7]` (never masked, sampled)."""
     return len(token) > 2 and token.startswith("[") and token.endswith("]")
 
 
@@ -112,7 +115,8 @@ def check_vocab(tokens: Sequence[str], source: str = "vocab") -> None:
         for i, token in enumerate(tokens):
             if token in seen:
                 raise ValueError(
-                    f"--vocab_file {source}: token {token!r} appears twice (ids {seen[token]} and {i})"
+                    f"--vocab_file {source}: token {token!r} appears twice "
+                    f"(ids {seen[token]} and {i})"
                 )
             seen[token] = i
 
@@ -230,20 +234,11 @@ def write_vocab(tokens: Sequence[str], vocab_file: str) -> str:
     directory = os.path.dirname(vocab_file)
     if directory and "://" not in vocab_file:
         os.makedirs(directory, exist_ok=True)
-    tmp = vocab_file + ".incomplete"
-    with _open_binary(tmp, "wb") as f:
-        f.write(("\n".join(tokens) + "\n").encode("utf-8"))
-    if "://" in vocab_file:
-        import tensorflow as tf
-
-        tf.io.gfile.rename(tmp, vocab_file, overwrite=True)
-    else:
-        os.replace(tmp, vocab_file)
-    return vocab_file
+    return write_atomically(vocab_file, "\n".join(tokens) + "\n")
 
 
 class _Counter:
-    """Counts what the trainer consumed (so an empty corpus is reported, not a silent tiny vocab)."""
+    """Counts what the trainer consumed (an empty corpus is reported, not a silent tiny vocab)."""
 
     def __init__(self, items: Iterable[str]):
         self._items = items
@@ -299,7 +294,7 @@ def _spool_and_count_characters(
         seen.update(present)
         pending = {char for char in present - inside_words - punctuation if not char.isspace()}
         if pending:
-            # A character is inside a word when the one before it is neither a space nor punctuation.
+            # A character is inside a word when the one before it is neither space nor punctuation.
             word_char = "[^\\s" + "".join(map(re.escape, punctuation)) + "]"
             found = re.findall(f"[{''.join(map(re.escape, pending))}](?<={word_char}.)", text)
             inside_words.update(found)
