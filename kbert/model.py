@@ -14,7 +14,7 @@ from keras_hub.src.utils.keras_utils import gelu_approximate
 from kbert import features
 from kbert.config import BertConfig, resolve_config
 from kbert.distribute import is_multi_worker
-from kbert.io import resolve_model_file
+from kbert.io import check_positive_int, resolve_model_file
 from kbert.losses import WeightedSparseCrossEntropy, per_example_cross_entropy
 
 OUTPUTS = ("mlm", "nsp")
@@ -174,12 +174,8 @@ def _build_graph(
     config: BertConfig, max_seq_length: int, max_predictions_per_seq: int
 ) -> tuple[dict[str, keras.KerasTensor], dict[str, keras.KerasTensor]]:
     """Inputs and outputs of the pre-training graph."""
-    for arg, value in (
-        ("max_seq_length", max_seq_length),
-        ("max_predictions_per_seq", max_predictions_per_seq),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be a positive integer, got {value!r}")
+    check_positive_int("max_seq_length", max_seq_length)
+    check_positive_int("max_predictions_per_seq", max_predictions_per_seq)
     if max_seq_length > config.max_position_embeddings:
         raise ValueError(
             f"max_seq_length ({max_seq_length}) exceeds the config's max_position_embeddings "
