@@ -22,7 +22,7 @@ from kbert.checkpoints.parts import (
     encoder_of,
     head_of,
 )
-from kbert.checkpoints.report import KBERT_RUN, KERAS_MODEL, LoadReport, log_report
+from kbert.checkpoints.report import KBERT_RUN, KERAS_MODEL, LoadReport, assign_all
 from kbert.config import BertConfig
 from kbert.io import MODEL_FILE, exists
 from kbert.model import build_pretraining_model, load_pretraining_model
@@ -87,11 +87,7 @@ def load_kbert_model(model: keras.Model, source: str) -> LoadReport:
             assignments.append((source_variable.path, variable, value))
         report.parts.append(part)
 
-    for name, variable, value in assignments:
-        variable.assign(value.astype(variable.dtype))
-        report.loaded.append(name)
-    log_report(report)
-    return report
+    return assign_all(report, assignments)
 
 
 def _parts(

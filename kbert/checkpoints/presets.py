@@ -18,7 +18,7 @@ from kbert.checkpoints.report import (
     HF_FOLDER,
     KERAS_HUB_PRESET,
     LoadReport,
-    log_report,
+    assign_all,
 )
 
 
@@ -113,11 +113,7 @@ def init_encoder(model: keras.Model, source: str) -> LoadReport:
         assignments.extend(heads[part])
         report.parts.append(part)
 
-    for name, variable, value in assignments:
-        variable.assign(value.astype(variable.dtype))
-        report.loaded.append(name)
-    log_report(report)
-    return report
+    return assign_all(report, assignments)
 
 
 def _masked_lm_task(preset: str) -> keras_hub.models.BertMaskedLM | None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
+
+import numpy as np
 
 logger = logging.getLogger("kbert.checkpoints")
 
@@ -84,3 +87,15 @@ def log_report(report: LoadReport) -> None:
         logger.warning("%s: not in the source, left as initialised: %s", report.source, missing)
     if report.unused:
         logger.warning("%s: source variables not used: %s", report.source, ", ".join(report.unused))
+
+
+def assign_all(report: LoadReport, assignments: list[tuple[str, Any, np.ndarray]]) -> LoadReport:
+    """Assign every checked (source name, variable, value), record them as loaded, log the report.
+
+    Called once every value is known to fit, so a load assigns all of its weights or none.
+    """
+    for name, variable, value in assignments:
+        variable.assign(value.astype(variable.dtype))
+        report.loaded.append(name)
+    log_report(report)
+    return report
