@@ -49,7 +49,7 @@ def _open_binary(path: str, mode: str = "rb"):
 
 
 def is_special_token(token: str) -> bool:
-    """True for bracketed tokens such as `[CLS]`, `[MASK]`, `[unused7]` (never masked, sampled)."""
+    """True for bracketed tokens such as `[CLS]`, `[MASK]`, `[unused7]` (never masked or sampled)."""
     return len(token) > 2 and token.startswith("[") and token.endswith("]")
 
 
@@ -115,8 +115,7 @@ def check_vocab(tokens: Sequence[str], source: str = "vocab") -> None:
         for i, token in enumerate(tokens):
             if token in seen:
                 raise ValueError(
-                    f"--vocab_file {source}: token {token!r} appears twice "
-                    f"(ids {seen[token]} and {i})"
+                    f"--vocab_file {source}: token {token!r} appears twice (ids {seen[token]} and {i})"
                 )
             seen[token] = i
 
