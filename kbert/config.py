@@ -7,7 +7,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from kbert.io import read_json, write_json
+from kbert.io import check_positive_int, read_json, write_json
 
 # Google's "gelu" is the tanh approximation; HF calls the same function "gelu_new".
 # keras-hub's BertBackbone uses exactly that one, so these are the activations it can build.
@@ -73,9 +73,7 @@ class BertConfig:
             "max_position_embeddings",
             "type_vocab_size",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+            check_positive_int(f"BertConfig.{name}", getattr(self, name))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by "

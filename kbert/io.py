@@ -6,6 +6,9 @@ place, so a reader never sees half a file and an interrupted write leaves no fil
 name. The name keeps its extension (Keras checks `.keras` and `.weights.h5`) and a leading dot, and
 the random part keeps two concurrent writers apart. Local paths use Python's file I/O (writing a
 vocabulary starts no TensorFlow); any other path (`gs://...`) goes through `tf.io.gfile`.
+
+Like `kbert.features`, this module sits at the bottom: it imports no other kbert module, and
+`tfrecords_tools` may import it.
 """
 
 from __future__ import annotations
