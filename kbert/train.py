@@ -219,7 +219,9 @@ class _Distribution:
     def scope(self) -> contextlib.AbstractContextManager:
         return self.strategy.scope()
 
-    def training_input(self, train_files, batch_size, **kwargs: Any) -> Any:
+    def training_input(
+        self, train_files: str | Sequence[str], batch_size: int, **kwargs: Any
+    ) -> tf.distribute.DistributedDataset:
         return training_input(self.strategy, train_files, batch_size, **kwargs)
 
 
