@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import tensorflow as tf
+
+from kbert.io import check_positive_int, read_json, write_json
 
 # Google's "gelu" is the tanh approximation; HF calls the same function "gelu_new".
 # keras-hub's BertBackbone uses exactly that one, so these are the activations it can build.
@@ -72,9 +73,7 @@ class BertConfig:
             "max_position_embeddings",
             "type_vocab_size",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+            check_positive_int(f"BertConfig.{name}", getattr(self, name))
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by "
@@ -130,11 +129,7 @@ class BertConfig:
     @classmethod
     def from_json_file(cls, path: str) -> BertConfig:
         """Read Google's `bert_config.json` (any `tf.io.gfile` path)."""
-        with tf.io.gfile.GFile(path, "r") as f:
-            try:
-                data = json.loads(f.read())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from None
+        data = read_json(path, "BERT config file")
         try:
             return cls.from_dict(data)
         except (ValueError, TypeError) as e:
@@ -142,10 +137,7 @@ class BertConfig:
 
     def to_json_file(self, path: str) -> None:
         """Write Google's `bert_config.json` layout, atomically."""
-        tmp = path + ".tmp"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(json.dumps(self.to_dict(), indent=2) + "\n")
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+        write_json(path, self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> BertConfig:

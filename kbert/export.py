@@ -34,8 +34,6 @@ import os
 import posixpath
 import re
 import tempfile
-import uuid
-import zipfile
 from collections.abc import Callable
 from typing import Any
 
@@ -44,9 +42,9 @@ import numpy as np
 import tensorflow as tf
 
 from kbert import features
-from kbert.model import BertPretrainingModel
+from kbert.io import temporary_path
+from kbert.model import BertPretrainingModel, load_pretraining_model
 from kbert.serving_tokenizer import MASK, ServingTextEncoder, read_vocab, write_vocab
-from kbert.train import MODEL_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +121,7 @@ def export_for_serving(
 
     tf.io.gfile.makedirs(model_dir)
     # TF Serving only loads directories named by an integer, so it ignores this one.
-    tmp_dir = posixpath.join(model_dir, f".tmp-{version}-{uuid.uuid4().hex}")
+    tmp_dir = temporary_path(export_dir)
     try:
         with tempfile.TemporaryDirectory() as local:
             # A clean copy (stripped lines): the tables read it whole-line, the SavedModel keeps it.
@@ -327,27 +325,14 @@ def fill_mask(saved_model_dir: str, text_a: str, text_b: str = "") -> dict[str, 
 
 def _load_model(model_or_run_dir: keras.Model | str) -> BertPretrainingModel:
     """The model itself, or loaded from a `.keras` file or a run directory's `model.keras`."""
-    model = model_or_run_dir
     if isinstance(model_or_run_dir, (str, os.PathLike)):
-        path = os.fspath(model_or_run_dir)
-        if tf.io.gfile.isdir(path):
-            path = posixpath.join(path, MODEL_FILE)
-        if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(
-                f"{path}: no model to export (expected a run directory holding "
-                f"{MODEL_FILE}, or a .keras file)"
-            )
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        # Keras says "File not found" for a file that exists but is not a .keras archive.
-        except (ValueError, OSError, zipfile.BadZipFile) as e:
-            raise ValueError(f"{path}: not a loadable .keras model ({e})") from None
-    if not isinstance(model, BertPretrainingModel):
+        return load_pretraining_model(os.fspath(model_or_run_dir), action="export")
+    if not isinstance(model_or_run_dir, BertPretrainingModel):
         raise ValueError(
-            f"{model_or_run_dir}: not a kbert pre-training model ({type(model).__name__}); "
-            "expected kbert.build_pretraining_model's model"
+            f"{model_or_run_dir}: not a kbert pre-training model "
+            f"({type(model_or_run_dir).__name__}); expected kbert.build_pretraining_model's model"
         )
-    return model
+    return model_or_run_dir
 
 
 def _check_free(export_dir: str) -> None:

@@ -9,10 +9,11 @@ module and nothing else to know names, dtypes and shapes.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import tensorflow as tf
+
+from kbert.io import read_json, write_json
 
 INPUT_IDS = "input_ids"
 INPUT_MASK = "input_mask"
@@ -130,12 +131,7 @@ def metadata_path(directory: str) -> str:
 def write_metadata(directory: str, metadata: Metadata) -> str:
     """Write `kbert_metadata.json` atomically (temporary name, then rename); returns its path."""
 
-    path = metadata_path(directory)
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(metadata.to_dict(), indent=2, sort_keys=True) + "\n")
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-    return path
+    return write_json(metadata_path(directory), metadata.to_dict())
 
 
 def read_metadata(directory: str) -> Metadata | None:
@@ -144,9 +140,8 @@ def read_metadata(directory: str) -> Metadata | None:
     path = metadata_path(directory)
     if not tf.io.gfile.exists(path):
         return None
+    data = read_json(path, METADATA_FILENAME)
     try:
-        with tf.io.gfile.GFile(path, "r") as f:
-            data = json.loads(f.read())
         return Metadata.from_dict(data)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: not a valid kbert metadata file ({e})") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import zipfile
 from typing import Any
 
 import keras
@@ -13,6 +14,7 @@ from keras_hub.src.utils.keras_utils import gelu_approximate
 from kbert import features
 from kbert.config import BertConfig, resolve_config
 from kbert.distribute import is_multi_worker
+from kbert.io import check_positive_int, resolve_model_file
 from kbert.losses import WeightedSparseCrossEntropy, per_example_cross_entropy
 
 OUTPUTS = ("mlm", "nsp")
@@ -172,12 +174,8 @@ def _build_graph(
     config: BertConfig, max_seq_length: int, max_predictions_per_seq: int
 ) -> tuple[dict[str, keras.KerasTensor], dict[str, keras.KerasTensor]]:
     """Inputs and outputs of the pre-training graph."""
-    for arg, value in (
-        ("max_seq_length", max_seq_length),
-        ("max_predictions_per_seq", max_predictions_per_seq),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be a positive integer, got {value!r}")
+    check_positive_int("max_seq_length", max_seq_length)
+    check_positive_int("max_predictions_per_seq", max_predictions_per_seq)
     if max_seq_length > config.max_position_embeddings:
         raise ValueError(
             f"max_seq_length ({max_seq_length}) exceeds the config's max_position_embeddings "
@@ -242,3 +240,36 @@ def _reinitialize(encoder: keras.Model, initializer: keras.initializers.Initiali
     for variable in encoder.weights:
         if variable.name in ("kernel", "embeddings"):
             variable.assign(initializer(variable.shape, dtype=variable.dtype))
+
+
+def load_pretraining_model(path: str, action: str = "load") -> BertPretrainingModel:
+    """The kbert pre-training model saved in a run directory (its `model.keras`) or `.keras` file.
+
+    Loaded uncompiled; every loader of kbert goes through here, so the errors are the same.
+
+    Args:
+        path: a run directory or a `.keras` file (any `tf.io.gfile` path).
+        action: what the model is for, named in the error when there is none ("export", ...).
+
+    Raises:
+        FileNotFoundError: no model at `path`.
+        ValueError: the file is not a loadable `.keras` model, or not a kbert pre-training model.
+
+    Examples:
+    >>> model = build_pretraining_model(BertConfig.from_preset("tiny", vocab_size=32), 8, 2)
+    >>> model.save("model.keras")
+    >>> load_pretraining_model(".").max_seq_length
+    8
+    """
+    model_file = resolve_model_file(path, action)
+    try:
+        model = keras.saving.load_model(model_file, compile=False)
+    # Keras says "File not found" for a file that exists but is not a .keras archive.
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{model_file}: not a loadable .keras model ({e})") from None
+    if not isinstance(model, BertPretrainingModel):
+        raise ValueError(
+            f"{model_file}: not a kbert pre-training model ({type(model).__name__}); "
+            "expected kbert.build_pretraining_model's model"
+        )
+    return model

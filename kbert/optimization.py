@@ -39,7 +39,8 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         if not 0 <= warmup_steps <= total_steps:
             raise ValueError(
-                f"warmup_steps must be between 0 and total_steps ({total_steps}), got {warmup_steps}"
+                f"warmup_steps must be between 0 and total_steps ({total_steps}), "
+                f"got {warmup_steps}"
             )
         self.peak_learning_rate = float(peak_learning_rate)
         self.total_steps = int(total_steps)
@@ -115,3 +116,19 @@ def create_optimizer(
     )
     optimizer.exclude_from_weight_decay(var_names=NO_DECAY_VARIABLE_NAMES)
     return optimizer
+
+
+def optimizer_step(model: keras.Model) -> int:
+    """Optimizer updates `model` has taken so far (a mirrored variable under a strategy).
+
+    Args:
+        model: a compiled model whose optimizer is built.
+
+    Examples:
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> model.optimizer.build(model.trainable_variables)
+    >>> optimizer_step(model)
+    0
+    """
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))

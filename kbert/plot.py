@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 
 import tensorflow as tf
+
+from kbert.io import read_json, write_atomically
 
 PANELS = (
     ("loss", "total loss (MLM + NSP)"),
@@ -89,7 +90,8 @@ def plot_run(run_dir: str, output: str | None = None) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    _write_atomically(output, buffer.getvalue())
+    tf.io.gfile.makedirs(os.path.dirname(output) or ".")
+    write_atomically(output, buffer.getvalue())
     return output
 
 
@@ -97,17 +99,7 @@ def _final_eval(directory: str) -> dict[str, float]:
     path = tf.io.gfile.join(directory, EVAL_RESULTS)
     if not tf.io.gfile.exists(path):
         return {}
-    with tf.io.gfile.GFile(path, "r") as f:
-        results = json.loads(f.read())
+    results = read_json(path, "evaluation results file")
     if "loss" not in results and {"mlm_loss", "nsp_loss"} <= set(results):
         results["loss"] = results["mlm_loss"] + results["nsp_loss"]
     return {k: float(v) for k, v in results.items() if isinstance(v, (int, float))}
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    parent = os.path.dirname(path) or "."
-    tf.io.gfile.makedirs(parent)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(tmp, path, overwrite=True)

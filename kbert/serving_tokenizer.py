@@ -20,6 +20,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from kbert import features
+from kbert.io import write_atomically
 from kbert.vocabulary import CLS, MASK, PAD, SEP, SPECIAL_TOKENS, UNK, read_vocab
 
 # The vocab.txt names (defined in kbert.vocabulary) stay importable from here.
@@ -55,10 +56,7 @@ _CJK = (
 
 def write_vocab(tokens: Sequence[str], path: str) -> None:
     """Write tokens one per line (the vocab.txt format), atomically (temporary name, rename)."""
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write("".join(token + "\n" for token in tokens))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    write_atomically(path, "".join(token + "\n" for token in tokens))
 
 
 def truncated_pair_lengths(

@@ -1,9 +1,10 @@
-"""Pre-training runs: `pretrain` (strategy, data, model, callbacks, fit, evaluation) and `evaluate`.
+"""Pre-training runs: `pretrain` (strategy, data, model, callbacks, fit, evaluation).
 
 A run directory holds everything a run writes:
 
     bert_config.json        the encoder's config (Google's layout)
-    run_config.json         the arguments of the run (checked again on resume)
+    run_config.json         the run's `PretrainConfig` (checked again on resume), and under "run"
+                            what it resolved: strategy, replicas, sequence length
     backup/                 keras BackupAndRestore state: weights, optimizer, epoch (exact resume)
     checkpoints/            ckpt-<step>.weights.h5, the last `keep_checkpoints` intervals
     history.csv             one row per interval: step, losses, accuracies, learning_rate and
@@ -14,19 +15,17 @@ A run directory holds everything a run writes:
     eval_results.json       held-out MLM/NSP loss and accuracy, MLM perplexity
 
 Training runs in "epochs" of `checkpoint_interval` optimizer steps: every epoch end writes a
-history row, a weight checkpoint and the resume backup. Keras' BackupAndRestore restores the
-weights, the optimizer (its step, hence the learning rate) and the epoch, but not the position in
-an infinite dataset, so the training dataset starts where the restored step left off (`skip`
-over a seeded, deterministic pipeline).
+history row, a weight checkpoint and the resume backup (`kbert.callbacks`). Keras'
+BackupAndRestore restores the weights, the optimizer (its step, hence the learning rate) and the
+epoch, but not the position in an infinite dataset, so the training dataset starts where the
+restored step left off (`skip` over a seeded, deterministic pipeline).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
-import math
 import posixpath
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -35,13 +34,27 @@ import keras
 import tensorflow as tf
 
 from kbert import checkpoints
+from kbert.callbacks import BACKUP_DIR, TrainingDivergedError, training_callbacks
 from kbert.config import PRESET_SIZES, BertConfig, resolve_config
 from kbert.data import describe, pretraining_dataset
 from kbert.distribute import resolve_strategy, worker_directory
+from kbert.evaluation import evaluate, evaluation_dataset, load_model
+from kbert.io import MODEL_FILE, atomic_path, read_json
 from kbert.losses import compile_for_pretraining
 from kbert.masking import DynamicMasking
 from kbert.model import BertPretrainingModel, build_pretraining_model
 from kbert.optimization import WarmupLinearDecay, create_optimizer
+from kbert.pretrain_config import PretrainConfig
+
+__all__ = [
+    "PretrainConfig",
+    "PretrainResult",
+    "TrainingDivergedError",
+    "evaluate",
+    "load_model",
+    "pretrain",
+    "training_input",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,37 +63,10 @@ MIXED_PRECISION_POLICIES = {
     "bf16": "mixed_bfloat16",
     "fp16": "mixed_float16",
 }
-OPTIMIZERS = ("adamw", "sgd")
-DEFAULT_MAX_CHECKPOINT_INTERVAL = 1000
-
 BERT_CONFIG_FILE = "bert_config.json"
 RUN_CONFIG_FILE = "run_config.json"
-BACKUP_DIR = "backup"
-CHECKPOINT_DIR = "checkpoints"
-HISTORY_FILE = "history.csv"
-TENSORBOARD_DIR = "logs"
-MODEL_FILE = "model.keras"
 ENCODER_WEIGHTS_FILE = "encoder.weights.h5"
 EVAL_RESULTS_FILE = "eval_results.json"
-_METRICS = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy")
-# history.csv: "epoch" (Keras' interval index), then these.
-HISTORY_COLUMNS = ("step", *_METRICS, "learning_rate", *(f"val_{m}" for m in _METRICS))
-# Arguments that must not change when a run is resumed: they fix the data order and the schedule.
-_RESUME_INVARIANTS = (
-    "train_files",
-    "batch_size",
-    "steps",
-    "warmup_steps",
-    "learning_rate",
-    "checkpoint_interval",
-    "gradient_accumulation_steps",
-    "seed",
-    "optimizer",
-)
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; training stopped before the next checkpoint."""
 
 
 @dataclasses.dataclass
@@ -101,33 +87,15 @@ class PretrainResult:
 
 
 def pretrain(
-    config: BertConfig | str,
-    train_files: str | Sequence[str],
-    output_dir: str,
-    steps: int,
-    batch_size: int = 256,
-    eval_files: str | Sequence[str] | None = None,
-    learning_rate: float = 1e-4,
-    warmup_steps: int | None = None,
-    weight_decay: float = 0.01,
-    optimizer: str = "adamw",
-    strategy: str | tf.distribute.Strategy = "auto",
-    tpu: str = "local",
-    steps_per_execution: int = 1,
-    jit_compile: bool | str = "auto",
-    mixed_precision: str = "auto",
-    gradient_accumulation_steps: int = 1,
-    checkpoint_interval: int | None = None,
-    keep_checkpoints: int = 3,
-    eval_interval: int | None = None,
-    seed: int = 0,
-    dropout: float | None = None,
-    max_predictions_per_seq: int | None = None,
-    dynamic_masking_vocab: str | None = None,
-    eval_batch_size: int | None = None,
-    init_from: str | None = None,
+    config: PretrainConfig | BertConfig | str,
+    train_files: str | Sequence[str] | None = None,
+    output_dir: str | None = None,
+    steps: int | None = None,
+    *,
+    strategy: str | tf.distribute.Strategy | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
+    **settings: Any,
 ) -> PretrainResult:
     """Pre-train BERT with the joint MLM + NSP objective; resumes a run found in `output_dir`.
 
@@ -139,44 +107,18 @@ def pretrain(
     position); after a finished run it only re-evaluates and re-saves.
 
     Args:
-        config: a `BertConfig`, a preset name (`tiny` … `large`; its vocab_size is taken from
-            the data's metadata) or a `bert_config.json` path.
+        config: a `PretrainConfig` holding every setting; or the model's config for the
+            keyword form: a `BertConfig`, a preset name (`tiny` … `large`; its vocab_size is
+            taken from the data's metadata) or a `bert_config.json` path.
         train_files: TFRecord glob(s) or directory (any `tf.io.gfile` path, e.g. `gs://`).
         output_dir: the run directory (see the module docstring for its contents).
         steps: optimizer updates to train.
-        batch_size: global batch size (sequences per update and per replica group; with
-            gradient accumulation, per accumulated batch).
-        eval_files: held-out TFRecords evaluated at the end (None: no evaluation).
-        learning_rate: peak learning rate.
-        warmup_steps: linear warmup updates (default: 10 % of `steps`).
-        weight_decay: AdamW's decoupled weight decay.
-        optimizer: "adamw" (Google's recipe) or "sgd" (plain SGD on the same schedule: no
-            momentum, clipping or weight decay; a baseline whose updates are easy to check).
-        strategy: "auto", "cpu", "mirrored", "multi_worker", "tpu" (see `resolve_strategy`) or a
-            strategy. Under "multi_worker" every worker runs `pretrain` with the same arguments;
-            the chief writes `output_dir`, the others `output_dir/workers/<task>-<id>`.
-        tpu: the TPU for strategy "tpu"/"auto": "local" (TPU VM), a name or a grpc address.
-        steps_per_execution: batches run per `tf.function` call (large values help TPUs).
-        jit_compile: XLA compilation: True, False or "auto" (Keras: off on CPU and strategies).
-        mixed_precision: "none", "bf16", "fp16" (with loss scaling, for GPUs) or "auto"
-            (bf16 on TPU, none elsewhere).
-        gradient_accumulation_steps: batches averaged per update.
-        checkpoint_interval: updates between history rows, checkpoints and backups; must divide
-            `steps` (default: the largest divisor of `steps` up to 1000).
-        keep_checkpoints: weight checkpoints kept in `checkpoints/`.
-        eval_interval: updates between evaluations on `eval_files` during training, logged as
-            `val_*` in the history; a multiple of `checkpoint_interval` (None: at the end only).
-        seed: seeds the initial weights, data order and dynamic masks.
-        dropout: overrides the config's dropout rates.
-        max_predictions_per_seq: P for records without masks (default: their metadata).
-        dynamic_masking_vocab: a `vocab.txt`: draw masks in the pipeline, new each epoch
-            (needed for records written without masks).
-        eval_batch_size: global batch size of the evaluation (default: `batch_size`).
-        init_from: pre-trained weights to continue from: a Google TF1 checkpoint, a keras-hub
-            preset or a Hugging Face BERT folder (`kbert.checkpoints.init_from`; what it detected
-            is logged). Ignored when resuming: the backup holds newer weights.
+        strategy: a `PretrainConfig.strategy` name, or a `tf.distribute.Strategy` to run under.
         callbacks: extra Keras callbacks, run after kbert's own.
         verbose: Keras' progress bar: 0, 1 (bar), 2 (one line per interval) or "auto".
+        **settings: any other `PretrainConfig` field (batch_size, learning_rate, eval_files,
+            init_from, ...; `PretrainConfig.help(name)` explains each). With a `PretrainConfig`,
+            these and the three above override its fields.
 
     Returns:
         A `PretrainResult` with the model, the history and the evaluation.
@@ -203,305 +145,204 @@ def pretrain(
     >>> result.eval_results["num_sequences"], result.history["step"]
     (16, [4])
     """
-    _check_positive("steps", steps)
-    _check_positive("batch_size", batch_size)
-    _check_positive("steps_per_execution", steps_per_execution)
-    _check_positive("gradient_accumulation_steps", gradient_accumulation_steps)
-    _check_positive("keep_checkpoints", keep_checkpoints)
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-    if mixed_precision not in (*MIXED_PRECISION_POLICIES, "auto"):
-        raise ValueError(
-            f"mixed_precision must be one of none, bf16, fp16, auto, got {mixed_precision!r}"
-        )
-    if warmup_steps is None:
-        warmup_steps = steps // 10
-    if not 0 <= warmup_steps <= steps:
-        raise ValueError(f"warmup_steps must be between 0 and steps ({steps}), got {warmup_steps}")
-    if checkpoint_interval is None:
-        checkpoint_interval = _largest_divisor(steps, DEFAULT_MAX_CHECKPOINT_INTERVAL)
-    _check_positive("checkpoint_interval", checkpoint_interval)
-    if steps % checkpoint_interval:
-        raise ValueError(
-            f"checkpoint_interval ({checkpoint_interval}) must divide steps ({steps}): training "
-            "runs in whole intervals so that every one ends with a checkpoint"
-        )
-    if eval_interval is not None:
-        _check_positive("eval_interval", eval_interval)
-        if not eval_files:
-            raise ValueError("eval_interval needs eval_files")
-        if eval_interval % checkpoint_interval:
-            raise ValueError(
-                f"eval_interval ({eval_interval}) must be a multiple of checkpoint_interval "
-                f"({checkpoint_interval})"
-            )
-
+    run, strategy = _as_pretrain_config(config, train_files, output_dir, steps, strategy, settings)
     # First: a multi-worker strategy must exist before TensorFlow runs anything (reading the data).
-    if not isinstance(strategy, tf.distribute.Strategy):
-        strategy = resolve_strategy(strategy, tpu=tpu)
-    train_info = describe(train_files, count_records=False)
+    where = _distribution(run, strategy)
+    run, train_info = _resolve_run(run, where)
     max_seq_length = train_info["max_seq_length"]
-    max_predictions_per_seq = max_predictions_per_seq or train_info["max_predictions_per_seq"]
+    bert_config = _resolve_bert_config(run.config, train_info, run.dropout)
+    initial_epoch = _prepare_run_directory(where, run, bert_config, max_seq_length)
+
+    keras.utils.set_random_seed(run.seed)
+    with _dtype_policy(MIXED_PRECISION_POLICIES[run.mixed_precision]), where.scope():
+        model = build_pretraining_model(bert_config, max_seq_length, run.max_predictions_per_seq)
+        if run.init_from and not initial_epoch:
+            logger.info("init from %s", checkpoints.init_from(model, run.init_from))
+        _compile(model, run)
+
+    batches_per_epoch = run.checkpoint_interval * run.gradient_accumulation_steps
+    history = model.fit(
+        _training_data(run, where, initial_epoch * batches_per_epoch, max_seq_length),
+        epochs=run.steps // run.checkpoint_interval,
+        steps_per_epoch=batches_per_epoch,
+        **_validation(run, model),
+        callbacks=training_callbacks(where.output_dir, run.keep_checkpoints) + list(callbacks),
+        verbose=verbose,
+        shuffle=False,
+    )
+    eval_results = _finish(model, run, where.output_dir, verbose)
+    return PretrainResult(model, history.history, eval_results, where.output_dir)
+
+
+def _as_pretrain_config(
+    config: PretrainConfig | BertConfig | str,
+    train_files: str | Sequence[str] | None,
+    output_dir: str | None,
+    steps: int | None,
+    strategy: str | tf.distribute.Strategy | None,
+    settings: dict[str, Any],
+) -> tuple[PretrainConfig, tf.distribute.Strategy | None]:
+    """`pretrain`'s arguments as one validated PretrainConfig with its derived defaults, and the
+    strategy object when one was passed (it is no setting: it cannot be saved)."""
+    named = dict(train_files=train_files, output_dir=output_dir, steps=steps)
+    settings = {**{k: v for k, v in named.items() if v is not None}, **settings}
+    strategy_object = strategy if isinstance(strategy, tf.distribute.Strategy) else None
+    if isinstance(strategy, str):
+        settings["strategy"] = strategy
+    if isinstance(config, PretrainConfig):
+        run = dataclasses.replace(config, **settings)
+    else:
+        run = PretrainConfig(config, **settings)
+    return run.with_defaults(), strategy_object
+
+
+@dataclasses.dataclass(frozen=True)
+class _Distribution:
+    """Where a run executes: the one place `pretrain` knows the distribution API (tf.distribute).
+
+    Its scope builds the model's variables, `training_input` distributes the batches, and
+    `output_dir` is this worker's run directory (multi-worker: only the chief writes the run's).
+    """
+
+    strategy: tf.distribute.Strategy
+    output_dir: str
+
+    @property
+    def num_replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def default_mixed_precision(self) -> str:
+        """What mixed_precision "auto" means here: bf16 on TPU, none elsewhere."""
+        return "bf16" if isinstance(self.strategy, tf.distribute.TPUStrategy) else "none"
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        return self.strategy.scope()
+
+    def training_input(
+        self, train_files: str | Sequence[str], batch_size: int, **kwargs: Any
+    ) -> tf.distribute.DistributedDataset:
+        return training_input(self.strategy, train_files, batch_size, **kwargs)
+
+
+def _distribution(run: PretrainConfig, strategy: tf.distribute.Strategy | None) -> _Distribution:
+    """The strategy `run` asks for (or the one given) and this worker's run directory."""
+    strategy = strategy or resolve_strategy(run.strategy, tpu=run.tpu)
+    return _Distribution(strategy, worker_directory(run.output_dir, strategy))
+
+
+def _resolve_run(
+    run: PretrainConfig, where: _Distribution
+) -> tuple[PretrainConfig, dict[str, Any]]:
+    """`run` with the values the data and the device decide, and the data's description."""
+    train_info = describe(run.train_files, count_records=False)
+    max_predictions_per_seq = run.max_predictions_per_seq or train_info["max_predictions_per_seq"]
     if not max_predictions_per_seq:
         raise ValueError(
             f"{train_info['files'][0]}: max_predictions_per_seq is needed for records without "
             "masks and no metadata gives it; pass max_predictions_per_seq"
         )
-    bert_config = _resolve_bert_config(config, train_info, dropout)
-    dynamic_masking = (
-        DynamicMasking.from_vocab_file(dynamic_masking_vocab) if dynamic_masking_vocab else None
-    )
-
-    on_tpu = isinstance(strategy, tf.distribute.TPUStrategy)
+    mixed_precision = run.mixed_precision
     if mixed_precision == "auto":
-        mixed_precision = "bf16" if on_tpu else "none"
+        mixed_precision = where.default_mixed_precision
+    run = dataclasses.replace(
+        run, max_predictions_per_seq=max_predictions_per_seq, mixed_precision=mixed_precision
+    )
+    return run, train_info
 
-    run_config = {
-        "config": config if isinstance(config, str) else "BertConfig",
-        "train_files": train_files if isinstance(train_files, str) else list(train_files),
-        "eval_files": eval_files,
-        "steps": steps,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "warmup_steps": warmup_steps,
-        "weight_decay": weight_decay,
-        "optimizer": optimizer,
-        "strategy": type(strategy).__name__,
-        "num_replicas": strategy.num_replicas_in_sync,
-        "steps_per_execution": steps_per_execution,
-        "jit_compile": jit_compile,
-        "mixed_precision": mixed_precision,
-        "gradient_accumulation_steps": gradient_accumulation_steps,
-        "checkpoint_interval": checkpoint_interval,
-        "keep_checkpoints": keep_checkpoints,
-        "seed": seed,
-        "max_seq_length": max_seq_length,
-        "max_predictions_per_seq": max_predictions_per_seq,
-        "dynamic_masking_vocab": dynamic_masking_vocab,
-        "init_from": init_from,
-    }
-    output_dir = worker_directory(output_dir, strategy)
+
+def _prepare_run_directory(
+    where: _Distribution, run: PretrainConfig, bert_config: BertConfig, max_seq_length: int
+) -> int:
+    """Create or check the run directory, write its configs; returns the epoch to resume from."""
+    output_dir = where.output_dir
     tf.io.gfile.makedirs(output_dir)
     backup_dir = posixpath.join(output_dir, BACKUP_DIR)
     initial_epoch = _restored_epoch(backup_dir)
     if initial_epoch:
-        _check_resumable(output_dir, run_config)
+        _check_resumable(output_dir, run)
         logger.info(
             "resuming %s from step %d (backup in %s)",
             output_dir,
-            initial_epoch * checkpoint_interval,
+            initial_epoch * run.checkpoint_interval,
             backup_dir,
         )
     bert_config.to_json_file(posixpath.join(output_dir, BERT_CONFIG_FILE))
-    _write_json_atomically(posixpath.join(output_dir, RUN_CONFIG_FILE), run_config)
-
-    keras.utils.set_random_seed(seed)
-    with _dtype_policy(MIXED_PRECISION_POLICIES[mixed_precision]), strategy.scope():
-        model = build_pretraining_model(bert_config, max_seq_length, max_predictions_per_seq)
-        if init_from and not initial_epoch:
-            logger.info("init from %s", checkpoints.init_from(model, init_from))
-        keras_optimizer = _build_optimizer(
-            optimizer,
-            learning_rate,
-            steps,
-            warmup_steps,
-            weight_decay,
-            gradient_accumulation_steps,
-        )
-        if mixed_precision == "fp16":
-            keras_optimizer = keras.optimizers.LossScaleOptimizer(keras_optimizer)
-        compile_for_pretraining(
-            model,
-            keras_optimizer,
-            jit_compile=jit_compile,
-            steps_per_execution=steps_per_execution,
-        )
-
-    batches_per_epoch = checkpoint_interval * gradient_accumulation_steps
-    dataset = training_input(
-        strategy,
-        train_files,
-        batch_size,
-        seed=seed,
-        start_batch=initial_epoch * batches_per_epoch,
+    facts = dict(
+        strategy=type(where.strategy).__name__,
+        num_replicas=where.num_replicas,
         max_seq_length=max_seq_length,
-        max_predictions_per_seq=max_predictions_per_seq,
-        dynamic_masking=dynamic_masking,
     )
-    validation = {}
-    if eval_interval:
-        validation = dict(
-            validation_data=_evaluation_dataset(
-                eval_files,
-                eval_batch_size or batch_size,
-                model,
-                dynamic_masking_vocab,
-            ),
-            validation_freq=eval_interval // checkpoint_interval,
-        )
-    history = model.fit(
-        dataset,
-        epochs=steps // checkpoint_interval,
-        steps_per_epoch=batches_per_epoch,
-        **validation,
-        callbacks=_callbacks(output_dir, keep_checkpoints) + list(callbacks),
-        verbose=verbose,
-        shuffle=False,
+    run.to_json(posixpath.join(output_dir, RUN_CONFIG_FILE), run=facts)
+    return initial_epoch
+
+
+def _compile(model: BertPretrainingModel, run: PretrainConfig) -> None:
+    """The run's optimizer (with loss scaling under fp16), compiled for pre-training."""
+    optimizer = _build_optimizer(
+        run.optimizer,
+        run.learning_rate,
+        run.steps,
+        run.warmup_steps,
+        run.weight_decay,
+        run.gradient_accumulation_steps,
+    )
+    if run.mixed_precision == "fp16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    compile_for_pretraining(
+        model, optimizer, jit_compile=run.jit_compile, steps_per_execution=run.steps_per_execution
     )
 
-    _save_model(model, output_dir)
-    eval_results = None
-    if eval_files:
-        eval_results = evaluate(
+
+def _training_data(
+    run: PretrainConfig, where: _Distribution, start_batch: int, max_seq_length: int
+) -> Any:
+    """The distributed training batches from `start_batch` on."""
+    return where.training_input(
+        run.train_files,
+        run.batch_size,
+        seed=run.seed,
+        start_batch=start_batch,
+        max_seq_length=max_seq_length,
+        max_predictions_per_seq=run.max_predictions_per_seq,
+        dynamic_masking=_dynamic_masking(run.dynamic_masking_vocab),
+    )
+
+
+def _validation(run: PretrainConfig, model: BertPretrainingModel) -> dict[str, Any]:
+    """`fit`'s validation arguments: the held-out set every `eval_interval` updates, if any."""
+    if not run.eval_interval:
+        return {}
+    return dict(
+        validation_data=evaluation_dataset(
+            run.eval_files,
+            run.eval_batch_size or run.batch_size,
             model,
-            eval_files,
-            batch_size=eval_batch_size or batch_size,
-            output_path=posixpath.join(output_dir, EVAL_RESULTS_FILE),
-            dynamic_masking_vocab=dynamic_masking_vocab,
-            verbose=verbose,
-        )
-    return PretrainResult(model, history.history, eval_results, output_dir)
-
-
-def evaluate(
-    model: keras.Model | str,
-    eval_files: str | Sequence[str],
-    batch_size: int = 256,
-    output_path: str | None = None,
-    strategy: str | tf.distribute.Strategy | None = None,
-    tpu: str = "local",
-    jit_compile: bool | str = "auto",
-    dynamic_masking_vocab: str | None = None,
-    verbose: int | str = "auto",
-) -> dict[str, Any]:
-    """Held-out MLM and NSP loss and accuracy over every record of `eval_files`, and MLM perplexity.
-
-    The losses are Google's: the MLM loss is the mean cross-entropy over every real masked
-    prediction of the whole set, the NSP loss the mean over every sequence; perplexity is
-    `exp(mlm_loss)`.
-
-    Args:
-        model: a compiled kbert model, a run directory (its `model.keras`) or a `.keras` file.
-        eval_files: TFRecord glob(s) or directory.
-        batch_size: global batch size (the last batch is padded with zero-weight rows).
-        output_path: write the results there as JSON, atomically (None: do not write).
-        strategy: for a model loaded from a path: "auto", "cpu", "mirrored", "tpu" or a
-            strategy (default: the current one).
-        tpu: the TPU for strategy "tpu".
-        jit_compile: XLA for a model loaded from a path.
-        dynamic_masking_vocab: a `vocab.txt` to draw (deterministic) masks for unmasked records.
-        verbose: Keras' progress bar.
-
-    Returns:
-        A dict: `mlm_loss`, `mlm_accuracy`, `mlm_perplexity`, `nsp_loss`, `nsp_accuracy`,
-        `loss`, `num_sequences`, `eval_files`, `step` (the model's optimizer step, if known).
-
-    Examples:
-    >>> import os, tempfile
-    >>> from kbert import features
-    >>> data = os.path.join(tempfile.mkdtemp(), "eval.tfrecord")
-    >>> with tf.io.TFRecordWriter(data) as writer:
-    ...     for i in range(5):
-    ...         writer.write(features.to_example({
-    ...             "input_ids": [2, 7, 4, 3], "input_mask": [1, 1, 1, 1],
-    ...             "segment_ids": [0, 0, 1, 1], "masked_lm_positions": [2],
-    ...             "masked_lm_ids": [9], "masked_lm_weights": [1.0],
-    ...             "next_sentence_labels": [i % 2]}).SerializeToString())
-    >>> import kbert
-    >>> config = kbert.BertConfig.from_preset("tiny", vocab_size=32)
-    >>> model = kbert.build_pretraining_model(config, 4, 1)
-    >>> _ = kbert.compile_for_pretraining(model)
-    >>> results = evaluate(model, data, batch_size=2, verbose=0)
-    >>> results["num_sequences"]
-    5
-    """
-    _check_positive("batch_size", batch_size)
-    model_file = None
-    if not isinstance(model, keras.Model):
-        model_file = posixpath.join(model, MODEL_FILE) if tf.io.gfile.isdir(model) else model
-        model = load_model(model, strategy=strategy, tpu=tpu, jit_compile=jit_compile)
-    if not isinstance(model, BertPretrainingModel):
-        raise ValueError(f"evaluate needs a kbert BertPretrainingModel, got {type(model).__name__}")
-    dataset = _evaluation_dataset(eval_files, batch_size, model, dynamic_masking_vocab)
-    logs = model.evaluate(dataset, return_dict=True, verbose=verbose)
-    num_sequences = describe(eval_files)["num_records"]
-    results: dict[str, Any] = {name: float(logs[name]) for name in _METRICS}
-    results["mlm_perplexity"] = _safe_exp(results["mlm_loss"])
-    results["num_sequences"] = num_sequences
-    results["eval_files"] = eval_files if isinstance(eval_files, str) else list(eval_files)
-    if model_file is not None:
-        # load_model compiled a fresh optimizer: the trained one's step is read from the file.
-        results["step"] = checkpoints.saved_optimizer_step(model_file)
-    else:
-        optimizer = getattr(model, "optimizer", None)
-        results["step"] = _step(model) if optimizer is not None and optimizer.built else None
-    if output_path:
-        _write_json_atomically(output_path, results)
-        logger.info("evaluation written to %s", output_path)
-    return results
-
-
-def _evaluation_dataset(
-    eval_files: str | Sequence[str],
-    batch_size: int,
-    model: BertPretrainingModel,
-    dynamic_masking_vocab: str | None,
-) -> tf.data.Dataset:
-    """One deterministic pass over every record of `eval_files`, at the model's lengths."""
-    return pretraining_dataset(
-        eval_files,
-        batch_size,
-        max_seq_length=model.max_seq_length,
-        max_predictions_per_seq=model.max_predictions_per_seq,
-        is_training=False,
-        dynamic_masking=(
-            DynamicMasking.from_vocab_file(dynamic_masking_vocab) if dynamic_masking_vocab else None
+            run.dynamic_masking_vocab,
         ),
+        validation_freq=run.eval_interval // run.checkpoint_interval,
     )
 
 
-def load_model(
-    path: str,
-    strategy: str | tf.distribute.Strategy | None = None,
-    tpu: str = "local",
-    jit_compile: bool | str = "auto",
-) -> BertPretrainingModel:
-    """A kbert pre-training model from a run directory or `.keras` file, compiled for evaluation.
+def _finish(
+    model: BertPretrainingModel, run: PretrainConfig, output_dir: str, verbose: int | str
+) -> dict[str, Any] | None:
+    """Save the final model and encoder, then evaluate on `eval_files` (None without them)."""
+    _save_model(model, output_dir)
+    if not run.eval_files:
+        return None
+    return evaluate(
+        model,
+        run.eval_files,
+        batch_size=run.eval_batch_size or run.batch_size,
+        output_path=posixpath.join(output_dir, EVAL_RESULTS_FILE),
+        dynamic_masking_vocab=run.dynamic_masking_vocab,
+        verbose=verbose,
+    )
 
-    Args:
-        path: a run directory (its `model.keras`) or a `.keras` file.
-        strategy: "auto", "cpu", "mirrored", "tpu", a strategy, or None (the current one).
-        tpu: the TPU for strategy "tpu".
-        jit_compile: XLA for evaluation.
 
-    Examples:
-    >>> import os, tempfile, kbert
-    >>> config = kbert.BertConfig.from_preset("tiny", vocab_size=32)
-    >>> model = kbert.build_pretraining_model(config, 8, 2)
-    >>> path = os.path.join(tempfile.mkdtemp(), "model.keras")
-    >>> model.save(path)
-    >>> load_model(path, strategy="cpu").max_seq_length
-    8
-    """
-    model_path = path
-    if tf.io.gfile.isdir(path):
-        model_path = posixpath.join(path, MODEL_FILE)
-    if not tf.io.gfile.exists(model_path):
-        raise FileNotFoundError(
-            f"{model_path}: not found (expected a run directory holding {MODEL_FILE}, "
-            "or a .keras file)"
-        )
-    if isinstance(strategy, str):
-        strategy = resolve_strategy(strategy, tpu=tpu)
-    strategy = strategy or tf.distribute.get_strategy()
-    with strategy.scope():
-        model = keras.saving.load_model(model_path, compile=False)
-        if not isinstance(model, BertPretrainingModel):
-            raise ValueError(
-                f"{model_path}: not a kbert pre-training model ({type(model).__name__})"
-            )
-        compile_for_pretraining(model, jit_compile=jit_compile)
-    return model
+def _dynamic_masking(vocab_file: str | None) -> DynamicMasking | None:
+    return DynamicMasking.from_vocab_file(vocab_file) if vocab_file else None
 
 
 def training_input(
@@ -605,119 +446,21 @@ def _build_optimizer(
     )
 
 
-class _StepLogs(keras.callbacks.Callback):
-    """Adds `step` (optimizer updates so far) and `learning_rate` to each interval's logs."""
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if logs is not None:
-            logs["step"] = _step(self.model)
-            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
-
-
-class _StopOnNonFiniteLoss(keras.callbacks.TerminateOnNaN):
-    """Raises `TrainingDivergedError` at the first non-finite loss, before anything is saved.
-
-    Raising (rather than Keras' stop flag) keeps the interval's end from running, so neither the
-    backup nor a weight checkpoint is overwritten with the diverged state.
-    """
-
-    def __init__(self, output_dir: str):
-        super().__init__(raise_error=False)
-        self.output_dir = output_dir
-
-    def on_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        loss = (logs or {}).get("loss")
-        if loss is None or math.isfinite(float(loss)):
-            return
-        step = _step(self.model)
-        checkpoints = _checkpoint_files(posixpath.join(self.output_dir, CHECKPOINT_DIR))
-        last_good = checkpoints[-1] if checkpoints else "none yet"
-        raise TrainingDivergedError(
-            f"training stopped: the loss became {float(loss)} by step {step}. "
-            f"Last good checkpoint: {last_good}; re-running the same command resumes from "
-            f"the backup in {posixpath.join(self.output_dir, BACKUP_DIR)} (lower the learning "
-            "rate or check the data first)"
-        )
-
-
-class _LastCheckpoints(keras.callbacks.ModelCheckpoint):
-    """ModelCheckpoint of weights that keeps only the newest `keep` files."""
-
-    def __init__(self, directory: str, keep: int):
-        super().__init__(
-            posixpath.join(directory, "ckpt-{step:07d}.weights.h5"),
-            save_weights_only=True,
-            save_freq="epoch",
-        )
-        self.directory = directory
-        self.keep = keep
-
-    def _save_model(self, epoch, batch, logs):
-        super()._save_model(epoch, batch, logs)
-        for stale in _checkpoint_files(self.directory)[: -self.keep]:
-            tf.io.gfile.remove(stale)
-
-
-class _History(keras.callbacks.CSVLogger):
-    """CSVLogger with fixed columns (HISTORY_COLUMNS); intervals without evaluation leave the
-    `val_*` cells empty (Keras writes "NA", which is not a number)."""
-
-    def __init__(self, path: str):
-        super().__init__(path, append=True)
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        self.keys = list(HISTORY_COLUMNS)
-        super().on_epoch_end(epoch, {key: logs.get(key, "") for key in HISTORY_COLUMNS})
-
-
-class _TensorBoard(keras.callbacks.TensorBoard):
-    """TensorBoard scalars against the optimizer step (Keras plots them against the interval)."""
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        super().on_epoch_end(int(logs["step"]) if logs and "step" in logs else epoch, logs)
-
-
-def _checkpoint_files(directory: str) -> list[str]:
-    """Weight checkpoints in `directory`, oldest first (the step is zero-padded in the name)."""
-    return sorted(tf.io.gfile.glob(posixpath.join(directory, "ckpt-*.weights.h5")))
-
-
-def _callbacks(output_dir: str, keep_checkpoints: int) -> list[keras.callbacks.Callback]:
-    """kbert's callbacks, in the order they must run at each interval's end."""
-    return [
-        _StopOnNonFiniteLoss(output_dir),
-        _StepLogs(),
-        # Epoch ends only: a mid-epoch backup restores to the epoch's start (Keras ignores the
-        # saved batch), which would replay batches; intervals are epochs for that reason.
-        keras.callbacks.BackupAndRestore(
-            posixpath.join(output_dir, BACKUP_DIR),
-            save_freq="epoch",
-            double_checkpoint=True,
-            delete_checkpoint=False,
-        ),
-        _LastCheckpoints(posixpath.join(output_dir, CHECKPOINT_DIR), keep_checkpoints),
-        _History(posixpath.join(output_dir, HISTORY_FILE)),
-        _TensorBoard(posixpath.join(output_dir, TENSORBOARD_DIR)),
-    ]
-
-
 def _restored_epoch(backup_dir: str) -> int:
     """The epoch BackupAndRestore will restore (its metadata file), 0 when there is no backup."""
     path = posixpath.join(backup_dir, "training_metadata.json")
     if not tf.io.gfile.exists(path):
         return 0
-    with tf.io.gfile.GFile(path, "r") as f:
-        return int(json.loads(f.read())["epoch"])
+    return int(read_json(path, "backup metadata")["epoch"])
 
 
-def _check_resumable(output_dir: str, run_config: dict[str, Any]) -> None:
+def _check_resumable(output_dir: str, run: PretrainConfig) -> None:
+    """A ValueError naming the resume-invariant settings that differ from the run's last ones."""
     path = posixpath.join(output_dir, RUN_CONFIG_FILE)
     if not tf.io.gfile.exists(path):
         return
-    with tf.io.gfile.GFile(path, "r") as f:
-        previous = json.loads(f.read())
-    changed = [k for k in _RESUME_INVARIANTS if k in previous and previous[k] != run_config[k]]
+    previous, run_config = read_json(path, RUN_CONFIG_FILE), run.to_dict()
+    changed = [k for k in run.resume_invariants() if k in previous and previous[k] != run_config[k]]
     if changed:
         raise ValueError(
             f"{output_dir} holds a run to resume, but {', '.join(changed)} changed "
@@ -767,37 +510,6 @@ def _save_model(model: keras.Model, output_dir: str) -> None:
         (MODEL_FILE, model.save),
         (ENCODER_WEIGHTS_FILE, model.get_layer("encoder").save_weights),
     ):
-        path = posixpath.join(output_dir, filename)
-        # Keras checks the extension, so the temporary name keeps it.
-        tmp = posixpath.join(output_dir, f"tmp-{filename}")
-        save(tmp)
-        tf.io.gfile.rename(tmp, path, overwrite=True)
+        with atomic_path(posixpath.join(output_dir, filename)) as tmp:
+            save(tmp)
     logger.info("saved %s and %s in %s", MODEL_FILE, ENCODER_WEIGHTS_FILE, output_dir)
-
-
-def _write_json_atomically(path: str, data: dict[str, Any]) -> None:
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def _step(model: keras.Model) -> int:
-    """Optimizer updates so far (a mirrored variable under a strategy)."""
-    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-
-
-def _safe_exp(value: float) -> float:
-    try:
-        return math.exp(value)
-    except OverflowError:
-        return math.inf
-
-
-def _largest_divisor(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
-def _check_positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -725,3 +725,70 @@ def test_kbert_train_init_from_flag_continues_from_a_checkpoint_and_says_what_it
     assert f"init from Google TF1 checkpoint {prefix}" in caplog.text
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert rows and all(np.isfinite(float(r["loss"])) for r in rows)
+
+
+@pytest.fixture(scope="module")
+def kbert_run(tmp_path_factory):
+    """A finished two-interval kbert run (8-token records) and its trained model."""
+    from kbert.train import pretrain
+
+    tmp = tmp_path_factory.mktemp("kbert_run")
+    data = write_pretraining_records(str(tmp / "data"))
+    result = pretrain(
+        tiny_config(),
+        data,
+        str(tmp / "run"),
+        steps=2,
+        batch_size=8,
+        checkpoint_interval=1,
+        strategy="cpu",
+        verbose=0,
+    )
+    return str(tmp / "run"), result.model
+
+
+def assert_same_weights(model, source):
+    assert len(model.weights) == len(source.weights)
+    for variable, expected in zip(model.weights, source.weights):
+        np.testing.assert_array_equal(variable.numpy(), expected.numpy(), err_msg=variable.path)
+
+
+@pytest.mark.parametrize("source", ["run directory", "model.keras"])
+def test_init_from_a_kbert_run_loads_every_weight_into_longer_sequences(kbert_run, source):
+    run_dir, trained = kbert_run
+    # BERT's second phase: longer sequences and more predictions, the same weights.
+    model = kbert.build_pretraining_model(tiny_config(), 32, 5)
+    path = run_dir if source == "run directory" else os.path.join(run_dir, "model.keras")
+
+    described = init_from(model, path)
+
+    assert_same_weights(model, trained)
+    assert "(encoder, MLM head, NSP head)" in described
+    assert "left as initialised" not in described and "unused" not in described
+
+
+def test_init_from_a_kbert_run_without_model_keras_takes_its_newest_checkpoint(kbert_run, tmp_path):
+    import shutil
+
+    run_dir, trained = kbert_run
+    unfinished = str(tmp_path / "unfinished")
+    shutil.copytree(run_dir, unfinished)
+    os.remove(os.path.join(unfinished, "model.keras"))
+    model = kbert.build_pretraining_model(tiny_config(), 32, 5)
+
+    described = init_from(model, unfinished)
+
+    assert_same_weights(model, trained)
+    assert "checkpoints/ckpt-0000002.weights.h5" in described
+
+
+def test_init_from_a_kbert_model_of_another_hidden_size_is_a_clear_error(kbert_run):
+    run_dir, _ = kbert_run
+    model = kbert.build_pretraining_model(tiny_config(hidden_size=64), 16, 3)
+    before = weights_by_path(model)
+
+    with pytest.raises(ValueError, match="hidden_size=32 does not fit the model's hidden_size=64"):
+        init_from(model, os.path.join(run_dir, "model.keras"))
+
+    for path, value in weights_by_path(model).items():
+        np.testing.assert_array_equal(value, before[path], err_msg=path)

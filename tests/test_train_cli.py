@@ -1,12 +1,13 @@
 """`kbert train` and `kbert evaluate`: flags named like the Python API, errors as one line."""
 
+import dataclasses
 import json
 
 import pytest
 from helpers import tiny_config, write_pretraining_records
 
 from kbert.cli import build_parser, main
-from kbert.train import pretrain
+from kbert.pretrain_config import PretrainConfig
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate"])
@@ -18,7 +19,7 @@ def test_every_flag_is_explained_in_help(command):
             assert action.help and len(action.help) > 10, action.dest
 
 
-def test_train_flags_are_pretrain_arguments_in_both_spellings():
+def test_train_flags_are_pretrain_config_fields_in_both_spellings():
     parser = build_parser("train")
     args = parser.parse_args(
         [
@@ -41,7 +42,26 @@ def test_train_flags_are_pretrain_arguments_in_both_spellings():
     )
     arguments = {k: v for k, v in vars(args).items() if k != "command"}
     assert arguments["batch_size"] == 8 and arguments["jit_compile"] is True
-    assert set(arguments) <= set(pretrain.__code__.co_varnames[: pretrain.__code__.co_argcount])
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    assert set(arguments) == fields | {"verbose"}
+
+
+def test_every_pretrain_config_field_is_a_train_flag_with_its_default_and_help():
+    parser = build_parser("train")
+    sub = next(a for a in parser._actions if a.dest == "command").choices["train"]
+    actions = {a.dest: a for a in sub._actions}
+    for field in dataclasses.fields(PretrainConfig):
+        action = actions[field.name]
+        assert f"--{field.name.replace('_', '-')}" in action.option_strings, field.name
+        assert field.metadata["help"].replace("%", "%%") in action.help, field.name
+        if field.default is dataclasses.MISSING:
+            assert action.required, field.name
+        else:
+            assert action.default == field.default, field.name
+        assert action.choices == field.metadata["choices"], field.name
+    help_text = sub.format_help()
+    for field in dataclasses.fields(PretrainConfig):
+        assert f"--{field.name}" in help_text, field.name
 
 
 def test_kbert_train_then_kbert_evaluate_on_the_run_directory(tmp_path, capsys):
@@ -126,7 +146,7 @@ def test_bad_flag_values_end_in_one_error_line(tmp_path, capsys):
 
 def test_cli_strategies_are_resolve_strategy_kinds():
     # The CLI repeats the list so that parsing flags imports no TensorFlow: it must not drift.
-    from kbert.cli.train import STRATEGIES
     from kbert.distribute import STRATEGY_KINDS
+    from kbert.pretrain_config import STRATEGIES
 
     assert STRATEGIES == STRATEGY_KINDS

@@ -25,6 +25,8 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from kbert.io import write_atomically
+
 # The vocab.txt rules live in kbert.vocabulary; these names stay importable from here.
 from kbert.vocabulary import (
     CLS,
@@ -186,16 +188,7 @@ def write_vocab(tokens: Sequence[str], vocab_file: str) -> str:
     directory = os.path.dirname(vocab_file)
     if directory and "://" not in vocab_file:
         os.makedirs(directory, exist_ok=True)
-    tmp = vocab_file + ".incomplete"
-    with _open_binary(tmp, "wb") as f:
-        f.write(("\n".join(tokens) + "\n").encode("utf-8"))
-    if "://" in vocab_file:
-        import tensorflow as tf
-
-        tf.io.gfile.rename(tmp, vocab_file, overwrite=True)
-    else:
-        os.replace(tmp, vocab_file)
-    return vocab_file
+    return write_atomically(vocab_file, "\n".join(tokens) + "\n")
 
 
 class _Counter:

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 import random
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 from kbert.cli import add_flag
 from kbert.cli.create_data import add_corpus_arguments, corpus_from_args
+from kbert.io import atomic_path, read_json, write_json
 
 FILL_MASK_EXAMPLES = (
     "The [MASK] statement is used to leave a loop early.",
@@ -170,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     with stage("evaluate on the held-out records beside the baselines"):
         results["mlm_baseline_accuracy"] = _majority_baseline(train_records, heldout_records)
         results["nsp_majority_accuracy"] = _nsp_majority(heldout_records)
-        _write_json(os.path.join(run_dir, "eval_results.json"), results)
+        write_json(os.path.join(run_dir, "eval_results.json"), results)
 
     with stage(f"export for TF Serving to {args.export_base}/{args.name}/"):
         export_dir = _export(run_dir, vocab_file, args.export_base, args.name)
@@ -218,7 +217,7 @@ def _split_corpus(
     marker = os.path.join(os.path.dirname(train_text), "split.json")
     if os.path.exists(marker):
         print("  reusing the split from an earlier run")
-        return json.loads(open(marker).read())
+        return read_json(marker)
     documents = list(corpus_from_args(args))
     if quick:
         documents = documents[:QUICK_DOCUMENTS]
@@ -228,14 +227,10 @@ def _split_corpus(
         raise ValueError(f"the corpus has {len(documents)} documents: too few to hold some out")
     counts = {}
     for path, keep in ((train_text, False), (heldout_text, True)):
-        _atomic(
-            path,
-            lambda tmp, keep=keep: corpora.write_google_layout(
-                (d for d, h in zip(documents, heldout) if h == keep), tmp
-            ),
-        )
+        with atomic_path(path) as tmp:
+            corpora.write_google_layout((d for d, h in zip(documents, heldout) if h == keep), tmp)
         counts["heldout" if keep else "train"] = sum(h == keep for h in heldout)
-    _write_json(marker, counts)
+    write_json(marker, counts)
     return counts
 
 
@@ -274,7 +269,8 @@ def _create_records(
         progress=sys.stderr.isatty(),
     )
     print(
-        f"  {records}/: {summary.num_instances:,} instances, {summary.is_random_share:.0%} NSP 'random'"
+        f"  {records}/: {summary.num_instances:,} instances, "
+        f"{summary.is_random_share:.0%} NSP 'random'"
     )
 
 
@@ -293,7 +289,7 @@ def _pretrain(
     results_path = os.path.join(run_dir, train.EVAL_RESULTS_FILE)
     if os.path.exists(os.path.join(run_dir, train.MODEL_FILE)) and os.path.exists(results_path):
         print(f"  reusing the finished run in {run_dir}/")
-        return json.loads(open(results_path).read())
+        return read_json(results_path)
     config = BertConfig.from_preset(settings["preset"], vocab_size=len(load_vocab(vocab_file)))
     steps = settings["steps"]
     interval = max(1, steps // 10)
@@ -346,12 +342,12 @@ def _export(run_dir: str, vocab_file: str, export_base: str, name: str) -> str:
 
     marker = os.path.join(run_dir, "export.json")
     if os.path.exists(marker):
-        path = json.loads(open(marker).read())["path"]
+        path = read_json(marker)["path"]
         if os.path.exists(os.path.join(path, "saved_model.pb")):
             print(f"  reusing {path}")
             return path
     path = export_for_serving(run_dir, vocab_file, export_base=export_base, name=name)
-    _write_json(marker, {"path": path})
+    write_json(marker, {"path": path})
     print(f"  {path}")
     return path
 
@@ -361,14 +357,16 @@ def _print_summary(results: dict[str, Any], curves: str, export_dir: str, second
     print("\nheld-out results")
     print(f"  {'metric':24s} {'model':>8s} {'baseline':>9s}")
     print(
-        f"  {'MLM accuracy':24s} {mlm:8.3f} {base:9.3f}   (most frequent masked token; {mlm / max(base, 1e-9):.1f}x)"
+        f"  {'MLM accuracy':24s} {mlm:8.3f} {base:9.3f}   "
+        f"(most frequent masked token; {mlm / max(base, 1e-9):.1f}x)"
     )
     print(
         f"  {'NSP accuracy':24s} {results['nsp_accuracy']:8.3f} {0.5:9.3f}   (chance; "
         f"always the majority label: {results['nsp_majority_accuracy']:.3f})"
     )
     print(
-        f"  {'MLM loss / perplexity':24s} {results['mlm_loss']:8.3f} {results.get('mlm_perplexity', float('nan')):9.1f}"
+        f"  {'MLM loss / perplexity':24s} {results['mlm_loss']:8.3f} "
+        f"{results.get('mlm_perplexity', float('nan')):9.1f}"
     )
     print(f"  {'NSP loss':24s} {results['nsp_loss']:8.3f}")
     print(f"loss curves: {curves}")
@@ -385,15 +383,3 @@ def _print_fill_mask(export_dir: str) -> None:
         answer = fill_mask(export_dir, text)["masks"][0]
         fillings = ", ".join(f"{t} ({p:.2f})" for t, p in zip(answer["tokens"], answer["probs"]))
         print(f"  {text}\n    -> {fillings}")
-
-
-def _atomic(path: str, write: Callable[[str], Any]) -> None:
-    tmp = path + ".tmp"
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path: str, data: dict) -> None:
-    _atomic(
-        path, lambda tmp: open(tmp, "w").write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    )

@@ -7,7 +7,8 @@ import json
 import logging
 
 from kbert.cli import add_flag, report_devices
-from kbert.cli.train import STRATEGIES, _jit_compile
+from kbert.cli.train import flag_type
+from kbert.pretrain_config import STRATEGIES, parse_jit_compile
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag(
         parser,
         "jit_compile",
-        type=_jit_compile,
+        type=flag_type(parse_jit_compile),
         default="auto",
         metavar="{auto,true,false}",
         help="XLA compilation",

@@ -1,0 +1,257 @@
+"""File I/O shared by every kbert module: atomic writes, atomic directory publishing, JSON reading,
+positive-integer checks and resolving a model file.
+
+Every output is written under a temporary sibling name, `.tmp-<random>-<name>`, then renamed into
+place, so a reader never sees half a file and an interrupted write leaves no file under the final
+name. The name keeps its extension (Keras checks `.keras` and `.weights.h5`) and a leading dot, and
+the random part keeps two concurrent writers apart. Local paths use Python's file I/O (writing a
+vocabulary starts no TensorFlow); any other path (`gs://...`) goes through `tf.io.gfile`.
+
+Like `kbert.features`, this module sits at the bottom: it imports no other kbert module, and
+`tfrecords_tools` may import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+# A run directory's final pre-training model (`kbert.train`), found by `resolve_model_file`.
+MODEL_FILE = "model.keras"
+TEMPORARY_PREFIX = ".tmp-"
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _gfile():
+    import tensorflow as tf  # only remote paths need TensorFlow's file systems
+
+    return tf.io.gfile
+
+
+def exists(path: str) -> bool:
+    """Whether `path` exists (local or any `tf.io.gfile` file system)."""
+    return _gfile().exists(path) if _is_remote(path) else os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+    """Whether `path` is a directory (local or any `tf.io.gfile` file system)."""
+    return _gfile().isdir(path) if _is_remote(path) else os.path.isdir(path)
+
+
+def _open(path: str, mode: str):
+    return _gfile().GFile(path, mode) if _is_remote(path) else open(path, mode)
+
+
+def _rename(source: str, destination: str) -> None:
+    if _is_remote(destination):
+        _gfile().rename(source, destination, overwrite=True)
+    else:
+        os.replace(source, destination)
+
+
+def _remove(path: str) -> None:
+    if _is_remote(path):
+        _gfile().remove(path)
+    else:
+        os.remove(path)
+
+
+def temporary_path(path: str) -> str:
+    """The temporary sibling a write to `path` goes through: `<dir>/.tmp-<random>-<name>`.
+
+    Args:
+        path: the final path.
+
+    Examples:
+    >>> temporary_path("run/model.keras").startswith("run/.tmp-")
+    True
+    >>> temporary_path("run/model.keras").endswith("-model.keras")
+    True
+    """
+    directory, name = posixpath.split(path.rstrip("/"))
+    return posixpath.join(directory, f"{TEMPORARY_PREFIX}{uuid.uuid4().hex[:8]}-{name}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """A temporary path to write; renamed to `path` when the block ends without an error.
+
+    On an error the temporary file is removed and `path` is left as it was.
+
+    Args:
+        path: the final path (any `tf.io.gfile` path).
+
+    Examples:
+    >>> with atomic_path("notes.txt") as tmp:
+    ...     _ = open(tmp, "w").write("done\\n")
+    >>> open("notes.txt").read()
+    'done\\n'
+    """
+    tmp = temporary_path(path)
+    try:
+        yield tmp
+        _rename(tmp, path)
+    finally:
+        if exists(tmp):
+            _remove(tmp)
+
+
+def write_atomically(path: str, data: str | bytes) -> str:
+    """Write text (UTF-8) or bytes to `path` atomically; returns `path`.
+
+    Args:
+        path: the file to write (any `tf.io.gfile` path); its directory must exist.
+        data: the whole content.
+
+    Examples:
+    >>> write_atomically("hello.txt", "hello\\n")
+    'hello.txt'
+    >>> open("hello.txt").read()
+    'hello\\n'
+    """
+    with atomic_path(path) as tmp, _open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    return path
+
+
+def write_json(path: str, data: Any, sort_keys: bool = True) -> str:
+    """Write `data` as indented JSON (one trailing newline) to `path` atomically; returns `path`.
+
+    Args:
+        path: the file to write (any `tf.io.gfile` path).
+        data: anything `json.dumps` takes.
+        sort_keys: sort object keys (False keeps the dict's order, e.g. Google's config layout).
+
+    Examples:
+    >>> _ = write_json("results.json", {"b": 1, "a": 2})
+    >>> read_json("results.json")
+    {'a': 2, 'b': 1}
+    """
+    return write_atomically(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+
+
+def read_json(path: str, what: str = "JSON file") -> Any:
+    """The parsed content of a JSON file, with an error naming the file when it is absent or bad.
+
+    Args:
+        path: the file to read (any `tf.io.gfile` path).
+        what: what the file is, for the error messages (e.g. "bert_config.json").
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: `path` is not valid JSON.
+
+    Examples:
+    >>> read_json("absent.json", "run configuration")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: absent.json: no such run configuration
+    """
+    if not exists(path):
+        raise FileNotFoundError(f"{path}: no such {what}")
+    with _open(path, "rb") as f:
+        text = f.read()
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def check_positive_int(name: str, value: Any) -> int:
+    """`value` if it is a positive integer (not a bool), else a ValueError naming `name`.
+
+    Args:
+        name: the argument's name, for the message.
+        value: the value to check.
+
+    Examples:
+    >>> check_positive_int("steps", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: steps must be a positive integer, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def resolve_model_file(path: str, action: str = "load") -> str:
+    """The `.keras` file `path` names: a run directory's `model.keras`, or the file itself.
+
+    Args:
+        path: a run directory or a `.keras` file (any `tf.io.gfile` path).
+        action: what the model is for, for the error message ("load", "export", ...).
+
+    Raises:
+        FileNotFoundError: naming the file looked for and what was expected.
+
+    Examples:
+    >>> resolve_model_file("no_run", action="export")
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: no_run: no model to export (expected a run directory holding ...)
+    """
+    model_file = posixpath.join(path, MODEL_FILE) if isdir(path) else path
+    if not exists(model_file):
+        raise FileNotFoundError(
+            f"{model_file}: no model to {action} (expected a run directory holding "
+            f"{MODEL_FILE}, or a .keras file)"
+        )
+    return model_file
+
+
+def publish_directory(local_dir: str, destination: str) -> None:
+    """Copy a local directory to `destination`, replacing it without a moment where it is absent.
+
+    The copy is written to a temporary sibling; an existing `destination` is moved aside to
+    another, the copy renamed into place, then the old one deleted (or put back on failure).
+
+    Args:
+        local_dir: a complete local directory.
+        destination: where it goes (any `tf.io.gfile` path; replaced if it exists).
+
+    Examples:
+    >>> os.makedirs("staging/sub")
+    >>> _ = write_atomically("staging/sub/a.txt", "a")
+    >>> publish_directory("staging", "published")
+    >>> sorted(os.listdir("published/sub"))
+    ['a.txt']
+    """
+    # gfile throughout: destinations are often gs://, and a directory rename needs its semantics.
+    gfile = _gfile()
+    destination = destination.rstrip("/")
+    new = temporary_path(destination)
+    old = posixpath.join(
+        posixpath.dirname(new), ".old-" + posixpath.basename(new)[len(TEMPORARY_PREFIX) :]
+    )
+    replacing = gfile.exists(destination)
+    try:
+        for root, _, files in os.walk(local_dir):
+            target = posixpath.join(new, os.path.relpath(root, local_dir))
+            gfile.makedirs(target)
+            for name in files:
+                gfile.copy(os.path.join(root, name), posixpath.join(target, name))
+        if replacing:
+            gfile.rename(destination, old)
+        try:
+            gfile.rename(new, destination)
+        except BaseException:
+            if replacing:
+                # A directory rename copies object by object on gs://: clear a partial one first.
+                if gfile.exists(destination):
+                    gfile.rmtree(destination)
+                gfile.rename(old, destination)
+            raise
+    finally:
+        if gfile.exists(new):
+            gfile.rmtree(new)
+    if replacing:
+        gfile.rmtree(old)

@@ -1,0 +1,72 @@
+"""`kbert.io`: outputs appear whole or not at all, and bad inputs name their file."""
+
+import os
+
+import pytest
+
+from kbert import io
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = str(tmp_path / "results.json")
+    io.write_json(path, {"step": 1})
+
+    with pytest.raises(RuntimeError, match="interrupted"), io.atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write('{"st')
+        raise RuntimeError("interrupted")
+
+    assert io.read_json(path) == {"step": 1}
+    assert os.listdir(tmp_path) == ["results.json"]
+
+
+def test_temporary_names_keep_the_extension_and_differ_per_write():
+    first, second = io.temporary_path("run/model.keras"), io.temporary_path("run/model.keras")
+    assert first != second
+    for name in (first, second):
+        assert name.startswith("run/.tmp-") and name.endswith("-model.keras")
+
+
+def test_text_and_bytes_are_written_whole(tmp_path):
+    io.write_atomically(str(tmp_path / "a.txt"), "é\n")
+    io.write_atomically(str(tmp_path / "b.bin"), b"\x00\x01")
+    assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "é\n"
+    assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+
+
+def test_bad_json_names_the_file(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"broken.json: not valid JSON"):
+        io.read_json(str(path))
+    with pytest.raises(FileNotFoundError, match=r"gone.json: no such run configuration"):
+        io.read_json(str(tmp_path / "gone.json"), "run configuration")
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.0, "4", True, None])
+def test_positive_int_check_names_the_setting(value):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        io.check_positive_int("batch_size", value)
+
+
+def test_a_model_file_resolves_from_a_run_directory_or_a_keras_file(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"run/model.keras: no model to evaluate"):
+        io.resolve_model_file(str(run), action="evaluate")
+    (run / "model.keras").write_bytes(b"")
+    assert io.resolve_model_file(str(run)) == str(run / "model.keras")
+    assert io.resolve_model_file(str(run / "model.keras")) == str(run / "model.keras")
+
+
+def test_publishing_replaces_a_directory_and_leaves_no_sibling(tmp_path):
+    staging, published = tmp_path / "staging", tmp_path / "published"
+    (staging / "sub").mkdir(parents=True)
+    (staging / "sub" / "new.txt").write_text("new")
+    published.mkdir()
+    (published / "old.txt").write_text("old")
+
+    io.publish_directory(str(staging), str(published))
+
+    assert sorted(os.listdir(tmp_path)) == ["published", "staging"]
+    assert os.listdir(published) == ["sub"] and (published / "sub" / "new.txt").read_text() == "new"
