@@ -1,7 +1,8 @@
-"""kbert: pre-train BERT encoders with the joint MLM + NSP objective in TensorFlow 2 / Keras 3.
+"""kbert: pre-train BERT encoders with the joint MLM + NSP objective in Keras 3.
 
-The public API is imported lazily, so `import kbert` (and `kbert --help`) does not start
-TensorFlow until something that needs it is used.
+Keras' TensorFlow backend is the default; `KERAS_BACKEND=jax`, set before kbert or Keras is
+imported, selects the JAX backend (the TPU route). The public API is imported lazily, so
+`import kbert` (and `kbert --help`) does not start TensorFlow until something that needs it is used.
 """
 
 import importlib
@@ -10,6 +11,7 @@ import os
 # TensorFlow leaves oneDNN off on AMD CPUs; on this class of machine it roughly doubles fp32
 # matmul throughput. Set TF_ENABLE_ONEDNN_OPTS=0 before importing kbert to keep it off.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# TensorFlow unless the user chose a backend (KERAS_BACKEND=jax wins); Keras reads it on import.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 __version__ = "0.1.0"
@@ -25,6 +27,7 @@ _EXPORTS = {
     "pretraining_dataset": "kbert.data",
     "describe": "kbert.data",
     "resolve_strategy": "kbert.distribute",
+    "resolve_distribution": "kbert.distribute",
     "pretrain": "kbert.train",
     "evaluate": "kbert.train",
     "export_for_serving": "kbert.export",

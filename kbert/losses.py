@@ -76,7 +76,7 @@ class WeightedSparseCrossEntropy(keras.losses.Loss):
         return {"name": self.name}
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        with ops.name_scope(self.name):
+        with keras.name_scope(self.name):
             ce = self.call(y_true, y_pred)
             return global_weighted_mean(ce, example_weights(sample_weight, ce))
 

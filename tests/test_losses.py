@@ -279,3 +279,13 @@ def test_evaluate_reports_whole_set_weighted_means_over_batches_of_unequal_predi
     assert logs["nsp_loss"] == pytest.approx(nsp, abs=1e-5)
     assert logs["loss"] == pytest.approx(mlm + nsp, abs=1e-5)
     assert logs["mlm_accuracy"] == pytest.approx(correct / total["mlm"][1], abs=1e-6)
+
+
+def test_the_loss_alone_is_the_weighted_mean_of_the_cross_entropies():
+    labels = np.array([[3, 1], [0, 2]], "int32")
+    logits = np.random.default_rng(0).normal(0, 2, (2, 2, 4)).astype("float32")
+    weights = np.array([[1.0, 0.0], [1.0, 1.0]], "float32")
+    ce = numpy_cross_entropy(labels, logits.astype("float64"))
+    loss = kbert.WeightedSparseCrossEntropy()(labels, logits, sample_weight=weights)
+    assert float(loss) == pytest.approx((ce * weights).sum() / 3, rel=1e-6)
+    assert float(kbert.WeightedSparseCrossEntropy()(labels, logits)) == pytest.approx(ce.mean())
