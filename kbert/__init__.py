@@ -1,12 +1,14 @@
-"""kbert: pre-train BERT encoders with the joint MLM + NSP objective in TensorFlow 2 / Keras 3.
+"""kbert: pre-train BERT encoders with the joint MLM + NSP objective in Keras 3.
 
-The public API is imported lazily, so `import kbert` (and `kbert --help`) does not start
-TensorFlow until something that needs it is used.
+Keras' TensorFlow backend is the default; `KERAS_BACKEND=jax`, set before kbert or Keras is
+imported, selects the JAX backend (the TPU route). The public API is imported lazily, so
+`import kbert` (and `kbert --help`) does not start TensorFlow until something that needs it is used.
 
 Direction between the packages: `tfrecords_tools` (the record writer) depends on kbert, never the
-reverse. It may import kbert's shared definitions of the data on disk, `kbert.features` (the
-record format), `kbert.records` (finding and checking shards) and `kbert.vocabulary` (the vocab.txt
-rules); no kbert module below `kbert.cli` imports `tfrecords_tools`.
+reverse. It may import kbert's shared definitions of the data on disk: `kbert.features` (the
+record format), `kbert.records` (finding and checking shards), `kbert.vocabulary` (the vocab.txt
+rules) and `kbert.io` (atomic writes); no kbert module below `kbert.cli` imports
+`tfrecords_tools`.
 """
 
 import importlib
@@ -15,6 +17,7 @@ import os
 # TensorFlow leaves oneDNN off on AMD CPUs; on this class of machine it roughly doubles fp32
 # matmul throughput. Set TF_ENABLE_ONEDNN_OPTS=0 before importing kbert to keep it off.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+# TensorFlow unless the user chose a backend (KERAS_BACKEND=jax wins); Keras reads it on import.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 __version__ = "0.1.0"
@@ -30,6 +33,7 @@ _EXPORTS = {
     "pretraining_dataset": "kbert.data",
     "describe": "kbert.data",
     "resolve_strategy": "kbert.distribute",
+    "resolve_distribution": "kbert.distribute",
     "pretrain": "kbert.train",
     "PretrainConfig": "kbert.pretrain_config",
     "evaluate": "kbert.evaluation",

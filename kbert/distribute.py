@@ -1,15 +1,26 @@
-"""Which `tf.distribute` strategy to train under: one device, Mirrored, MultiWorkerMirrored or TPU."""
+"""Where training runs, and everything that differs between Keras' TensorFlow and JAX backends.
+
+TensorFlow: a `tf.distribute` strategy (one device, Mirrored, MultiWorkerMirrored or TPU).
+JAX: a `keras.distribution.DataParallel` over the JAX devices (or one device). The rest of kbert
+(model, losses, metrics, optimizer) is written with `keras.ops` and asks this module for the few
+things that differ: `sum_over_replicas`, the trainer fixes in `TrainerFixes`, and
+`resolve_distribution`, which gives a `Placement` (scope, replicas, input distribution).
+"""
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import dataclasses
 import glob
 import json
 import logging
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
+import keras
 import tensorflow as tf
 
 logger = logging.getLogger(__name__)
@@ -146,7 +157,8 @@ def _tf_config_tasks() -> list[tuple[str, int]]:
     except (ValueError, KeyError, TypeError, AttributeError):
         raise ValueError(
             "TF_CONFIG is not a JSON object with a 'cluster' of task lists, e.g. "
-            '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}'
+            '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+            '"task": {"type": "worker", "index": 0}}'
         ) from None
 
 
@@ -155,7 +167,8 @@ def _multi_worker_strategy(why: str) -> tf.distribute.Strategy:
         raise ValueError(
             "strategy 'multi_worker' needs the TF_CONFIG environment variable: the cluster's "
             "workers and this process's task, e.g. "
-            '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}'
+            '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+            '"task": {"type": "worker", "index": 0}}'
         )
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -220,3 +233,248 @@ def _tpu_strategy(tpu: str, why: str) -> tf.distribute.Strategy:
         why,
     )
     return strategy
+
+
+def sum_over_replicas(value: Any) -> Any:
+    """Sum of `value` over the replicas training in sync (the value itself on one device).
+
+    Under a `tf.distribute` strategy each replica sees its part of the batch: an all-reduce.
+    Under JAX, `keras.distribution` runs one program on the global batch (sharded across the
+    devices), so sums are global already.
+
+    Examples:
+    >>> float(sum_over_replicas(keras.ops.array(3.0)))
+    3.0
+    """
+    if keras.backend.backend() != "tensorflow":
+        return value
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+# The trainer's methods differ by backend (TensorFlow's `train_step(data)`, JAX's
+# `train_step(state, data)`), so the fixes exist only where they apply.
+if keras.backend.backend() == "tensorflow":
+
+    class TrainerFixes:
+        """Keras trainer fixes for kbert's models on the TensorFlow backend (mix in before
+        `keras.Model`).
+
+        keras-team/keras#20585: Keras 3's fit and evaluate fail under MultiWorkerMirroredStrategy.
+        Building from the first batch, it averages the batch across workers (an eager collective
+        that fails); the first local batch gives the same shapes. Reducing each step's logs, it
+        averages over axis 0, which scalars lack; as 1-element vectors they average as intended.
+        """
+
+        def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+            if iterator is not None and is_multi_worker(self.distribute_strategy):
+                strategy = self.distribute_strategy
+                for _, _, batches in iterator:
+                    data_batch = tf.nest.map_structure(
+                        lambda x: (
+                            strategy.experimental_local_results(x)[0]
+                            if isinstance(x, tf.distribute.DistributedValues)
+                            else x
+                        ),
+                        next(batches),
+                    )
+                    break
+                iterator = None
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+        def train_step(self, data):
+            return self._reducible_logs(super().train_step(data))
+
+        def test_step(self, data):
+            return self._reducible_logs(super().test_step(data))
+
+        def _reducible_logs(self, logs: dict) -> dict:
+            if not is_multi_worker(self.distribute_strategy):
+                return logs
+            return {
+                name: (
+                    tf.reshape(value, [1])
+                    if tf.is_tensor(value) and value.shape.rank == 0
+                    else value
+                )
+                for name, value in logs.items()
+            }
+
+else:
+
+    class TrainerFixes:
+        """Keras trainer fixes for kbert's models: none are needed on this backend."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where a run trains, for either Keras backend: build, compile and fit inside `scope()`.
+
+    Attributes:
+        backend: "tensorflow" or "jax".
+        num_replicas: devices a global batch is split across (it must divide by this).
+        strategy: the `tf.distribute.Strategy` (TensorFlow backend), else None.
+        distribution: the `keras.distribution.DataParallel` (JAX, several devices), else None.
+        device: the one JAX device used without a distribution, else None.
+        description: the line `resolve_distribution` logged.
+    """
+
+    backend: str
+    num_replicas: int
+    description: str
+    strategy: tf.distribute.Strategy | None = None
+    distribution: Any = None
+    device: Any = None
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Variables, compilation and training inside go to this placement's devices."""
+        if self.strategy is not None:
+            with self.strategy.scope():
+                yield
+        elif self.distribution is not None:
+            with self.distribution.scope():
+                yield
+        else:
+            import jax
+
+            with jax.default_device(self.device):
+                yield
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes the run's files (see `is_chief`; JAX: process 0)."""
+        if self.strategy is not None:
+            return is_chief(self.strategy)
+        import jax
+
+        return jax.process_index() == 0
+
+    def check_global_batch_size(self, global_batch_size: int) -> None:
+        """Raise a clear error unless `global_batch_size` splits evenly across the replicas."""
+        if global_batch_size % self.num_replicas:
+            raise ValueError(
+                f"the global batch size ({global_batch_size}) must be a multiple of the number "
+                f"of devices it is split across ({self.num_replicas}: {self.description})"
+            )
+
+    def distribute_dataset(
+        self,
+        dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
+        global_batch_size: int,
+    ) -> tf.data.Dataset | tf.distribute.DistributedDataset:
+        """The input for `fit`/`evaluate` from `dataset_fn(input_context)`, which must batch
+        `input_context.get_per_replica_batch_size(global_batch_size)` sequences.
+
+        TensorFlow: `strategy.distribute_datasets_from_function`. JAX: one pipeline per process
+        yielding that process's share of each global batch (the whole batch on one host); Keras
+        shards it across the process's devices.
+        """
+        self.check_global_batch_size(global_batch_size)
+        if self.strategy is not None:
+            return self.strategy.distribute_datasets_from_function(dataset_fn)
+        import jax
+
+        processes = jax.process_count()
+        # A "replica" of the input context is a process: each builds its own batches.
+        return dataset_fn(tf.distribute.InputContext(processes, jax.process_index(), processes))
+
+
+JAX_STRATEGY_KINDS = ("auto", "cpu", "tpu")
+
+
+def resolve_distribution(
+    kind: str = "auto",
+    tpu: str = "local",
+    devices: Sequence[str] | None = None,
+) -> Placement:
+    """Where to train for strategy `kind` on the current Keras backend, logging what and why.
+
+    TensorFlow backend: the strategy of `resolve_strategy(kind, tpu, devices)` (see there).
+    JAX backend: `auto` is data parallel (`keras.distribution.DataParallel`) over every JAX
+    device — the TPU chips of a TPU VM, the GPUs, or the CPU devices that
+    `XLA_FLAGS=--xla_force_host_platform_device_count=N` creates — and one device when there is
+    only one; `tpu` is data parallel over `jax.devices("tpu")` (an error when there is none);
+    `cpu` is one CPU device. `mirrored` and `multi_worker` are TensorFlow strategies: an error
+    under JAX. On a multi-host TPU slice call `keras.distribution.initialize()` (which runs
+    `jax.distributed.initialize`) first thing on every host; `jax.devices()` then lists every
+    chip of the slice, `auto` spans them all and each host feeds its share of each global batch
+    (`Placement.distribute_dataset`).
+
+    Args:
+        kind: "auto", "cpu", "mirrored", "multi_worker" or "tpu" (JAX: "auto", "cpu", "tpu").
+        tpu: TensorFlow only: "local", a TPU name or a grpc address (JAX uses the local chips).
+        devices: TensorFlow only: devices for `kind="mirrored"`.
+
+    Returns:
+        A `Placement`: build the model and optimizer, compile and fit inside its `scope()`.
+
+    Examples:
+    >>> placement = resolve_distribution("cpu")
+    >>> placement.num_replicas
+    1
+    """
+    if keras.backend.backend() == "tensorflow":
+        strategy = resolve_strategy(kind, tpu=tpu, devices=devices)
+        return Placement(
+            backend="tensorflow",
+            num_replicas=strategy.num_replicas_in_sync,
+            description=type(strategy).__name__,
+            strategy=strategy,
+        )
+    if keras.backend.backend() != "jax":
+        raise ValueError(
+            f"kbert trains on Keras' TensorFlow or JAX backend, not {keras.backend.backend()!r} "
+            "(set KERAS_BACKEND=tensorflow or jax before importing kbert)"
+        )
+    return _jax_placement(kind, tpu, devices)
+
+
+def _jax_placement(kind: str, tpu: str, devices: Sequence[str] | None) -> Placement:
+    import jax
+
+    if kind in ("mirrored", "multi_worker"):
+        raise ValueError(
+            f"strategy {kind!r} is a TensorFlow strategy; under KERAS_BACKEND=jax use 'auto' "
+            "(data parallel over every JAX device; on several hosts after "
+            "keras.distribution.initialize()), 'tpu' or 'cpu', or set KERAS_BACKEND=tensorflow"
+        )
+    if kind not in JAX_STRATEGY_KINDS:
+        raise ValueError(
+            f"strategy must be one of {', '.join(JAX_STRATEGY_KINDS)} under KERAS_BACKEND=jax, "
+            f"got {kind!r}"
+        )
+    if devices is not None:
+        raise ValueError(f"devices={list(devices)} is only used with TensorFlow's 'mirrored'")
+    if tpu != "local":
+        raise ValueError(
+            f"tpu={tpu!r}: a remote TPU by name or address is TensorFlow's TPUStrategy; under "
+            "KERAS_BACKEND=jax run on the TPU VM itself (tpu='local')"
+        )
+    if kind == "cpu":
+        chosen, why = jax.devices("cpu")[:1], "requested"
+    elif kind == "tpu":
+        try:
+            chosen = jax.devices("tpu")
+        except RuntimeError:
+            raise ValueError(
+                "strategy 'tpu': JAX sees no TPU on this machine (jax.devices('tpu') failed). "
+                "On Colab choose a TPU runtime; elsewhere use strategy 'auto' or 'cpu'"
+            ) from None
+        why = "requested"
+    else:
+        chosen = jax.devices()
+        why = f"auto: {len(chosen)} {chosen[0].platform.upper()} device(s) visible to JAX"
+    names = ", ".join(f"{d.platform}:{d.id}" for d in chosen)
+    if len(chosen) == 1:
+        description = f"one device ({names})"
+        placement = Placement("jax", 1, description, device=chosen[0])
+    else:
+        description = f"DataParallel over {len(chosen)} devices ({names})"
+        # kbert's pipelines shard the input per process themselves (distribute_dataset).
+        distribution = keras.distribution.DataParallel(devices=chosen, auto_shard_dataset=False)
+        placement = Placement("jax", len(chosen), description, distribution=distribution)
+    logger.info("distribution: %s — %s", description, why)
+    return placement

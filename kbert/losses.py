@@ -5,24 +5,47 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import tensorflow as tf
+from keras import ops
+
+from kbert.distribute import sum_over_replicas
 
 LOSS_WEIGHTS = {"mlm": 1.0, "nsp": 1.0}
 
 
-def per_example_cross_entropy(y_true: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-    """Sparse softmax cross-entropy from logits, one value per label (shape of `logits[..., 0]`)."""
-    logits = tf.cast(logits, tf.float32)
-    labels = tf.reshape(tf.cast(y_true, tf.int32), tf.shape(logits)[:-1])
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+def per_example_cross_entropy(y_true: Any, logits: Any) -> Any:
+    """Sparse softmax cross-entropy from logits, one value per label (shape of `logits[..., 0]`).
+
+    Examples:
+    >>> ce = per_example_cross_entropy([1, 0], [[0.0, 0.0], [0.0, 0.0]])
+    >>> [round(float(v), 4) for v in ce]
+    [0.6931, 0.6931]
+    """
+    logits = ops.cast(logits, "float32")
+    labels = ops.reshape(ops.cast(y_true, "int32"), ops.shape(logits)[:-1])
+    return ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
 
 
-def _sum_over_replicas(value: tf.Tensor) -> tf.Tensor:
-    """Sum of `value` over all replicas in sync (identity on one device)."""
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return value
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+def example_weights(sample_weight: Any, ce: Any) -> Any:
+    """`sample_weight` as float weights shaped like `ce` (every label counts 1 when None).
+
+    Examples:
+    >>> ops.convert_to_numpy(example_weights(None, ops.zeros((2, 3)))).tolist()
+    [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+    """
+    if sample_weight is None:
+        return ops.ones_like(ce)
+    return ops.reshape(ops.cast(sample_weight, ce.dtype), ops.shape(ce))
+
+
+def global_weighted_mean(ce: Any, weights: Any) -> Any:
+    """This replica's share of Σ w·ce / Σ w over the global batch (0 when Σ w is 0).
+
+    Examples:
+    >>> float(global_weighted_mean(ops.array([1.0, 3.0]), ops.array([1.0, 0.0])))
+    1.0
+    """
+    total_weight = ops.stop_gradient(sum_over_replicas(ops.sum(weights)))
+    return ops.divide_no_nan(ops.sum(weights * ce), total_weight)
 
 
 @keras.saving.register_keras_serializable(package="kbert")
@@ -33,7 +56,9 @@ class WeightedSparseCrossEntropy(keras.losses.Loss):
     average per-replica ratios (`mean_with_sample_weight`, which depends on how the batch is split).
     This loss sums the weights over all replicas, so each replica returns its share
     Σ_local w·ce / Σ_global w; the replicas' gradients, summed by the strategy, are the gradient of
-    the global ratio, for any number of replicas. With no sample weight every label counts 1.
+    the global ratio, for any number of replicas. Under JAX's data parallelism a step sees the
+    global batch as one sharded array and the sums are global already. With no sample weight
+    every label counts 1.
 
     Examples:
     >>> loss = WeightedSparseCrossEntropy()
@@ -44,22 +69,16 @@ class WeightedSparseCrossEntropy(keras.losses.Loss):
     def __init__(self, name: str = "weighted_sparse_cross_entropy", **kwargs: Any):
         super().__init__(name=name, reduction="sum", **kwargs)
 
-    def call(self, y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    def call(self, y_true: Any, y_pred: Any) -> Any:
         return per_example_cross_entropy(y_true, y_pred)
 
     def get_config(self) -> dict[str, Any]:
         return {"name": self.name}
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        with tf.name_scope(self.name):
+        with keras.name_scope(self.name):
             ce = self.call(y_true, y_pred)
-            if sample_weight is None:
-                weights = tf.ones_like(ce)
-            else:
-                weights = tf.reshape(tf.cast(sample_weight, ce.dtype), tf.shape(ce))
-            local_sum = tf.reduce_sum(weights * ce)
-            total_weight = tf.stop_gradient(_sum_over_replicas(tf.reduce_sum(weights)))
-            return tf.math.divide_no_nan(local_sum, total_weight)
+            return global_weighted_mean(ce, example_weights(sample_weight, ce))
 
 
 def compile_for_pretraining(
@@ -83,8 +102,9 @@ def compile_for_pretraining(
         model: the model from `build_pretraining_model`.
         optimizer: a Keras optimizer (see `create_optimizer`) or its name.
         jit_compile: XLA; pass True to compile for TPU-like execution on CPU/GPU
-            (Keras' "auto" turns it off on CPU and under distribution strategies).
-        steps_per_execution: training steps run per `tf.function` call.
+            (Keras' "auto" turns it off on CPU and under distribution strategies on the
+            TensorFlow backend; the JAX backend always compiles).
+        steps_per_execution: training steps run per compiled call.
         **compile_kwargs: passed to `model.compile`.
 
     Examples:

@@ -8,14 +8,18 @@ from typing import Any
 
 import keras
 import keras_hub
-import tensorflow as tf
 from keras_hub.src.utils.keras_utils import gelu_approximate
 
 from kbert import features
 from kbert.config import BertConfig, resolve_config
-from kbert.distribute import is_multi_worker
+from kbert.distribute import TrainerFixes
 from kbert.io import check_positive_int, resolve_model_file
-from kbert.losses import WeightedSparseCrossEntropy, per_example_cross_entropy
+from kbert.losses import (
+    WeightedSparseCrossEntropy,
+    example_weights,
+    global_weighted_mean,
+    per_example_cross_entropy,
+)
 
 OUTPUTS = ("mlm", "nsp")
 # keras-hub's BertBackbone initialises with a truncated normal of this stddev.
@@ -23,7 +27,7 @@ _BACKBONE_INITIALIZER_RANGE = 0.02
 
 
 @keras.saving.register_keras_serializable(package="kbert")
-class BertPretrainingModel(keras.Model):
+class BertPretrainingModel(TrainerFixes, keras.Model):
     """The joint MLM + NSP pre-training model over one shared encoder (a functional Keras model).
 
     Built by `build_pretraining_model` (see there for inputs and outputs). Beyond any functional
@@ -83,41 +87,24 @@ class BertPretrainingModel(keras.Model):
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        if self._logged_loss_weights is not None:
-            for name, tracker in self._whole_set_loss_trackers.items():
-                weight = None if sample_weight is None else sample_weight.get(name)
-                ce = per_example_cross_entropy(y[name], y_pred[name])
-                if weight is not None:
-                    weight = tf.reshape(tf.cast(weight, ce.dtype), tf.shape(ce))
-                tracker.update_state(ce, sample_weight=weight)
-        return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-    # keras-team/keras#20585: Keras 3's fit and evaluate fail under MultiWorkerMirroredStrategy.
-    # Building from the first batch, it averages the batch across workers (an eager collective
-    # that fails); the first local batch gives the same shapes. Reducing each step's logs, it
-    # averages over axis 0, which scalars lack; as 1-element vectors they average as intended.
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if iterator is not None and is_multi_worker(self.distribute_strategy):
-            strategy = self.distribute_strategy
-            for _, _, batches in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda x: (
-                        strategy.experimental_local_results(x)[0]
-                        if isinstance(x, tf.distribute.DistributedValues)
-                        else x
-                    ),
-                    next(batches),
-                )
-                break
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
-    def train_step(self, data):
-        return _reducible_logs(self, super().train_step(data))
-
-    def test_step(self, data):
-        return _reducible_logs(self, super().test_step(data))
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Keras' weighted sum of the compiled losses; with kbert's losses, the per-example
+        cross-entropy of each output is computed once and feeds both its loss and its whole-set
+        loss tracker (the MLM softmax over the vocabulary is the costliest op after the encoder).
+        """
+        if self._logged_loss_weights is None:
+            return super().compute_loss(x, y, y_pred, sample_weight, training=training)
+        total = 0.0
+        for name, tracker in self._whole_set_loss_trackers.items():
+            ce = per_example_cross_entropy(y[name], y_pred[name])
+            weights = example_weights(
+                None if sample_weight is None else sample_weight.get(name), ce
+            )
+            tracker.update_state(ce, sample_weight=weights)
+            total += self._logged_loss_weights[name] * global_weighted_mean(ce, weights)
+        for loss in self.losses:
+            total += self._aggregate_additional_loss(loss)
+        return total
 
     def get_metrics_result(self):
         logs = super().get_metrics_result()
@@ -128,15 +115,6 @@ class BertPretrainingModel(keras.Model):
                 total += self._logged_loss_weights[name] * logs[f"{name}_loss"]
             logs["loss"] = total
         return logs
-
-
-def _reducible_logs(model: keras.Model, logs: dict) -> dict:
-    if not is_multi_worker(model.distribute_strategy):
-        return logs
-    return {
-        name: tf.reshape(value, [1]) if tf.is_tensor(value) and value.shape.rank == 0 else value
-        for name, value in logs.items()
-    }
 
 
 def build_pretraining_model(

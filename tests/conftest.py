@@ -1,26 +1,40 @@
-"""Test setup: two logical CPU devices (the multi-replica proxy) before any TensorFlow op runs."""
+"""Test setup for either Keras backend (`KERAS_BACKEND`, default tensorflow).
+
+TensorFlow: two logical CPU devices (the multi-replica proxy) before any TensorFlow op runs.
+JAX: the devices come from `XLA_FLAGS=--xla_force_host_platform_device_count=N`, set before
+JAX starts (tests/test_jax_backend.py runs the JAX pass that way). Tests marked
+`tensorflow_only` or `jax_only` are skipped on the other backend.
+"""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import pytest  # noqa: E402
 
 import kbert  # noqa: E402,F401  (sets kbert's environment defaults before TensorFlow starts)
 
+BACKEND = keras.backend.backend()
+
 
 def pytest_configure(config):
-    import tensorflow as tf
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
 
-    cpus = tf.config.list_physical_devices("CPU")
-    tf.config.set_logical_device_configuration(
-        cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
-    )
+        cpus = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+        )
     config.addinivalue_line("markers", "slow: long test, run with `python -m pytest tests -m slow`")
     config.addinivalue_line(
         "markers",
         "tf_compat: smoke subset (build, fit, export) CI also runs under TensorFlow 2.20 (.ci/run)",
     )
+    config.addinivalue_line(
+        "markers", "tensorflow_only: needs Keras' TensorFlow backend (tf.distribute, TF graphs)"
+    )
+    config.addinivalue_line("markers", "jax_only: needs Keras' JAX backend (keras.distribution)")
     # Keras 3.15 converting tensors for numpy 2: harmless, and thousands of lines of noise.
     config.addinivalue_line(
         "filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword"
@@ -45,14 +59,21 @@ def fresh_collective_keys():
     numbers; a second strategy whose all-reduces differ in shape from the first's then aborts
     with "Shape mismatch in the collective instance". kbert.distribute does the same per strategy.
     """
-    import tensorflow as tf
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
 
-    tf.distribute.MirroredStrategy._collective_key_base += 1000
+        tf.distribute.MirroredStrategy._collective_key_base += 1000
     yield
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip `slow` tests unless a marker expression asks for them (`-m slow`)."""
+    """Skip tests of the other backend, and `slow` tests unless a marker expression asks for
+    them (`-m slow`)."""
+    other = "jax_only" if BACKEND == "tensorflow" else "tensorflow_only"
+    skip_backend = pytest.mark.skip(reason=f"{other}: not run under KERAS_BACKEND={BACKEND}")
+    for item in items:
+        if other in item.keywords:
+            item.add_marker(skip_backend)
     if config.option.markexpr:
         return
     skip = pytest.mark.skip(reason="slow: run with `python -m pytest tests -m slow`")

@@ -1,10 +1,14 @@
-"""The joint objective: MLM + NSP summed, one update, Google's MLM normalisation on any strategy."""
+"""The joint objective: MLM + NSP summed, one update, Google's MLM normalisation on any strategy.
+
+Runs under both Keras backends (tests/test_jax_backend.py runs it under JAX).
+"""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from helpers import random_batch, tiny_config
+from keras import ops
 
 import kbert
 
@@ -15,14 +19,46 @@ def numpy_cross_entropy(labels, logits):
     return -np.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
 
 
+def reference_cross_entropy(labels, logits):
+    """Cross-entropy written out in keras.ops (differentiable on either backend)."""
+    log_probs = ops.log_softmax(logits, axis=-1)
+    return -ops.take_along_axis(log_probs, ops.expand_dims(labels, -1), axis=-1)[..., 0]
+
+
+def numpy_outputs(model, x):
+    return {name: ops.convert_to_numpy(value) for name, value in model(x).items()}
+
+
 def expected_losses(model, x, y, w):
     """Google's definitions computed in numpy from the model's logits."""
-    out = model(x)
-    mlm_ce = numpy_cross_entropy(y["mlm"], out["mlm"].numpy().astype("float64"))
-    nsp_ce = numpy_cross_entropy(y["nsp"], out["nsp"].numpy().astype("float64"))
+    out = numpy_outputs(model, x)
+    mlm_ce = numpy_cross_entropy(y["mlm"], out["mlm"].astype("float64"))
+    nsp_ce = numpy_cross_entropy(y["nsp"], out["nsp"].astype("float64"))
     mlm = (w["mlm"] * mlm_ce).sum() / w["mlm"].sum()
     nsp = (w["nsp"] * nsp_ce).sum() / w["nsp"].sum()
     return mlm, nsp
+
+
+def gradients(model, x, loss_of_outputs):
+    """∇ of `loss_of_outputs(model(x, training=True))` for every trainable weight, as numpy."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        non_trainable = [v.value for v in model.non_trainable_variables]
+
+        def loss(trainable):
+            out, _ = model.stateless_call(trainable, non_trainable, x, training=True)
+            return loss_of_outputs(out)
+
+        grads = jax.grad(loss)([v.value for v in model.trainable_variables])
+    else:
+        with tf.GradientTape() as tape:
+            total = loss_of_outputs(model(x, training=True))
+        grads = tape.gradient(total, model.trainable_variables)
+    return [
+        np.zeros(v.shape, "float32") if g is None else ops.convert_to_numpy(g)
+        for g, v in zip(grads, model.trainable_variables)
+    ]
 
 
 def compiled_tiny(optimizer=None, seed=0, **kwargs):
@@ -57,30 +93,32 @@ def test_mlm_loss_1_8_and_nsp_loss_0_6_give_total_2_4():
     # Padded predictions carry garbage logits: they must not count.
     mlm_logits[w["mlm"] == 0] = np.random.default_rng(1).normal(0, 9, (100,))
     y_pred = {
-        "mlm": tf.constant(mlm_logits),
-        "nsp": tf.constant(logits_with_loss(y["nsp"], 2, 0.6)),
+        "mlm": ops.convert_to_tensor(mlm_logits),
+        "nsp": ops.convert_to_tensor(logits_with_loss(y["nsp"], 2, 0.6)),
     }
     total = model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=w)
     assert float(total) == pytest.approx(2.4, abs=1e-5)
+
+
+def joint_loss(y, w):
+    def loss(out):
+        mlm_ce = reference_cross_entropy(y["mlm"], out["mlm"])
+        nsp_ce = reference_cross_entropy(y["nsp"], out["nsp"])
+        return ops.sum(w["mlm"] * mlm_ce) / w["mlm"].sum() + ops.mean(nsp_ce)
+
+    return loss
 
 
 def test_one_step_moves_weights_by_minus_lr_times_gradient_of_the_sum():
     lr = 0.5
     model = compiled_tiny(keras.optimizers.SGD(lr))
     x, y, w = random_batch()
-    before = [v.numpy() for v in model.trainable_weights]
-
-    with tf.GradientTape() as tape:
-        out = model(x, training=True)
-        mlm_ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y["mlm"], out["mlm"])
-        nsp_ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y["nsp"], out["nsp"])
-        total = tf.reduce_sum(w["mlm"] * mlm_ce) / w["mlm"].sum() + tf.reduce_mean(nsp_ce)
-    grads = tape.gradient(total, model.trainable_weights)
+    before = [v.numpy() for v in model.trainable_variables]
+    grads = gradients(model, x, joint_loss(y, w))
 
     model.train_on_batch(x, y, sample_weight=w)
     assert int(model.optimizer.iterations) == 1
-    for v, b, g in zip(model.trainable_weights, before, grads):
-        g = tf.convert_to_tensor(g).numpy()
+    for v, b, g in zip(model.trainable_variables, before, grads):
         np.testing.assert_allclose(v.numpy(), b - lr * g, atol=1e-5, err_msg=v.path)
 
     model.train_on_batch(x, y, sample_weight=w)
@@ -95,19 +133,16 @@ def test_one_summed_update_differs_from_an_mlm_update_then_an_nsp_update():
     sequential = compiled_tiny(keras.optimizers.SGD(0.5))
     optimizer = keras.optimizers.SGD(0.5)
     for name in ("mlm", "nsp"):
-        with tf.GradientTape() as tape:
-            out = sequential(x, training=True)
-            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y[name], out[name])
-            loss = tf.reduce_sum(w[name] * ce) / w[name].sum()
-        grads = tape.gradient(loss, sequential.trainable_weights)
-        grads = [
-            tf.zeros_like(v) if g is None else g
-            for g, v in zip(grads, sequential.trainable_weights)
-        ]
-        optimizer.apply_gradients(zip(grads, sequential.trainable_weights))
+
+        def loss(out, name=name):
+            ce = reference_cross_entropy(y[name], out[name])
+            return ops.sum(w[name] * ce) / w[name].sum()
+
+        grads = gradients(sequential, x, loss)
+        optimizer.apply_gradients(zip(grads, sequential.trainable_variables))
     differences = [
         np.abs(a.numpy() - b.numpy()).max()
-        for a, b in zip(joint.trainable_weights, sequential.trainable_weights)
+        for a, b in zip(joint.trainable_variables, sequential.trainable_variables)
     ]
     assert max(differences) > 1e-4
 
@@ -120,9 +155,8 @@ def test_mlm_loss_is_weighted_sum_over_weight_sum_not_over_all_slots():
     assert logs["mlm_loss"] == pytest.approx(mlm, abs=1e-5)
     assert logs["nsp_loss"] == pytest.approx(nsp, abs=1e-5)
     # Keras' default reduction would divide by B * P: clearly different on this batch.
-    out = model(x)
     keras_default = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
-        y["mlm"], out["mlm"], sample_weight=w["mlm"]
+        y["mlm"], model(x)["mlm"], sample_weight=w["mlm"]
     )
     assert abs(float(keras_default) - mlm) > 0.1
 
@@ -130,7 +164,7 @@ def test_mlm_loss_is_weighted_sum_over_weight_sum_not_over_all_slots():
 def test_mlm_accuracy_counts_only_real_predictions():
     model = compiled_tiny()
     x, y, w = random_batch()
-    predicted = model(x)["mlm"].numpy().argmax(-1)
+    predicted = numpy_outputs(model, x)["mlm"].argmax(-1)
     # Make every padded slot "correct": it must still not count.
     y = dict(y, mlm=np.where(w["mlm"] > 0, y["mlm"], predicted).astype("int32"))
     y["mlm"][0, 0] = predicted[0, 0]  # one real prediction right
@@ -139,30 +173,82 @@ def test_mlm_accuracy_counts_only_real_predictions():
     assert logs["mlm_accuracy"] == pytest.approx(expected, abs=1e-6)
 
 
-def test_loss_and_gradients_are_the_same_on_one_device_and_two_mirrored_replicas(two_cpus):
+def unequal_halves_batch():
+    """8 sequences whose halves hold different numbers of real predictions (10 and 4)."""
     x, y, w = random_batch(batch_size=8)
-    # Replica 0 gets the first 4 sequences (1-4 real predictions), replica 1 the rest (1 each).
+    # The first 4 sequences have 1-4 real predictions, the last 4 one each.
     w["mlm"][4:] = [1.0, 0.0, 0.0, 0.0]
+    return x, y, w
+
+
+def assert_same_as_one_device(build_distributed):
+    """One `fit` step on the unequal-halves batch gives one device's losses and weights."""
+    x, y, w = unequal_halves_batch()
     single = compiled_tiny(keras.optimizers.SGD(0.5))
     initial = [v.numpy() for v in single.weights]
     mlm, nsp = expected_losses(single, x, y, w)
     dataset = tf.data.Dataset.from_tensors((x, y, w))
     single_logs = single.fit(dataset, epochs=1, verbose=0).history
 
-    strategy = tf.distribute.MirroredStrategy(two_cpus)
-    with strategy.scope():
-        mirrored = kbert.build_pretraining_model(tiny_config(), 16, 4)
-        kbert.compile_for_pretraining(mirrored, keras.optimizers.SGD(0.5))
-    for v, value in zip(mirrored.weights, initial):
-        v.assign(value)
-    mirrored_logs = mirrored.fit(dataset, epochs=1, verbose=0).history
+    distributed, distributed_logs = build_distributed(initial, dataset)
 
-    for logs in (single_logs, mirrored_logs):
+    for logs in (single_logs, distributed_logs):
         assert logs["mlm_loss"][0] == pytest.approx(mlm, abs=1e-5)
         assert logs["nsp_loss"][0] == pytest.approx(nsp, abs=1e-5)
+        assert logs["loss"][0] == pytest.approx(mlm + nsp, abs=1e-5)
     # Same update, hence the same gradient of the global-batch loss.
-    for a, b in zip(single.weights, mirrored.weights):
+    for a, b in zip(single.weights, distributed.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
+
+
+@pytest.mark.tensorflow_only
+def test_loss_and_gradients_are_the_same_on_one_device_and_two_mirrored_replicas(two_cpus):
+    def build_distributed(initial, dataset):
+        strategy = tf.distribute.MirroredStrategy(two_cpus)
+        with strategy.scope():
+            mirrored = kbert.build_pretraining_model(tiny_config(), 16, 4)
+            kbert.compile_for_pretraining(mirrored, keras.optimizers.SGD(0.5))
+        for v, value in zip(mirrored.weights, initial):
+            v.assign(value)
+        return mirrored, mirrored.fit(dataset, epochs=1, verbose=0).history
+
+    assert_same_as_one_device(build_distributed)
+
+
+@pytest.mark.jax_only
+def test_loss_and_weights_are_the_same_on_one_device_and_two_data_parallel_devices():
+    from kbert.distribute import resolve_distribution
+
+    def build_distributed(initial, dataset):
+        placement = resolve_distribution("auto")
+        assert placement.num_replicas == 2, "run with --xla_force_host_platform_device_count=2"
+        with placement.scope():
+            parallel = kbert.build_pretraining_model(tiny_config(), 16, 4)
+            kbert.compile_for_pretraining(parallel, keras.optimizers.SGD(0.5))
+            for v, value in zip(parallel.weights, initial):
+                v.assign(value)
+            logs = parallel.fit(dataset, epochs=1, verbose=0).history
+        # The weights live on both devices (replicated), so the step ran on both halves.
+        assert all(len(v.value.sharding.device_set) == 2 for v in parallel.trainable_variables)
+        return parallel, logs
+
+    assert_same_as_one_device(build_distributed)
+
+
+@pytest.mark.tensorflow_only
+def test_a_train_step_computes_one_softmax_cross_entropy_over_the_vocabulary():
+    vocab_size = 100
+    model = compiled_tiny()
+    x, y, w = random_batch(vocab_size=vocab_size)
+    model.train_on_batch(x, y, sample_weight=w)
+    graph = tf.function(model.train_step).get_concrete_function((x, y, w)).graph
+    over_vocab = [
+        op
+        for op in graph.get_operations()
+        if op.type in ("SparseSoftmaxCrossEntropyWithLogits", "Softmax", "LogSoftmax")
+        and op.inputs[0].shape[-1] == vocab_size
+    ]
+    assert [op.type for op in over_vocab] == ["SparseSoftmaxCrossEntropyWithLogits"]
 
 
 def test_evaluate_reports_whole_set_weighted_means_over_batches_of_unequal_predictions():
@@ -174,12 +260,12 @@ def test_evaluate_reports_whole_set_weighted_means_over_batches_of_unequal_predi
     total = {"mlm": [0.0, 0.0], "nsp": [0.0, 0.0]}
     correct = 0.0
     for x, y, w in batches:
-        out = model(x)
+        out = numpy_outputs(model, x)
         for name in ("mlm", "nsp"):
-            ce = numpy_cross_entropy(y[name], out[name].numpy().astype("float64"))
+            ce = numpy_cross_entropy(y[name], out[name].astype("float64"))
             total[name][0] += (w[name] * ce).sum()
             total[name][1] += w[name].sum()
-        correct += ((out["mlm"].numpy().argmax(-1) == y["mlm"]) * w["mlm"]).sum()
+        correct += ((out["mlm"].argmax(-1) == y["mlm"]) * w["mlm"]).sum()
     dataset = tf.data.Dataset.from_generator(
         lambda: iter(batches),
         output_signature=tf.nest.map_structure(
@@ -193,3 +279,13 @@ def test_evaluate_reports_whole_set_weighted_means_over_batches_of_unequal_predi
     assert logs["nsp_loss"] == pytest.approx(nsp, abs=1e-5)
     assert logs["loss"] == pytest.approx(mlm + nsp, abs=1e-5)
     assert logs["mlm_accuracy"] == pytest.approx(correct / total["mlm"][1], abs=1e-6)
+
+
+def test_the_loss_alone_is_the_weighted_mean_of_the_cross_entropies():
+    labels = np.array([[3, 1], [0, 2]], "int32")
+    logits = np.random.default_rng(0).normal(0, 2, (2, 2, 4)).astype("float32")
+    weights = np.array([[1.0, 0.0], [1.0, 1.0]], "float32")
+    ce = numpy_cross_entropy(labels, logits.astype("float64"))
+    loss = kbert.WeightedSparseCrossEntropy()(labels, logits, sample_weight=weights)
+    assert float(loss) == pytest.approx((ce * weights).sum() / 3, rel=1e-6)
+    assert float(kbert.WeightedSparseCrossEntropy()(labels, logits)) == pytest.approx(ce.mean())

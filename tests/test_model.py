@@ -1,11 +1,14 @@
-"""The functional pre-training model: inputs, outputs, tied embedding, precision, XLA, saving."""
+"""The functional pre-training model: inputs, outputs, tied embedding, precision, XLA, saving.
+
+Runs under both Keras backends (tests/test_jax_backend.py runs it under JAX).
+"""
 
 import keras
 import keras_hub
 import numpy as np
 import pytest
-import tensorflow as tf
 from helpers import random_batch, tiny_config
+from keras import ops
 
 import kbert
 
@@ -43,9 +46,9 @@ def test_mlm_output_embedding_is_the_input_token_embedding():
     assert sum(w is table for w in model.trainable_weights) == 1
     # Changing the input table changes the MLM logits through the projection.
     x, _, _ = random_batch()
-    before = model(x)["mlm"].numpy()
+    before = ops.convert_to_numpy(model(x)["mlm"])
     table.assign(table.numpy() * 2.0)
-    assert not np.allclose(before, model(x)["mlm"].numpy())
+    assert not np.allclose(before, ops.convert_to_numpy(model(x)["mlm"]))
 
 
 def test_mlm_logits_depend_only_on_the_masked_positions():
@@ -58,11 +61,15 @@ def test_mlm_logits_depend_only_on_the_masked_positions():
             "padding_mask": x["input_mask"],
         }
     )["sequence_output"]
-    gathered = np.take_along_axis(full.numpy(), x["masked_lm_positions"][..., None], axis=1)
+    gathered = np.take_along_axis(
+        ops.convert_to_numpy(full), x["masked_lm_positions"][..., None], axis=1
+    )
     head = model.get_layer("mlm_head")
     positions = np.broadcast_to(np.arange(4), (8, 4)).astype("int32")
-    expected = head(tf.constant(gathered), tf.constant(positions)).numpy()
-    np.testing.assert_allclose(model(x)["mlm"].numpy(), expected, atol=1e-5)
+    expected = ops.convert_to_numpy(
+        head(ops.convert_to_tensor(gathered), ops.convert_to_tensor(positions))
+    )
+    np.testing.assert_allclose(ops.convert_to_numpy(model(x)["mlm"]), expected, atol=1e-5)
 
 
 def test_outputs_are_float32_under_bfloat16_policy():
@@ -72,7 +79,10 @@ def test_outputs_are_float32_under_bfloat16_policy():
     finally:
         keras.mixed_precision.set_global_policy("float32")
     out = model(random_batch()[0])
-    assert out["mlm"].dtype == tf.float32 and out["nsp"].dtype == tf.float32
+    assert [keras.backend.standardize_dtype(out[k].dtype) for k in ("mlm", "nsp")] == [
+        "float32",
+        "float32",
+    ]
     assert model.get_layer("encoder").compute_dtype == "bfloat16"
 
 
@@ -109,7 +119,9 @@ def test_saved_keras_model_reloads_with_identical_outputs(tmp_path):
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, kbert.BertPretrainingModel)
     for key in ("mlm", "nsp"):
-        np.testing.assert_allclose(loaded(x)[key].numpy(), model(x)[key].numpy(), atol=1e-6)
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(loaded(x)[key]), ops.convert_to_numpy(model(x)[key]), atol=1e-6
+        )
     # The reloaded model keeps training with the same losses and exact logging.
     logs = loaded.test_on_batch(x, y, sample_weight=w, return_dict=True)
     assert logs["loss"] == pytest.approx(logs["mlm_loss"] + logs["nsp_loss"], abs=1e-6)
