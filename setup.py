@@ -26,6 +26,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "psutil"],
+        # `kbert create-data --runner beam`; add apache-beam[gcp] for Dataflow.
+        "beam": ["apache-beam>=2.77"],
     },
     entry_points={"console_scripts": ["kbert=kbert.cli:main"]},
 )

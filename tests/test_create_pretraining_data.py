@@ -1,5 +1,6 @@
 """create_pretraining_data: Google's algorithm and format, determinism, resumption, errors."""
 
+import dataclasses
 import glob
 import os
 import random
@@ -15,6 +16,7 @@ import tensorflow as tf
 from kbert import features
 from kbert.cli import main as kbert_main
 from tfrecords_tools.create_pretraining_data import create_pretraining_data
+from tfrecords_tools.instances import InstanceConfig
 from tfrecords_tools.vocab import SPECIAL_TOKENS, write_vocab
 
 SEQ = 32
@@ -214,6 +216,27 @@ def test_metadata_describes_the_records(big_set, corpus):
     assert sorted(metadata.shards) == [f"train-0000{i}-of-00003.tfrecord" for i in range(3)]
     assert sum(metadata.shards.values()) == metadata.num_instances
     assert not glob.glob(f"{out}/*.incomplete") and not glob.glob(f"{out}/*state*")
+
+
+def test_metadata_records_every_setting_of_the_algorithm(big_set):
+    _, _, _, out = big_set
+    metadata = features.read_metadata(str(out)).to_dict()
+    recorded = {**metadata, **metadata["extra"], "random_seed": metadata["seed"]}
+    names = [
+        f.name for f in dataclasses.fields(InstanceConfig) if f.name not in ("vocab", "layout")
+    ]
+    assert {name: recorded[name] for name in names} == {
+        "do_lower_case": True,
+        "max_seq_length": SEQ,
+        "max_predictions_per_seq": PRED,
+        "random_seed": 7,
+        "dupe_factor": 20,
+        "masked_lm_prob": 0.15,
+        "short_seq_prob": 0.1,
+        "do_whole_word_mask": False,
+        "masked": True,
+        "negative_pool_size": 1000,
+    }
 
 
 def _small(corpus_file, vocab_file, out, **kwargs):

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import tensorflow as tf
 
@@ -124,7 +124,7 @@ class ShardJob:
     """What making any shard of a run needs; pickled to the worker processes of either runner."""
 
     corpus: corpora.TextFiles
-    plan: Sequence[Sequence[corpora.Segment]]
+    plan: corpora.Slices
     config: InstanceConfig
     names: list[str]
     compression: str | None

@@ -119,6 +119,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replace a data set made with other settings under the same prefix",
     )
 
+    _add_algorithm_arguments(parser)
+    _add_run_arguments(parser)
+
+
+def _add_algorithm_arguments(parser: argparse.ArgumentParser) -> None:
     algo = parser.add_argument_group("Google's algorithm")
     add_bool_flag(
         algo, "do_lower_case", True, "lower-case and strip accents (uncased vocab; default true)"
@@ -153,6 +158,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         algo, "do_whole_word_mask", False, "mask all word pieces of a word together (default false)"
     )
 
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("kbert")
     add_flag(
         run,
