@@ -10,6 +10,7 @@ import pytest
 
 from kbert import features
 from kbert.cli import main as kbert_main
+from tfrecords_tools import corpora
 from tfrecords_tools.create_pretraining_data import create_pretraining_data
 from tfrecords_tools.vocab import SPECIAL_TOKENS, write_vocab
 
@@ -125,6 +126,23 @@ def test_rerun_remakes_a_deleted_shard_and_keeps_the_others(corpus, local_set, b
         after = os.stat(out / name)
         assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), name
     assert read_metadata_json(out) == read_metadata_json(local_set)
+
+
+def test_planning_reads_only_file_sizes_and_workers_find_the_boundaries(corpus, tmp_path):
+    input_glob, _ = corpus
+    text_files = corpora.TextFiles(input_glob)
+    whole = list(text_files)
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    for path in text_files.files:  # planning a corpus that cannot be read
+        shutil.move(path, hidden / os.path.basename(path))
+    plan = text_files.slices(7)
+    assert sum(plan.nominal_bytes(k) for k in range(7)) == text_files.total_bytes
+    for path in text_files.files:
+        shutil.move(hidden / os.path.basename(path), path)
+    # Each slice, resolved on its own as a worker does, ends where the next one starts.
+    slices = [text_files.slices(7)[k] for k in range(7)]
+    assert [document for segments in slices for document in text_files.read(segments)] == whole
 
 
 BAD_OPTIONS = {
