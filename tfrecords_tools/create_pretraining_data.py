@@ -276,7 +276,13 @@ def _beam_runner(beam_pipeline_options: str | None):
 
 
 def _totals(state: RunState, spool_invalid: int) -> ShardStats:
-    """Counts of the whole set, summed over the shards' records."""
+    """Counts of the whole set, summed over the shards' records (every shard must be complete)."""
+    missing = [name for name in state.names if name not in state.shards]
+    if missing:
+        raise RuntimeError(
+            f"the run ended with {len(missing)} shard(s) missing (first: {missing[0]}); complete "
+            "shards are kept, rerun the same command to finish the set"
+        )
     totals = ShardStats()
     for name in state.names:
         totals.add(state.stats(name))
@@ -299,12 +305,6 @@ def _metadata(
 ) -> features.Metadata:
     """The metadata of a complete set: the algorithm's settings that `features.Metadata` names
     go to its fields (`random_seed` as `seed`), the others to its `extra`."""
-    missing = [name for name in state.names if name not in state.shards]
-    if missing:
-        raise RuntimeError(
-            f"the run ended with {len(missing)} shard(s) missing (first: {missing[0]}); complete "
-            "shards are kept, rerun the same command to finish the set"
-        )
     algorithm = config.settings()
     seed = algorithm.pop("random_seed")
     fields = {field.name for field in dataclasses.fields(features.Metadata)}
