@@ -12,6 +12,8 @@ from kbert import features
 from kbert.cli import main as kbert_main
 from tfrecords_tools import corpora
 from tfrecords_tools.create_pretraining_data import create_pretraining_data
+from tfrecords_tools.instances import ShardStats
+from tfrecords_tools.shard_files import ShardJob, ShardLog
 from tfrecords_tools.vocab import SPECIAL_TOKENS, write_vocab
 
 # Beam's own DirectRunner engine (FnApiRunner) with two worker processes: `--runner=DirectRunner`
@@ -143,6 +145,20 @@ def test_planning_reads_only_file_sizes_and_workers_find_the_boundaries(corpus, 
     # Each slice, resolved on its own as a worker does, ends where the next one starts.
     slices = [text_files.slices(7)[k] for k in range(7)]
     assert [document for segments in slices for document in text_files.read(segments)] == whole
+
+
+def test_a_retried_attempt_finds_the_shard_an_earlier_attempt_completed(tmp_path):
+    # Dataflow retries a failed bundle whole, shards that were completed in it included.
+    name = str(tmp_path / "train-00000-of-00001.tfrecord")
+    log = ShardLog(str(tmp_path / "train.create_data_state"), "settings-a")
+    job = ShardJob(None, None, None, [name], None, log)
+    assert job.completed(0) is None
+    log.record(name, ShardStats(num_instances=3, num_documents=2))
+    assert job.completed(0) is None  # recorded, but the shard file is not there
+    (tmp_path / "train-00000-of-00001.tfrecord").write_bytes(b"")
+    assert job.completed(0) == ShardStats(num_instances=3, num_documents=2)
+    other_settings = ShardJob(None, None, None, [name], None, ShardLog(log.directory, "b"))
+    assert other_settings.completed(0) is None
 
 
 BAD_OPTIONS = {

@@ -147,7 +147,7 @@ class _MakeShard(beam.DoFn):
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
     def process(self, index: int):
-        stats = self.job.make_shard(index)
+        stats = self.job.completed(index) or self.job.make_shard(index)
         for name, value in dataclasses.asdict(stats).items():
             self.counters[name].inc(value)
         self.shards.inc()

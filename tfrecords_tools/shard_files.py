@@ -93,6 +93,14 @@ class ShardLog:
             f.write(json.dumps({"fingerprint": self.fingerprint, **dataclasses.asdict(stats)}))
         tf.io.gfile.rename(tmp, path, overwrite=True)
 
+    def find(self, name: str) -> dict | None:
+        """The counts recorded for shard `name` by this run's settings, or None."""
+        path = self._path(name)
+        if not tf.io.gfile.exists(path):
+            return None
+        record = _read_json(path)
+        return record if record.pop("fingerprint", None) == self.fingerprint else None
+
     def read(self) -> tuple[dict[str, dict], set[str]]:
         """(counts of recorded shards by basename, fingerprints seen): read in parallel, since on
         object stores each small file is one request."""
@@ -129,6 +137,14 @@ class ShardJob:
     names: list[str]
     compression: str | None
     log: ShardLog
+
+    def completed(self, index: int) -> ShardStats | None:
+        """Counts of shard `index` if an earlier attempt completed it: a runner that retries a
+        failed bundle of several shards runs the completed ones again."""
+        record = self.log.find(self.names[index])
+        if record is None or not tf.io.gfile.exists(self.names[index]):
+            return None
+        return ShardStats(**record)
 
     def make_shard(self, index: int) -> ShardStats:
         """Generate shard `index`, write it atomically, record it; returns its counts."""
