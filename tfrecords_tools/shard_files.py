@@ -18,6 +18,7 @@ import concurrent.futures
 import dataclasses
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterable
 
@@ -38,6 +39,9 @@ def output_prefix(output_file: str) -> str:
             f"--output_file {output_file}: give one path prefix; kbert names the shards itself "
             "(<prefix>-00000-of-000NN.tfrecord)"
         )
+    if "://" not in output_file:
+        # tf.io.gfile.glob finds nothing through "a//b", and shards are found by globbing.
+        output_file = re.sub("/{2,}", "/", output_file)
     for suffix in _OUTPUT_SUFFIXES:
         if output_file.endswith(suffix):
             return output_file[: -len(suffix)]
@@ -199,9 +203,10 @@ class RunState:
         self.remove_temporaries()
         kept = dict(metadata.extra.get("shard_stats", {})) if metadata is not None else {}
         kept.update(records)
+        existing = self._existing()
         for name in names:
             base = os.path.basename(name)
-            if base in kept and tf.io.gfile.exists(name):
+            if base in kept and name in existing:
                 self.shards[name] = kept[base]
         if metadata is not None and not self.shards:
             tf.io.gfile.remove(features.metadata_path(directory))
@@ -222,10 +227,15 @@ class RunState:
     def refresh(self) -> None:
         """Take in the shards that other processes (Beam workers) recorded."""
         records, _ = self.log.read()
+        existing = self._existing()
         for name in self.names:
             base = os.path.basename(name)
-            if base in records and name not in self.shards and tf.io.gfile.exists(name):
+            if base in records and name not in self.shards and name in existing:
                 self.shards[name] = records[base]
+
+    def _existing(self) -> set[str]:
+        """Shard files under their final names: one listing, not one request per shard."""
+        return set(tf.io.gfile.glob(f"{self.prefix}-*-of-*.tfrecord*")) & set(self.names)
 
     def remove_temporaries(self) -> None:
         """Delete the unfinished files of attempts that did not complete."""
