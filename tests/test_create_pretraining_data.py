@@ -341,6 +341,14 @@ def test_rerun_keeps_complete_shards_and_other_settings_are_refused(corpus, tmp_
     )
 
 
+def test_rerun_with_a_doubled_slash_in_the_prefix_keeps_complete_shards(corpus, tmp_path):
+    corpus_file, vocab_file, _ = corpus
+    settings = dict(max_seq_length=SEQ, max_predictions_per_seq=PRED, dupe_factor=2, num_shards=2)
+    create_pretraining_data(corpus_file, f"{tmp_path}//train", vocab_file, **settings)
+    again = create_pretraining_data(corpus_file, f"{tmp_path}//train", vocab_file, **settings)
+    assert (again.shards_kept, again.shards_written) == (2, 0)
+
+
 def test_single_document_shards_draw_negatives_from_other_documents(tmp_path):
     documents = [[" ".join([f"d{d}s{s}"] * 4) for s in range(5)] for d in range(2)]
     vocab_file = str(tmp_path / "vocab.txt")
