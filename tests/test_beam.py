@@ -186,17 +186,24 @@ def test_beam_options_without_the_beam_runner_are_refused(corpus, tmp_path, caps
     assert "--beam_pipeline_options is for --runner beam only" in capsys.readouterr().err
 
 
-def test_missing_beam_extra_is_a_one_line_error_naming_it(corpus, tmp_path):
+def test_without_the_extra_local_runs_work_and_beam_is_a_one_line_error(corpus, tmp_path):
     # `None` in sys.modules makes `import apache_beam` fail as if it were not installed.
     script = (
-        "import sys; sys.modules['apache_beam'] = None; from kbert.cli import main; "
-        "sys.exit(main(sys.argv[1:]))"
+        "import json, sys; sys.modules['apache_beam'] = None; from kbert.cli import main; "
+        "local, beam = json.loads(sys.argv[1]); print('local run:', main(local)); "
+        "sys.exit(main(beam))"
     )
-    argv = create_data_argv(corpus, tmp_path / "train", "--runner", "beam")
+    local = create_data_argv(corpus, tmp_path / "local" / "train")
+    beam = create_data_argv(corpus, tmp_path / "beam" / "train", "--runner", "beam")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(
-        [sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", script, json.dumps([local, beam])],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
+    assert "local run: 0" in result.stdout
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("kbert create-data")]
     assert errors == [
