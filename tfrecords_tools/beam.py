@@ -98,10 +98,11 @@ class BeamRunner:
         """Dataflow's workers are other machines: refuse local input or output paths up front."""
         if "dataflow" not in self.runner_name.lower():
             return
-        for path, flag in [*((path, "--input_file") for path in corpus.files), (prefix, None)]:
+        paths = [(path, "--input_file") for path in corpus.files] + [(prefix, "--output_file")]
+        for path, flag in paths:
             if "://" not in path:
                 raise ValueError(
-                    f"{flag or '--output_file'} {path}: {self.runner_name} workers cannot reach "
+                    f"{flag} {path}: {self.runner_name} workers cannot reach "
                     "local files; use gs:// paths (a TFDS or built-in corpus is first spooled to "
                     "a local file: write it out as text files on gs:// instead)"
                 )
