@@ -464,7 +464,7 @@ def cli_inputs(tmp_path, corpus):
 
 
 BAD_INPUTS = {
-    "missing_vocab": ({"vocab_file": "{dir}/nope.txt"}, "nope.txt: no such file"),
+    "missing_vocab": ({"vocab_file": "{dir}/nope.txt"}, "nope.txt: no such"),
     "vocab_without_pad_at_0": ({"vocab_file": "{dir}/no_pad.txt"}, "id 0 must be [PAD]"),
     "vocab_without_mask": ({"vocab_file": "{dir}/no_mask.txt"}, "lacks required token(s) [MASK]"),
     "empty_corpus": ({"input_file": "{dir}/empty.txt"}, "holds no documents"),
