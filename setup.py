@@ -33,8 +33,11 @@ setup(
     extras_require={
         # The JAX backend on CPU (`KERAS_BACKEND=jax`); a TPU runtime brings its own jax.
         "jax": ["jax"],
-        # What the tests and CI's lint need; CI pins jax[cpu] to the Colab TPU runtime's version.
-        "test": ["pytest", "psutil", "jax[cpu]", "ruff>=0.17,<0.18"],
+        # `kbert create-data --runner beam`; add apache-beam[gcp] for Dataflow.
+        "beam": ["apache-beam>=2.77"],
+        # What the tests and CI's lint need (Beam's tests included); CI pins jax[cpu] to the Colab
+        # TPU runtime's version.
+        "test": ["pytest", "psutil", "jax[cpu]", "ruff>=0.17,<0.18", "apache-beam>=2.77"],
     },
     entry_points={"console_scripts": ["kbert=kbert.cli:main"]},
 )

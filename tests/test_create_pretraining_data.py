@@ -1,5 +1,6 @@
 """create_pretraining_data: Google's algorithm and format, determinism, resumption, errors."""
 
+import dataclasses
 import glob
 import os
 import random
@@ -15,6 +16,7 @@ import tensorflow as tf
 from kbert import features
 from kbert.cli import main as kbert_main
 from tfrecords_tools.create_pretraining_data import create_pretraining_data
+from tfrecords_tools.instances import InstanceConfig
 from tfrecords_tools.vocab import SPECIAL_TOKENS, write_vocab
 
 SEQ = 32
@@ -216,6 +218,27 @@ def test_metadata_describes_the_records(big_set, corpus):
     assert not glob.glob(f"{out}/*.incomplete") and not glob.glob(f"{out}/*state*")
 
 
+def test_metadata_records_every_setting_of_the_algorithm(big_set):
+    _, _, _, out = big_set
+    metadata = features.read_metadata(str(out)).to_dict()
+    recorded = {**metadata, **metadata["extra"], "random_seed": metadata["seed"]}
+    names = [
+        f.name for f in dataclasses.fields(InstanceConfig) if f.name not in ("vocab", "layout")
+    ]
+    assert {name: recorded[name] for name in names} == {
+        "do_lower_case": True,
+        "max_seq_length": SEQ,
+        "max_predictions_per_seq": PRED,
+        "random_seed": 7,
+        "dupe_factor": 20,
+        "masked_lm_prob": 0.15,
+        "short_seq_prob": 0.1,
+        "do_whole_word_mask": False,
+        "masked": True,
+        "negative_pool_size": 1000,
+    }
+
+
 def _small(corpus_file, vocab_file, out, **kwargs):
     settings = dict(max_seq_length=SEQ, max_predictions_per_seq=PRED, dupe_factor=2, num_shards=3)
     settings.update(kwargs)
@@ -316,6 +339,14 @@ def test_rerun_keeps_complete_shards_and_other_settings_are_refused(corpus, tmp_
     assert sorted(shard_bytes(tmp_path)) == sorted(
         os.path.basename(f) for f in replaced.output_files
     )
+
+
+def test_rerun_with_a_doubled_slash_in_the_prefix_keeps_complete_shards(corpus, tmp_path):
+    corpus_file, vocab_file, _ = corpus
+    settings = dict(max_seq_length=SEQ, max_predictions_per_seq=PRED, dupe_factor=2, num_shards=2)
+    create_pretraining_data(corpus_file, f"{tmp_path}//train", vocab_file, **settings)
+    again = create_pretraining_data(corpus_file, f"{tmp_path}//train", vocab_file, **settings)
+    assert (again.shards_kept, again.shards_written) == (2, 0)
 
 
 def test_single_document_shards_draw_negatives_from_other_documents(tmp_path):
@@ -433,7 +464,7 @@ def cli_inputs(tmp_path, corpus):
 
 
 BAD_INPUTS = {
-    "missing_vocab": ({"vocab_file": "{dir}/nope.txt"}, "nope.txt: no such file"),
+    "missing_vocab": ({"vocab_file": "{dir}/nope.txt"}, "nope.txt: no such"),
     "vocab_without_pad_at_0": ({"vocab_file": "{dir}/no_pad.txt"}, "id 0 must be [PAD]"),
     "vocab_without_mask": ({"vocab_file": "{dir}/no_mask.txt"}, "lacks required token(s) [MASK]"),
     "empty_corpus": ({"input_file": "{dir}/empty.txt"}, "holds no documents"),

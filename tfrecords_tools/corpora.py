@@ -16,6 +16,7 @@ without reading everything in one place.
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 import dataclasses
 import glob as _glob
 import hashlib
@@ -215,7 +216,12 @@ class TextFiles:
         self.input_format = input_format
         self.source = patterns if isinstance(patterns, str) else ",".join(patterns)
         self.files = _expand(patterns)
-        self.sizes = [_size(path) for path in self.files]
+        if any("://" in path for path in self.files):
+            # One request per remote file: in parallel, so thousands of files stay quick to plan.
+            with concurrent.futures.ThreadPoolExecutor(32) as pool:
+                self.sizes = list(pool.map(_size, self.files))
+        else:
+            self.sizes = [_size(path) for path in self.files]
         for path in self.files:
             if "://" not in path and not os.access(path, os.R_OK):
                 raise ValueError(f"--input_file {path}: file is not readable")
@@ -237,17 +243,11 @@ class TextFiles:
     def __iter__(self) -> Iterator[Document]:
         return self.read(self.slices(1)[0])
 
-    def slices(self, num_slices: int) -> list[list[Segment]]:
+    def slices(self, num_slices: int) -> Slices:
         """Cut the files into `num_slices` runs of about equal bytes, each starting and ending at a
-        document boundary (file ends are boundaries too). A slice can be empty."""
-        total = self.total_bytes
-        cuts = [(0, 0)]
-        for k in range(1, num_slices):
-            cuts.append(self._boundary_at(total * k // num_slices))
-        cuts.append((len(self.files), 0))
-        for k in range(1, len(cuts)):
-            cuts[k] = max(cuts[k], cuts[k - 1])
-        return [self._segments(cuts[k], cuts[k + 1]) for k in range(num_slices)]
+        document boundary (file ends are boundaries too). A slice can be empty. Nothing is read
+        here: see `Slices`."""
+        return Slices(self, num_slices)
 
     def _boundary_at(self, offset: int) -> tuple[int, int]:
         index = 0
@@ -320,6 +320,46 @@ class TextFiles:
                 document = split_sentences(" ".join(block))
                 if document:
                     yield document
+
+
+class Slices(Sequence):
+    """The slices of `TextFiles.slices`: slice k holds the documents that start in bytes
+    [total * k // n, total * (k + 1) // n) of the files laid end to end.
+
+    Planning reads nothing but the file sizes: slice k's two document boundaries are found when
+    it is first asked for, by reading from its nominal offsets to the next blank line, so a worker
+    finds the boundaries of the slices it makes and the plan stays cheap for thousands of files.
+    """
+
+    def __init__(self, corpus: TextFiles, num_slices: int):
+        self.corpus = corpus
+        self.num_slices = num_slices
+        self._cuts: dict[int, tuple[int, int]] = {}
+
+    def __len__(self) -> int:
+        return self.num_slices
+
+    def __getitem__(self, k: int) -> list[Segment]:
+        if not 0 <= k < self.num_slices:
+            raise IndexError(f"slice {k} of {self.num_slices}")
+        start = self._cut(k)
+        return self.corpus._segments(start, max(start, self._cut(k + 1)))
+
+    def nominal_bytes(self, k: int) -> int:
+        """Bytes of slice k before its ends move to document boundaries."""
+        total = self.corpus.total_bytes
+        return total * (k + 1) // self.num_slices - total * k // self.num_slices
+
+    def _cut(self, k: int) -> tuple[int, int]:
+        if k not in self._cuts:
+            if k == 0:
+                self._cuts[k] = (0, 0)
+            elif k == self.num_slices:
+                self._cuts[k] = (len(self.corpus.files), 0)
+            else:
+                total = self.corpus.total_bytes
+                self._cuts[k] = self.corpus._boundary_at(total * k // self.num_slices)
+        return self._cuts[k]
 
 
 def _lines(segment: Segment, stats: ReadStats) -> Iterator[str]:

@@ -4,12 +4,15 @@ Google's `create_pretraining_data.py` with its flags and defaults, and beyond it
 
 - streaming with bounded memory: documents flow through in blocks; a "random next" segment B
   comes from another document of the current or previous block (`negative_pool_size` documents);
-- `num_workers` processes, byte-identical output for any number of them: the corpus is cut into
-  `num_shards` byte ranges at document boundaries, shard i holds exactly the instances of range i,
-  and its random generators are seeded by (random_seed, i);
-- sharded, atomic, resumable output `<prefix>-00000-of-000NN.tfrecord[.gz]`: each shard is
-  written under `<name>.incomplete` and renamed when complete; a rerun of the same command keeps
-  complete shards and makes the rest; `kbert_metadata.json` is written last.
+- byte-identical output for any number of workers: the corpus is cut into `num_shards` byte
+  ranges at document boundaries (`corpora.Slices`, found by whoever makes the shard), shard i
+  holds exactly the instances of range i, and its random generators are seeded by
+  (random_seed, i);
+- two runners of the same shards: `num_workers` local processes, or an Apache Beam pipeline
+  (`runner="beam"`, `tfrecords_tools.beam`: Dataflow, Flink, Spark) that writes the same bytes;
+- sharded, atomic, resumable output `<prefix>-00000-of-000NN.tfrecord[.gz]` (`shard_files`): a
+  rerun of the same command keeps complete shards and makes the rest; `kbert_metadata.json` is
+  written last.
 
 Records follow `kbert.features` (Google's layout). With `mask=False` (`--no_mask`) they hold only
 input_ids, input_mask, segment_ids and next_sentence_labels, for dynamic masking in kbert.data.
@@ -17,6 +20,7 @@ input_ids, input_mask, segment_ids and next_sentence_labels, for dynamic masking
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -29,18 +33,20 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import tensorflow as tf
 
 from kbert import features
 from tfrecords_tools import corpora
-from tfrecords_tools.instances import (
-    InstanceConfig,
-    Layout,
-    ShardStats,
-    generate_shard,
-    worker_main,
+from tfrecords_tools.example_encoder import Layout
+from tfrecords_tools.instances import InstanceConfig, ShardStats, generate_shard, worker_main
+from tfrecords_tools.shard_files import (
+    RunState,
+    ShardJob,
+    ShardWriter,
+    output_prefix,
+    shard_name,
 )
 from tfrecords_tools.vocab import load_vocab, vocab_sha256
 
@@ -48,7 +54,14 @@ logger = logging.getLogger(__name__)
 
 MAX_AUTO_SHARDS = 4096
 BYTES_PER_AUTO_SHARD = 1 << 20
-_OUTPUT_SUFFIXES = (".tfrecords", ".tfrecord", ".tf_record", ".tfrecord.gz")
+RUNNERS = ("local", "beam")
+BEAM_EXTRA_MISSING = '--runner beam needs Apache Beam, an optional extra: pip install "kbert[beam]"'
+LAYOUT = Layout(
+    sequence_features=features.SEQUENCE_FEATURES,
+    prediction_features=features.PREDICTION_FEATURES,
+    label_feature=features.NEXT_SENTENCE_LABELS,
+    pad_id=features.PAD_ID,
+)
 
 
 def tool_version() -> str:
@@ -78,6 +91,7 @@ class CreateDataSummary:
     shards_kept: int
     seconds: float
     masked: bool
+    beam_counters: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def is_random_share(self) -> float:
@@ -88,25 +102,6 @@ class CreateDataSummary:
     def mean_masked_positions(self) -> float:
         """Mean number of masked positions per instance."""
         return self.num_masked_predictions / max(1, self.num_instances)
-
-
-def output_prefix(output_file: str) -> str:
-    """Google's `--output_file` (e.g. /tmp/tf_examples.tfrecord) -> the shards' name prefix."""
-    if "," in output_file:
-        raise ValueError(
-            f"--output_file {output_file}: give one path prefix; kbert names the shards itself "
-            "(<prefix>-00000-of-000NN.tfrecord)"
-        )
-    for suffix in _OUTPUT_SUFFIXES:
-        if output_file.endswith(suffix):
-            return output_file[: -len(suffix)]
-    return output_file
-
-
-def shard_name(prefix: str, index: int, num_shards: int, compression: str | None) -> str:
-    """Path of shard `index` of `num_shards`."""
-    suffix = ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
-    return f"{prefix}-{index:05d}-of-{num_shards:05d}{suffix}"
 
 
 def create_pretraining_data(
@@ -130,6 +125,8 @@ def create_pretraining_data(
     mask: bool = True,
     overwrite: bool = False,
     progress: bool = False,
+    runner: str = "local",
+    beam_pipeline_options: str | None = None,
 ) -> CreateDataSummary:
     """Write pre-training TFRecords from a corpus (Google's algorithm and defaults).
 
@@ -149,14 +146,18 @@ def create_pretraining_data(
         short_seq_prob: probability that a document aims at a shorter random length.
         do_whole_word_mask: mask all pieces of a word together.
         input_format: layout of text files: "google", "lines" or "blocks" (see `corpora`).
-        num_workers: processes making shards; the output does not depend on it.
+        num_workers: processes making shards (local runner); the output does not depend on it.
         num_shards: output files; default one per MiB of input (at most 4096).
         negative_pool_size: documents per block; random B segments come from the current and
             previous block, so memory stays bounded.
         compression: None or "gzip".
         mask: False writes unmasked records for dynamic masking (`--no_mask`).
         overwrite: replace a dataset made with other settings under the same prefix.
-        progress: show a progress bar on stderr.
+        progress: show a progress bar on stderr (local runner).
+        runner: "local" (processes on this machine) or "beam" (an Apache Beam pipeline; needs
+            the `kbert[beam]` extra); both write the same bytes.
+        beam_pipeline_options: Beam's flags as one string, e.g. "--runner=DataflowRunner
+            --project=... --region=... --temp_location=gs://..."; Beam's defaults when None.
 
     Returns:
         A `CreateDataSummary` of the whole set.
@@ -167,126 +168,64 @@ def create_pretraining_data(
     >>> work = tempfile.mkdtemp()
     >>> documents = [[f"Document {d} sentence {s} is here." for s in range(6)] for d in range(8)]
     >>> _ = vocab.learn_vocab(corpora.sentences_of(documents), f"{work}/vocab.txt", vocab_size=200)
-    >>> summary = create_pretraining_data(documents, f"{work}/data/train", f"{work}/vocab.txt",
-    ...                                   max_seq_length=32, max_predictions_per_seq=5, dupe_factor=2)
+    >>> summary = create_pretraining_data(
+    ...     documents, f"{work}/data/train", f"{work}/vocab.txt",
+    ...     max_seq_length=32, max_predictions_per_seq=5, dupe_factor=2)
     >>> summary.num_instances > 0, os.path.basename(summary.output_files[0])
     (True, 'train-00000-of-00001.tfrecord')
     """
     start_time = time.perf_counter()
-    compression = _check_arguments(
-        max_seq_length,
-        max_predictions_per_seq,
-        dupe_factor,
-        masked_lm_prob,
-        short_seq_prob,
-        num_workers,
-        num_shards,
-        negative_pool_size,
-        compression,
-        mask,
+    compression = _check_run_arguments(
+        num_workers, num_shards, compression, runner, beam_pipeline_options
     )
     tokens = load_vocab(vocab_file)
+    config = InstanceConfig(
+        vocab=tuple(tokens),
+        layout=LAYOUT,
+        do_lower_case=do_lower_case,
+        max_seq_length=max_seq_length,
+        max_predictions_per_seq=max_predictions_per_seq,
+        random_seed=random_seed,
+        dupe_factor=dupe_factor,
+        masked_lm_prob=masked_lm_prob,
+        short_seq_prob=short_seq_prob,
+        do_whole_word_mask=do_whole_word_mask,
+        masked=mask,
+        negative_pool_size=negative_pool_size,
+    )
+    beam = _beam_runner(beam_pipeline_options) if runner == "beam" else None
     prefix = output_prefix(output_file)
     directory = _prepare_directory(prefix)
-    spool_dir = None
-    try:
-        corpus, corpus_fingerprint, spool_dir, spool_invalid = _text_corpus(
-            input_file, input_format
-        )
+    with _text_corpus(input_file, input_format) as (corpus, corpus_fingerprint, spool_invalid):
+        if beam is not None:
+            beam.check_paths(corpus, prefix)
         num_shards = num_shards or _auto_shards(corpus.total_bytes)
-        config = InstanceConfig(
-            vocab=tuple(tokens),
-            layout=Layout(
-                sequence_features=features.SEQUENCE_FEATURES,
-                prediction_features=features.PREDICTION_FEATURES,
-                label_feature=features.NEXT_SENTENCE_LABELS,
-                pad_id=features.PAD_ID,
-            ),
-            do_lower_case=do_lower_case,
-            max_seq_length=max_seq_length,
-            max_predictions_per_seq=max_predictions_per_seq,
-            random_seed=random_seed,
-            dupe_factor=dupe_factor,
-            masked_lm_prob=masked_lm_prob,
-            short_seq_prob=short_seq_prob,
-            do_whole_word_mask=do_whole_word_mask,
-            mask=mask,
-            negative_pool_size=negative_pool_size,
-        )
         settings = {
             "corpus": corpus_fingerprint,
             "input_format": corpus.input_format,
             "vocab_sha256": vocab_sha256(vocab_file),
-            "do_lower_case": do_lower_case,
-            "max_seq_length": max_seq_length,
-            "max_predictions_per_seq": max_predictions_per_seq,
-            "random_seed": random_seed,
-            "dupe_factor": dupe_factor,
-            "masked_lm_prob": masked_lm_prob,
-            "short_seq_prob": short_seq_prob,
-            "do_whole_word_mask": do_whole_word_mask,
-            "masked": mask,
-            "negative_pool_size": negative_pool_size,
+            **config.settings(),
             "num_shards": num_shards,
             "compression": compression,
             "tool_version": tool_version(),
         }
         fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
         names = [shard_name(prefix, i, num_shards, compression) for i in range(num_shards)]
-        state = _RunState(prefix, fingerprint, directory, names, overwrite)
-        todo = [i for i, name in enumerate(names) if not state.is_complete(name)]
+        state = RunState(prefix, fingerprint, directory, names, overwrite)
+        job = ShardJob(corpus, corpus.slices(num_shards), config, names, compression, state.log)
+        todo = state.todo()
+        counters: dict[str, int] = {}
         if todo:
-            plan = corpus.slices(num_shards)
-            _prescan(corpus, plan)
-            _run_shards(
-                corpus, plan, config, todo, names, compression, state, num_workers, progress
-            )
-        totals = ShardStats()
-        for name in names:
-            totals.add(state.stats(name))
-        totals.invalid_utf8_replaced += spool_invalid  # bytes decoded before spooling (e.g. TFDS)
-        if totals.num_documents and totals.num_single_sentence_documents == totals.num_documents:
-            logger.warning(
-                "every document has a single sentence, so every NSP label is 1 (random): "
-                "separate documents with blank lines (Google's layout) or use --input_format blocks"
-            )
-        metadata = features.Metadata(
-            max_seq_length=max_seq_length,
-            max_predictions_per_seq=max_predictions_per_seq,
-            vocab_size=len(tokens),
-            vocab_sha256=settings["vocab_sha256"],
-            do_lower_case=do_lower_case,
-            num_instances=totals.num_instances,
-            nsp_label_counts={
-                str(features.IS_NEXT): totals.num_is_next,
-                str(features.IS_RANDOM): totals.num_is_random,
-            },
-            seed=random_seed,
-            tool_version=settings["tool_version"],
-            masked=mask,
-            num_masked_predictions=totals.num_masked_predictions,
-            shards={os.path.basename(name): state.stats(name).num_instances for name in names},
-            extra={
-                "compression": compression or "",
-                "corpus": corpus.description,
-                "fingerprint": fingerprint,
-                "dupe_factor": dupe_factor,
-                "masked_lm_prob": masked_lm_prob,
-                "short_seq_prob": short_seq_prob,
-                "do_whole_word_mask": do_whole_word_mask,
-                "negative_pool_size": negative_pool_size,
-                "num_documents": totals.num_documents,
-                "num_tokens": totals.num_tokens,
-                "input_bytes": totals.bytes_read,
-                "invalid_utf8_replaced": totals.invalid_utf8_replaced,
-                "shard_stats": {os.path.basename(name): state.shards[name] for name in names},
-            },
-        )
+            _prescan(corpus, job.plan)
+            if beam is not None:
+                counters = beam.make_shards(job, todo)
+                state.refresh()
+            else:
+                _run_local(job, todo, state, num_workers, progress)
+        totals = _totals(state, spool_invalid)
+        metadata = _metadata(config, settings, fingerprint, corpus.description, state, totals)
         metadata_file = features.write_metadata(directory, metadata)
         state.finish()
-    finally:
-        if spool_dir:
-            shutil.rmtree(spool_dir, ignore_errors=True)
     return CreateDataSummary(
         output_files=names,
         metadata_file=metadata_file,
@@ -302,44 +241,98 @@ def create_pretraining_data(
         shards_kept=num_shards - len(todo),
         seconds=time.perf_counter() - start_time,
         masked=mask,
+        beam_counters=counters,
     )
 
 
-def _check_arguments(
-    max_seq_length,
-    max_predictions_per_seq,
-    dupe_factor,
-    masked_lm_prob,
-    short_seq_prob,
-    num_workers,
-    num_shards,
-    negative_pool_size,
-    compression,
-    mask,
+def _check_run_arguments(
+    num_workers, num_shards, compression, runner, beam_pipeline_options
 ) -> str | None:
-    if max_seq_length < 5:
-        raise ValueError(
-            f"--max_seq_length must be >= 5 ([CLS] A [SEP] B [SEP]), got {max_seq_length}"
-        )
-    if mask and max_predictions_per_seq < 1:
-        raise ValueError(f"--max_predictions_per_seq must be >= 1, got {max_predictions_per_seq}")
-    if dupe_factor < 1:
-        raise ValueError(f"--dupe_factor must be >= 1, got {dupe_factor}")
-    if mask and not 0.0 < masked_lm_prob <= 1.0:
-        raise ValueError(f"--masked_lm_prob must be in (0, 1], got {masked_lm_prob}")
-    if not 0.0 <= short_seq_prob <= 1.0:
-        raise ValueError(f"--short_seq_prob must be in [0, 1], got {short_seq_prob}")
+    """Check the settings that are not the algorithm's; returns the compression type."""
     if num_workers < 1:
         raise ValueError(f"--num_workers must be >= 1, got {num_workers}")
     if num_shards is not None and num_shards < 1:
         raise ValueError(f"--num_shards must be >= 1, got {num_shards}")
-    if negative_pool_size < 2:
-        raise ValueError(f"--negative_pool_size must be >= 2, got {negative_pool_size}")
+    if runner not in RUNNERS:
+        raise ValueError(f"--runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
+    if beam_pipeline_options and runner != "beam":
+        raise ValueError("--beam_pipeline_options is for --runner beam only")
     if compression in (None, "", "none", "NONE"):
         return None
     if compression.upper() == "GZIP":
         return "GZIP"
     raise ValueError(f"--compression must be 'gzip' or none, got {compression!r}")
+
+
+def _beam_runner(beam_pipeline_options: str | None):
+    """`tfrecords_tools.beam.BeamRunner` of the options; Beam is imported only here."""
+    try:
+        from tfrecords_tools import beam
+    except ImportError as e:
+        if (e.name or "").split(".")[0] == "apache_beam":
+            raise ImportError(BEAM_EXTRA_MISSING) from None
+        raise
+    return beam.BeamRunner(beam_pipeline_options)
+
+
+def _totals(state: RunState, spool_invalid: int) -> ShardStats:
+    """Counts of the whole set, summed over the shards' records (every shard must be complete)."""
+    missing = [name for name in state.names if name not in state.shards]
+    if missing:
+        raise RuntimeError(
+            f"the run ended with {len(missing)} shard(s) missing (first: {missing[0]}); complete "
+            "shards are kept, rerun the same command to finish the set"
+        )
+    totals = ShardStats()
+    for name in state.names:
+        totals.add(state.stats(name))
+    totals.invalid_utf8_replaced += spool_invalid  # bytes decoded before spooling (e.g. TFDS)
+    if totals.num_documents and totals.num_single_sentence_documents == totals.num_documents:
+        logger.warning(
+            "every document has a single sentence, so every NSP label is 1 (random): "
+            "separate documents with blank lines (Google's layout) or use --input_format blocks"
+        )
+    return totals
+
+
+def _metadata(
+    config: InstanceConfig,
+    settings: dict,
+    fingerprint: str,
+    corpus_description: str,
+    state: RunState,
+    totals: ShardStats,
+) -> features.Metadata:
+    """The metadata of a complete set: the algorithm's settings that `features.Metadata` names
+    go to its fields (`random_seed` as `seed`), the others to its `extra`."""
+    algorithm = config.settings()
+    seed = algorithm.pop("random_seed")
+    fields = {field.name for field in dataclasses.fields(features.Metadata)}
+    return features.Metadata(
+        **{name: value for name, value in algorithm.items() if name in fields},
+        seed=seed,
+        vocab_size=len(config.vocab),
+        vocab_sha256=settings["vocab_sha256"],
+        num_instances=totals.num_instances,
+        nsp_label_counts={
+            str(features.IS_NEXT): totals.num_is_next,
+            str(features.IS_RANDOM): totals.num_is_random,
+        },
+        tool_version=settings["tool_version"],
+        num_masked_predictions=totals.num_masked_predictions,
+        shards={os.path.basename(name): state.stats(name).num_instances for name in state.names},
+        extra={
+            **{name: value for name, value in algorithm.items() if name not in fields},
+            "compression": settings["compression"] or "",
+            "corpus": corpus_description,
+            "fingerprint": fingerprint,
+            "num_documents": totals.num_documents,
+            "num_tokens": totals.num_tokens,
+            "input_bytes": totals.bytes_read,
+            "invalid_utf8_replaced": totals.invalid_utf8_replaced,
+            "shard_stats": {os.path.basename(name): state.shards[name] for name in state.names},
+        },
+    )
 
 
 def _auto_shards(total_bytes: int) -> int:
@@ -362,12 +355,14 @@ def _prepare_directory(prefix: str) -> str:
     return directory
 
 
-def _text_corpus(input_file, input_format: str):
-    """(TextFiles, fingerprint, spool directory or None, invalid UTF-8 replaced while spooling):
-    other sources are first written to a local temporary file in Google's layout, so every source
-    is cut into shards the same way."""
+@contextlib.contextmanager
+def _text_corpus(input_file, input_format: str) -> Iterator[tuple[corpora.TextFiles, str, int]]:
+    """(TextFiles, fingerprint, invalid UTF-8 replaced while spooling): other sources are first
+    written to a local temporary file in Google's layout (removed on exit), so every source is cut
+    into shards the same way."""
     if isinstance(input_file, corpora.TextFiles):
-        return input_file, input_file.fingerprint(), None, 0
+        yield input_file, input_file.fingerprint(), 0
+        return
     names_files = (
         input_file is None
         or isinstance(input_file, str)
@@ -379,23 +374,23 @@ def _text_corpus(input_file, input_format: str):
     )
     source = corpora.resolve_corpus(input_file, input_format) if names_files else input_file
     if isinstance(source, corpora.TextFiles):
-        return source, source.fingerprint(), None, 0
+        yield source, source.fingerprint(), 0
+        return
     spool_dir = tempfile.mkdtemp(prefix="kbert-corpus-")
-    path = os.path.join(spool_dir, "corpus.txt")
     try:
+        path = os.path.join(spool_dir, "corpus.txt")
         count, digest = corpora.write_google_layout(source, path)
         if count == 0:
             raise ValueError(
                 f"{getattr(source, 'description', 'input corpus')}: the corpus holds no documents"
             )
-    except BaseException:
+        text_files = corpora.TextFiles(path, "google")
+        text_files.description = getattr(source, "description", "Python iterable of documents")
+        text_files.source = text_files.description
+        stats = getattr(source, "stats", None)
+        yield text_files, digest, stats.invalid_utf8_replaced if stats is not None else 0
+    finally:
         shutil.rmtree(spool_dir, ignore_errors=True)
-        raise
-    text_files = corpora.TextFiles(path, "google")
-    text_files.description = getattr(source, "description", "Python iterable of documents")
-    text_files.source = text_files.description
-    stats = getattr(source, "stats", None)
-    return text_files, digest, spool_dir, stats.invalid_utf8_replaced if stats is not None else 0
 
 
 def _prescan(corpus: corpora.TextFiles, plan) -> None:
@@ -420,114 +415,32 @@ def _prescan(corpus: corpora.TextFiles, plan) -> None:
         )
     if multi == 0:
         raise ValueError(
-            f"--input_file {name}: all {documents} documents have a single sentence, so every NSP "
-            "label would be 'random'; put one sentence per line with a blank line between documents "
-            "(Google's layout) or use --input_format blocks"
+            f"--input_file {name}: all {documents} documents have a single sentence, so every "
+            "NSP label would be 'random'; put one sentence per line with a blank line between "
+            "documents (Google's layout) or use --input_format blocks"
         )
 
 
-class _RunState:
-    """Which shards are complete, with their counts, kept in `<prefix>.create_data_state.json`
-    until the metadata is written; a run with other settings is refused unless `overwrite`."""
-
-    def __init__(
-        self, prefix: str, fingerprint: str, directory: str, names: list[str], overwrite: bool
-    ):
-        self.path = prefix + ".create_data_state.json"
-        self.fingerprint = fingerprint
-        self.names = names
-        self.shards: dict[str, dict] = {}
-        metadata = (
-            features.read_metadata(directory)
-            if tf.io.gfile.exists(features.metadata_path(directory))
-            else None
-        )
-        previous = None
-        if tf.io.gfile.exists(self.path):
-            with tf.io.gfile.GFile(self.path) as f:
-                previous = json.loads(f.read())
-        elif metadata is not None and metadata.extra.get("fingerprint"):
-            previous = {
-                "fingerprint": metadata.extra["fingerprint"],
-                "shards": None,
-                "metadata": metadata,
-            }
-        if previous is not None and previous["fingerprint"] != fingerprint:
-            if not overwrite:
-                raise ValueError(
-                    f"--output_file {prefix}: {directory} already holds pre-training data made with other "
-                    "settings or input; use another directory or pass --overwrite"
-                )
-            previous = None
-        if overwrite:
-            for old in tf.io.gfile.glob(f"{prefix}-*-of-*.tfrecord*"):
-                if old not in names:
-                    tf.io.gfile.remove(old)
-        if previous is not None and previous.get("shards") is not None:
-            self.shards = {k: v for k, v in previous["shards"].items() if tf.io.gfile.exists(k)}
-        elif previous is not None:
-            self._from_metadata(previous["metadata"])
-        if tf.io.gfile.exists(features.metadata_path(directory)) and not self.shards:
-            tf.io.gfile.remove(features.metadata_path(directory))
-
-    def _from_metadata(self, metadata: features.Metadata) -> None:
-        """A finished run: its metadata holds per-shard counts only, so keep them when all shards are there."""
-        extra = metadata.extra.get("shard_stats", {})
-        for name in self.names:
-            base = os.path.basename(name)
-            if base in extra and tf.io.gfile.exists(name):
-                self.shards[name] = extra[base]
-
-    def is_complete(self, name: str) -> bool:
-        """The shard exists under its final name and its counts are known."""
-        return name in self.shards
-
-    def stats(self, name: str) -> ShardStats:
-        """Counts of a complete shard."""
-        return ShardStats(**self.shards[name])
-
-    def complete(self, name: str, stats: ShardStats) -> None:
-        """Record a shard that was just renamed to its final name."""
-        self.shards[name] = dataclasses.asdict(stats)
-        self._save()
-
-    def _save(self) -> None:
-        tmp = self.path + ".incomplete"
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(json.dumps({"fingerprint": self.fingerprint, "shards": self.shards}, indent=1))
-        tf.io.gfile.rename(tmp, self.path, overwrite=True)
-
-    def finish(self) -> None:
-        """The metadata is written: the state file is no longer needed."""
-        if tf.io.gfile.exists(self.path):
-            tf.io.gfile.remove(self.path)
-
-
-def _run_shards(
-    corpus, plan, config, todo, names, compression, state, num_workers, progress
+def _run_local(
+    job: ShardJob, todo: list[int], state: RunState, num_workers: int, progress: bool
 ) -> None:
-    options = tf.io.TFRecordOptions(compression_type=compression or "")
-    writers: dict[int, tf.io.TFRecordWriter] = {}
-    bar = _Progress(sum(sum(s.end - s.start for s in plan[i]) for i in todo), len(todo), progress)
+    """Make the shards `todo` in this process or `num_workers` processes; this process writes."""
+    writers: dict[int, ShardWriter] = {}
+    bar = _Progress(sum(job.plan.nominal_bytes(i) for i in todo), len(todo), progress)
     seen: dict[int, tuple[int, int]] = {}
 
     def on_records(shard, records, bytes_read, documents):
-        writer = writers.get(shard)
-        if writer is None:
-            writer = writers[shard] = tf.io.TFRecordWriter(names[shard] + ".incomplete", options)
-        for record in records:
-            writer.write(record)
+        if shard not in writers:
+            writers[shard] = ShardWriter(job.names[shard], job.compression)
+        writers[shard].write(records)
         before = seen.get(shard, (0, 0))
         seen[shard] = (bytes_read, documents)
         bar.update(bytes_read - before[0], documents - before[1], len(records))
 
     def on_done(shard, stats: ShardStats):
-        writer = writers.pop(shard, None) or tf.io.TFRecordWriter(
-            names[shard] + ".incomplete", options
-        )
-        writer.close()
-        tf.io.gfile.rename(names[shard] + ".incomplete", names[shard], overwrite=True)
-        state.complete(names[shard], stats)
+        writer = writers.pop(shard, None) or ShardWriter(job.names[shard], job.compression)
+        writer.publish()
+        state.complete(job.names[shard], stats)
         before = seen.pop(shard, (0, 0))
         bar.update(
             stats.bytes_read - before[0], stats.num_documents - before[1], 0, shard_done=True
@@ -536,18 +449,17 @@ def _run_shards(
     try:
         if num_workers == 1 or len(todo) == 1:
             for shard in todo:
-                for item in generate_shard(corpus, plan, shard, config):
+                for item in generate_shard(job.corpus, job.plan, shard, job.config):
                     if isinstance(item, ShardStats):
                         on_done(shard, item)
                     else:
                         on_records(shard, *item)
         else:
-            _run_parallel(
-                corpus, plan, config, todo, min(num_workers, len(todo)), on_records, on_done
-            )
+            workers = min(num_workers, len(todo))
+            _run_parallel(job.corpus, job.plan, job.config, todo, workers, on_records, on_done)
     finally:
         for writer in writers.values():
-            writer.close()
+            writer.abandon()
         bar.close()
 
 

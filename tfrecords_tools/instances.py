@@ -1,10 +1,9 @@
 """Google's pre-training instance algorithm for one shard, streaming, without TensorFlow.
 
 `generate_shard` turns the documents of one slice of the corpus into serialized
-`tf.train.Example` records. It runs in worker processes, so it imports neither TensorFlow nor
-`kbert.features`: the orchestrator (`create_pretraining_data`) hands it the feature names and
-padding id from `kbert.features`, and a test checks that the bytes parse to exactly
-`kbert.features.to_example` of the same values.
+`tf.train.Example` records (written by `example_encoder`). It runs in worker processes, so it
+imports neither TensorFlow nor `kbert.features`: the orchestrator (`create_pretraining_data`)
+hands it the record `Layout` from `kbert.features`.
 
 Everything random is drawn from generators seeded by (random_seed, shard index), and a shard's
 documents depend only on the data and the number of shards, so a shard's bytes do not depend on
@@ -26,6 +25,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from tfrecords_tools import corpora
+from tfrecords_tools.example_encoder import ExampleEncoder, Layout
 from tfrecords_tools.tokenization import WordPieceEncoder
 from tfrecords_tools.vocab import CLS, MASK, SEP, WORDPIECE_PREFIX, is_special_token
 
@@ -36,18 +36,12 @@ _RECORDS_PER_MESSAGE = 2048
 
 
 @dataclasses.dataclass(frozen=True)
-class Layout:
-    """The record format as `kbert.features` defines it, passed in so workers need no TensorFlow."""
-
-    sequence_features: tuple[str, ...]  # input_ids, input_mask, segment_ids (in this order)
-    prediction_features: tuple[str, ...]  # masked_lm_positions, masked_lm_ids, masked_lm_weights
-    label_feature: str
-    pad_id: int
-
-
-@dataclasses.dataclass(frozen=True)
 class InstanceConfig:
-    """Everything that decides a shard's bytes (besides the data)."""
+    """Everything that decides a shard's bytes (besides the data); checks itself when made.
+
+    The fields after `layout` are Google's flags plus kbert's (named as the flags, `masked` for
+    `--no_mask`): `settings()` records them in the run's fingerprint and metadata.
+    """
 
     vocab: tuple[str, ...]
     layout: Layout
@@ -59,8 +53,34 @@ class InstanceConfig:
     masked_lm_prob: float = 0.15
     short_seq_prob: float = 0.1
     do_whole_word_mask: bool = False
-    mask: bool = True
+    masked: bool = True
     negative_pool_size: int = 1000
+
+    def __post_init__(self):
+        if self.max_seq_length < 5:
+            raise ValueError(
+                f"--max_seq_length must be >= 5 ([CLS] A [SEP] B [SEP]), got {self.max_seq_length}"
+            )
+        if self.masked and self.max_predictions_per_seq < 1:
+            raise ValueError(
+                f"--max_predictions_per_seq must be >= 1, got {self.max_predictions_per_seq}"
+            )
+        if self.dupe_factor < 1:
+            raise ValueError(f"--dupe_factor must be >= 1, got {self.dupe_factor}")
+        if self.masked and not 0.0 < self.masked_lm_prob <= 1.0:
+            raise ValueError(f"--masked_lm_prob must be in (0, 1], got {self.masked_lm_prob}")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise ValueError(f"--short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
+        if self.negative_pool_size < 2:
+            raise ValueError(f"--negative_pool_size must be >= 2, got {self.negative_pool_size}")
+
+    def settings(self) -> dict:
+        """The algorithm's settings by name: every field but the vocab and the record layout."""
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name not in ("vocab", "layout")
+        }
 
 
 @dataclasses.dataclass
@@ -99,7 +119,8 @@ def generate_shard(
     shard_index: int,
     config: InstanceConfig,
 ) -> Iterator[tuple[list[bytes], int, int] | ShardStats]:
-    """Yield (records, bytes_read_so_far, documents_so_far) chunks for one shard, then its ShardStats.
+    """Yield (records, bytes_read_so_far, documents_so_far) chunks for one shard, then its
+    ShardStats.
 
     Args:
         corpus: the text files.
@@ -216,7 +237,13 @@ class _InstanceMaker:
         self.cls_id, self.sep_id, self.mask_id = tables.cls_id, tables.sep_id, tables.mask_id
         self.replacement_ids = tables.replacement_ids
         self.is_continuation = tables.is_continuation
-        self.encoder = _ExampleEncoder(config)
+        self.encoder = ExampleEncoder(
+            config.layout,
+            len(config.vocab),
+            config.max_seq_length,
+            config.max_predictions_per_seq,
+            config.masked,
+        )
         self.stats = ShardStats()
 
     # -- reading ------------------------------------------------------------------------------
@@ -319,7 +346,8 @@ class _InstanceMaker:
                     other = int(random_float() * (len(documents) - 1))
                     random_offsets = documents[other + (other >= own)]
                     j = int(random_float() * (len(random_offsets) - 1))
-                    # Whole sentences from j on, until B reaches its target length or the document ends.
+                    # Whole sentences from j on, until B reaches its target length or the
+                    # document ends.
                     k = bisect.bisect_left(
                         random_offsets, random_offsets[j] + target_b_length, j + 1
                     )
@@ -366,10 +394,11 @@ class _InstanceMaker:
         front = self.rng.getrandbits(count).bit_count()
         return start + front, stop - (count - front)
 
-    # -- arrays and masking -------------------------------------------------------------------------
+    # -- arrays and masking -----------------------------------------------------------------------
 
     def _arrays(self, ids: np.ndarray, instances: list) -> dict:
-        """[CLS] A [SEP] B [SEP] of each instance's ranges as padded arrays, masked unless `--no_mask`."""
+        """[CLS] A [SEP] B [SEP] of each instance's ranges as padded arrays, masked unless
+        `--no_mask`."""
         config = self.config
         n = len(instances)
         a_start, a_stop, b_start, b_stop, labels = np.array(instances, np.int64).T
@@ -400,7 +429,7 @@ class _InstanceMaker:
             "len_a": len_a,
             "labels": labels,
         }
-        if config.mask:
+        if config.masked:
             arrays.update(self._mask(input_ids, lengths, len_a, real))
         return arrays
 
@@ -417,7 +446,8 @@ class _InstanceMaker:
         )
         candidate = real & ~special
         # Google: num_to_predict = min(P, max(1, round(len(tokens) * masked_lm_prob))), where
-        # len(tokens) counts [CLS] and [SEP]s; Python's round and numpy's rint both round half to even.
+        # len(tokens) counts [CLS] and [SEP]s; Python's round and numpy's rint both round half
+        # to even.
         count = np.minimum(
             p, np.maximum(1, np.rint(lengths * config.masked_lm_prob).astype(np.int64))
         )
@@ -496,153 +526,13 @@ class _InstanceMaker:
 
 
 # ---------------------------------------------------------------------------------------------
-# Serialization
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _varint_columns(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Protobuf varints of a matrix's values (< 2**21): (bytes, kept) uint8/bool arrays of shape
-    (rows, 3 * columns), where each row's encoding is its kept bytes in order."""
-    m = matrix.astype(np.uint32)
-    two, three = m >= 0x80, m >= 0x4000
-    stacked = np.stack(
-        [(m & 0x7F) | (two << 7), ((m >> 7) & 0x7F) | (three << 7), m >> 14], axis=-1
-    )
-    keep = np.stack([np.ones_like(two), two, three], axis=-1)
-    return stacked.astype(np.uint8).reshape(len(m), -1), keep.reshape(len(m), -1)
-
-
-def _byte_table(rows: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """Byte strings as a zero-padded uint8 matrix and their lengths, for lookups by row index."""
-    width = max(map(len, rows))
-    table = np.zeros((len(rows), width), np.uint8)
-    for i, row in enumerate(rows):
-        table[i, : len(row)] = np.frombuffer(row, np.uint8)
-    return table, np.array([len(row) for row in rows], np.int64)
-
-
-class _ExampleEncoder:
-    """Serializes records in `tf.train.Example` wire format from numpy arrays, all records of a
-    batch at once, ~10x faster than building protobuf messages one by one (which alone would cap
-    a core at ~12k records/s).
-
-    Every record is a sequence of pieces (map-entry headers and packed payloads); each piece is a
-    (rows, width) byte matrix with a mask of the bytes that belong to each row, looked up in
-    tables where a header depends on its payload's length. The pieces side by side, masked, are
-    the records back to back.
-    """
-
-    def __init__(self, config: InstanceConfig):
-        layout = config.layout
-        if len(config.vocab) >= 2**21 or config.max_seq_length >= 2**21:
-            raise ValueError("vocabularies and sequence lengths must stay below 2**21")
-        self.config = config
-        self.seq = seq = config.max_seq_length
-        self.p = p = config.max_predictions_per_seq
-        ids_name, mask_name, segment_name = layout.sequence_features
-        self.names = {
-            "ids": ids_name,
-            "input_mask": mask_name,
-            "segment_ids": segment_name,
-            "label": layout.label_feature,
-        }
-        if config.mask:
-            positions_name, masked_ids_name, weights_name = layout.prediction_features
-            self.names.update(
-                positions=positions_name, masked_ids=masked_ids_name, weights=weights_name
-            )
-            # Varint payloads take 1-3 bytes per value: their headers by payload length.
-            self.positions_headers = _byte_table(
-                [self._header("positions", n) for n in range(3 * p + 1)]
-            )
-            self.masked_ids_headers = _byte_table(
-                [self._header("masked_ids", n) for n in range(3 * p + 1)]
-            )
-            self.weights_header = self._header("weights", 4 * p, is_float=True)
-        self.ids_headers = _byte_table([self._header("ids", n) for n in range(3 * seq + 1)])
-        self.mask_header = self._header("input_mask", seq)
-        self.segment_header = self._header("segment_ids", seq)
-        self.labels = _byte_table([self._header("label", 1) + bytes([label]) for label in (0, 1)])
-
-    def _header(self, key: str, payload_length: int, is_float: bool = False) -> bytes:
-        """Bytes of a features map entry up to its packed payload, for a payload of this length."""
-        name = self.names[key].encode("utf-8")
-        values = b"\x0a" + _varint(payload_length)
-        feature_body_length = len(values) + payload_length
-        feature = (b"\x12" if is_float else b"\x1a") + _varint(feature_body_length)
-        feature_length = len(feature) + feature_body_length
-        entry = b"\x0a" + _varint(len(name)) + name + b"\x12" + _varint(feature_length)
-        entry_length = len(entry) + feature_length
-        return b"\x0a" + _varint(entry_length) + entry + feature + values
-
-    def encode(self, arrays: dict) -> list[bytes]:
-        """Serialized Examples, one per row of the arrays."""
-        n = len(arrays["input_ids"])
-        seq_columns = np.arange(self.seq)[None, :]
-        lengths, len_a = arrays["lengths"][:, None], arrays["len_a"][:, None]
-        pieces: list[tuple[np.ndarray, np.ndarray]] = []
-
-        def constant(data: bytes) -> None:
-            row = np.frombuffer(data, np.uint8)
-            pieces.append((np.broadcast_to(row, (n, len(row))), np.ones((1, len(row)), bool)))
-
-        def looked_up(table: tuple[np.ndarray, np.ndarray], index: np.ndarray) -> None:
-            rows, row_lengths = table
-            pieces.append(
-                (rows[index], np.arange(rows.shape[1])[None, :] < row_lengths[index][:, None])
-            )
-
-        def varints(matrix: np.ndarray, headers: tuple[np.ndarray, np.ndarray]) -> None:
-            data, keep = _varint_columns(matrix)
-            looked_up(headers, keep.sum(axis=1))
-            pieces.append((data, keep))
-
-        varints(arrays["input_ids"], self.ids_headers)
-        constant(self.mask_header)
-        pieces.append(((seq_columns < lengths).astype(np.uint8), np.ones((1, self.seq), bool)))
-        constant(self.segment_header)
-        segment_ids = (seq_columns >= len_a + 2) & (seq_columns < lengths)
-        pieces.append((segment_ids.astype(np.uint8), np.ones((1, self.seq), bool)))
-        if self.config.mask:
-            varints(arrays["masked_lm_positions"], self.positions_headers)
-            varints(arrays["masked_lm_ids"], self.masked_ids_headers)
-            constant(self.weights_header)
-            weights = (np.arange(self.p)[None, :] < arrays["num_predictions"][:, None]).astype(
-                "<f4"
-            )
-            pieces.append((weights.view(np.uint8), np.ones((1, 4 * self.p), bool)))
-        looked_up(self.labels, arrays["labels"])
-        keeps = [np.broadcast_to(keep, data.shape) for data, keep in pieces]
-        body_lengths = sum(keep.sum(axis=1) for keep in keeps)
-        # Each record: field 1 (0x0a), the body's length as a varint, the body.
-        length_data, length_keep = _varint_columns(body_lengths[:, None])
-        data = np.concatenate(
-            [np.full((n, 1), 0x0A, np.uint8), length_data, *(d for d, _ in pieces)], axis=1
-        )
-        keep = np.concatenate([np.ones((n, 1), bool), length_keep, *keeps], axis=1)
-        flat = data[keep].tobytes()
-        ends = np.cumsum(keep.sum(axis=1)).tolist()
-        return [flat[start:end] for start, end in zip([0] + ends[:-1], ends)]
-
-
-# ---------------------------------------------------------------------------------------------
 # Worker process entry point
 
 
 def worker_main(tasks, connection, corpus, plan, config: InstanceConfig) -> None:
-    """Process shard indices from `tasks` (None = stop), sending on `connection` ("records", shard,
-    records, bytes_read, documents), ("done", shard, ShardStats) or ("error", shard, type, message)."""
+    """Process shard indices from `tasks` (None = stop), sending on `connection` ("records",
+    shard, records, bytes_read, documents), ("done", shard, ShardStats) or ("error", shard, type,
+    message)."""
     # The workers already use every core: the Rust tokenizer's own thread pool would only contend.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     # A sender thread overlaps pickling and pipe writes with making the next records; the small

@@ -4,6 +4,7 @@
 Google's flags and defaults work unchanged (`--input_file --output_file --vocab_file
 --do_lower_case --max_seq_length --max_predictions_per_seq --random_seed --dupe_factor
 --masked_lm_prob --short_seq_prob --do_whole_word_mask`, also in absl's `--noflag` form).
+`--runner beam --beam_pipeline_options "..."` makes the same shards with Apache Beam.
 """
 
 from __future__ import annotations
@@ -15,21 +16,6 @@ import sys
 from kbert.cli import add_flag
 
 
-def _bool(value: str) -> bool:
-    choices = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-    if value.lower() not in choices:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-    return choices[value.lower()]
-
-
-def add_bool_flag(parser, name: str, default: bool, help: str) -> None:
-    """`--name`, `--name=false` and absl's `--noname`, as Google's scripts accept them."""
-    add_flag(
-        parser, name, type=_bool, nargs="?", const=True, default=default, metavar="BOOL", help=help
-    )
-    parser.add_argument(f"--no{name}", dest=name, action="store_false", help=argparse.SUPPRESS)
-
-
 def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags choosing the corpus (shared by `kbert vocab`)."""
     group = parser.add_argument_group(
@@ -39,7 +25,8 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
         group,
         "input_file",
         default=None,
-        help="text file(s): a path, glob, or comma-separated list; 'builtin' for the built-in corpus",
+        help="text file(s): a path, glob, or comma-separated list; 'builtin' for the built-in "
+        "corpus",
     )
     add_flag(
         group,
@@ -93,7 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         out,
         "output_file",
         required=True,
-        help="shard path prefix (a trailing .tfrecord is dropped); the directory holds one data set",
+        help="shard path prefix (a trailing .tfrecord is dropped); the directory holds one data "
+        "set",
     )
     add_flag(
         out,
@@ -116,9 +104,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replace a data set made with other settings under the same prefix",
     )
 
+    _add_algorithm_arguments(parser)
+    _add_run_arguments(parser)
+
+
+def _add_algorithm_arguments(parser: argparse.ArgumentParser) -> None:
     algo = parser.add_argument_group("Google's algorithm")
-    add_bool_flag(
-        algo, "do_lower_case", True, "lower-case and strip accents (uncased vocab; default true)"
+    add_flag(
+        algo,
+        "do_lower_case",
+        type=bool,
+        default=True,
+        help="lower-case and strip accents (uncased vocab; default true)",
     )
     add_flag(algo, "max_seq_length", type=int, default=128, help="tokens per instance (128)")
     add_flag(
@@ -146,10 +143,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.1,
         help="probability of a shorter target length (0.1)",
     )
-    add_bool_flag(
-        algo, "do_whole_word_mask", False, "mask all word pieces of a word together (default false)"
+    add_flag(
+        algo,
+        "do_whole_word_mask",
+        type=bool,
+        default=False,
+        help="mask all word pieces of a word together (default false)",
     )
 
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("kbert")
     add_flag(
         run,
@@ -174,6 +177,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "for dynamic masking in kbert.data",
     )
     add_flag(run, "quiet", action="store_true", help="no progress bar")
+
+    beam = parser.add_argument_group('Apache Beam (pip install "kbert[beam]")')
+    add_flag(
+        beam,
+        "runner",
+        choices=("local", "beam"),
+        default="local",
+        help="local: --num_workers processes on this machine (default); beam: an Apache Beam "
+        "pipeline (Dataflow, Flink, Spark, or Beam's local runners) writing the same bytes",
+    )
+    add_flag(
+        beam,
+        "beam_pipeline_options",
+        default=None,
+        metavar="FLAGS",
+        help="Beam's own flags in one quoted string, given after '=' (a value starting with -- "
+        'would be read as a flag), e.g. --beam_pipeline_options="--runner=DataflowRunner '
+        '--project=P --region=R --temp_location=gs://B/tmp --setup_file=./setup.py" or '
+        '--beam_pipeline_options="--runner=FnApiRunner --direct_num_workers=2 '
+        '--direct_running_mode=multi_processing"',
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -204,8 +228,10 @@ def run(args: argparse.Namespace) -> int:
             mask=not args.no_mask,
             overwrite=args.overwrite,
             progress=not args.quiet and sys.stderr.isatty(),
+            runner=args.runner,
+            beam_pipeline_options=args.beam_pipeline_options,
         )
-    except RuntimeError as e:
+    except (RuntimeError, ImportError) as e:
         print(f"kbert create-data: error: {e}", file=sys.stderr)
         return 1
     counts = summary.nsp_label_counts
@@ -220,8 +246,8 @@ def run(args: argparse.Namespace) -> int:
         f"input {summary.input_bytes / 1e6:.2f} MB ({rate:.2f} MB/s)"
     )
     print(
-        f"  NSP labels: 0 (B follows A) {counts.get('0', 0):,}  1 (B random) {counts.get('1', 0):,}  "
-        f"-> {summary.is_random_share:.1%} random"
+        f"  NSP labels: 0 (B follows A) {counts.get('0', 0):,}  "
+        f"1 (B random) {counts.get('1', 0):,}  -> {summary.is_random_share:.1%} random"
     )
     if summary.masked:
         print(f"  mean masked positions per instance {summary.mean_masked_positions:.2f}")
