@@ -501,3 +501,58 @@ def test_bad_input_is_a_one_line_error(case, cli_inputs, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("kbert create-data: error: ") and "\n" not in err
     assert message in err
+
+
+def test_googles_command_line_writes_what_kbert_create_data_writes(corpus, tmp_path):
+    corpus_file, vocab_file, _ = corpus
+    google_flags = [
+        f"--input_file={corpus_file}",
+        f"--vocab_file={vocab_file}",
+        "--do_lower_case=True",
+        f"--max_seq_length={SEQ}",
+        f"--max_predictions_per_seq={PRED}",
+        "--masked_lm_prob=0.15",
+        "--random_seed=7",
+        "--dupe_factor=2",
+        "--short_seq_prob=0.1",
+        "--nodo_whole_word_mask",
+    ]
+    google = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tfrecords_tools.create_pretraining_data",
+            *google_flags,
+            f"--output_file={tmp_path / 'google' / 'train'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert google.returncode == 0, google.stderr
+    assert (
+        kbert_main(
+            [
+                "create-data",
+                "--quiet",
+                *google_flags,
+                f"--output_file={tmp_path / 'kbert' / 'train'}",
+            ]
+        )
+        == 0
+    )
+    written = shard_bytes(tmp_path / "google")
+    assert written and written == shard_bytes(tmp_path / "kbert")
+
+
+@pytest.mark.parametrize(
+    "module, usage", [("vocab", "kbert vocab"), ("inspect", "kbert inspect-data")]
+)
+def test_runnable_looking_modules_run_their_kbert_command(module, usage):
+    missing_flags = subprocess.run(
+        [sys.executable, "-m", f"tfrecords_tools.{module}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing_flags.returncode != 0 and usage in missing_flags.stderr

@@ -31,6 +31,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -557,3 +558,11 @@ class _Progress:
         """Close the bar."""
         if self.bar is not None:
             self.bar.close()
+
+
+if __name__ == "__main__":
+    # Google's entry point, `python -m tfrecords_tools.create_pretraining_data --flag=value ...`,
+    # is `kbert create-data` with the same flags.
+    from kbert.cli import main
+
+    sys.exit(main(["create-data", *sys.argv[1:]]))

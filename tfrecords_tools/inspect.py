@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import posixpath
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -383,3 +384,10 @@ def _decode(batch: dict, i: int, tokens: list[str] | None, masked: bool) -> str:
         label, "invalid"
     )
     return f"{' '.join(words)}\n  next_sentence_label={label} ({meaning})"
+
+
+if __name__ == "__main__":
+    # `python -m tfrecords_tools.inspect ...` is `kbert inspect-data` with the same flags.
+    from kbert.cli import main
+
+    sys.exit(main(["inspect-data", *sys.argv[1:]]))

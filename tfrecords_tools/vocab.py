@@ -294,3 +294,10 @@ def _batches(items: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
             batch = []
     if batch:
         yield batch
+
+
+if __name__ == "__main__":
+    # `python -m tfrecords_tools.vocab ...` is `kbert vocab` with the same flags.
+    from kbert.cli import main
+
+    sys.exit(main(["vocab", *sys.argv[1:]]))
