@@ -51,7 +51,7 @@ def test_learned_vocab_tokenizes_its_corpus_without_unknowns(tmp_path):
 
 
 def test_googles_bert_base_layout_works(tmp_path):
-    # google-research/bert's uncased vocab.txt: [PAD], [unused0..98], [UNK], [CLS], [SEP], [MASK], ...
+    # google-research/bert's uncased vocab.txt: [PAD], [unused0..98], [UNK], [CLS], [SEP], [MASK]
     tokens = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     words = sorted({w.strip(".,;").lower() for s in SENTENCES for w in s.split()})
     tokens += [c for c in "abcdefghijklmnopqrstuvwxyz.,;"] + words
