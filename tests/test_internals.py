@@ -60,15 +60,22 @@ INTERNALS = [
     (
         "keras.Model._maybe_symbolic_build",
         "keras",
-        "kbert/model.py, to build from one local batch under MultiWorkerMirroredStrategy "
-        "(keras#20585)",
+        "kbert/distribute.py (TrainerFixes), to build from one local batch under "
+        "MultiWorkerMirroredStrategy (keras#20585)",
         _keras_model,
         "_maybe_symbolic_build",
     ),
     (
+        "keras.Model._aggregate_additional_loss",
+        "keras",
+        "kbert/model.py (compute_loss), to add the layers' own losses as Keras' compute_loss does",
+        _keras_model,
+        "_aggregate_additional_loss",
+    ),
+    (
         "keras.callbacks.ModelCheckpoint._save_model",
         "keras",
-        "kbert/train.py, to keep only the newest weight checkpoints",
+        "kbert/callbacks.py, to keep only the newest weight checkpoints",
         _model_checkpoint,
         "_save_model",
     ),
