@@ -12,3 +12,21 @@ class KbertError(Exception):
     ...     print(e)
     data/train-00003: truncated record at byte 999555
     """
+
+
+class DamagedRecordsError(KbertError):
+    """A TFRecord shard cannot be read to its end (truncated or corrupted); the message names it,
+    the byte offset where it broke, and how to go on.
+
+    Args:
+        message: the one-line explanation.
+        damaged: the damaged shards' paths.
+
+    Examples:
+    >>> DamagedRecordsError("data/b.tfrecord: truncated record at 640", ["data/b.tfrecord"]).damaged
+    ['data/b.tfrecord']
+    """
+
+    def __init__(self, message: str, damaged: list[str]):
+        super().__init__(message)
+        self.damaged = list(damaged)
