@@ -16,11 +16,12 @@ empty step on datasets of unknown cardinality, which skews the reported losses).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -30,7 +31,13 @@ from kbert import records as on_disk
 from kbert.io import check_positive_int
 from kbert.masking import DynamicMasking, unmask
 
-__all__ = ["DynamicMasking", "SkippedRecords", "describe", "pretraining_dataset"]
+__all__ = [
+    "DynamicMasking",
+    "SkippedRecords",
+    "describe",
+    "name_damaged_shards",
+    "pretraining_dataset",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +95,9 @@ def pretraining_dataset(
             a shard is skipped) instead of failing. Training counts what it skipped in
             `skipped_records`; evaluation reads every shard first to count its readable records.
             Without it a damaged shard fails the read with TensorFlow's `DataLossError`, which
-            names no file: `kbert.records.find_damage` finds it (`kbert.pretrain` and
-            `kbert.evaluate` raise `kbert.errors.DamagedRecordsError` naming it).
+            names no file: run `fit` inside `name_damaged_shards(file_pattern)` to get a
+            `kbert.errors.DamagedRecordsError` naming the shard (`kbert.pretrain` and
+            `kbert.evaluate` do).
         skipped_records: where a training pipeline counts the records it skipped (default: a
             new `SkippedRecords`, which logs each damaged shard it meets).
 
@@ -189,6 +197,46 @@ def pretraining_dataset(
         # This pipeline already reads only its share; the strategy must not shard it again.
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options)
+
+
+@contextlib.contextmanager
+def name_damaged_shards(file_pattern: str | Sequence[str]) -> Iterator[None]:
+    """Turn a `DataLossError` raised in the block (e.g. by `model.fit` on a `pretraining_dataset`
+    of `file_pattern`) into a `kbert.errors.DamagedRecordsError` naming the damaged shard and the
+    byte offset where it broke (TensorFlow's error names no file; the shards are read again).
+
+    Args:
+        file_pattern: the shards the block reads, as for `pretraining_dataset`.
+
+    Examples:
+    >>> import os, tempfile
+    >>> from kbert import features
+    >>> path = os.path.join(tempfile.mkdtemp(), "train.tfrecord")
+    >>> with tf.io.TFRecordWriter(path) as writer:
+    ...     for i in range(8):
+    ...         writer.write(features.to_example({
+    ...             "input_ids": [101, 7, 103, 102], "input_mask": [1, 1, 1, 1],
+    ...             "segment_ids": [0, 0, 0, 0], "masked_lm_positions": [2],
+    ...             "masked_lm_ids": [9], "masked_lm_weights": [1.0],
+    ...             "next_sentence_labels": [i % 2]}).SerializeToString())
+    >>> _ = open(path, "r+b").truncate(os.path.getsize(path) // 2 + 50)  # mid-record
+    >>> try:
+    ...     with name_damaged_shards(path):
+    ...         batches = list(pretraining_dataset(path, 2, seed=0).take(8))
+    ... except Exception as e:
+    ...     print(type(e).__name__, path in str(e))
+    DamagedRecordsError True
+    """
+    try:
+        yield
+    except tf.errors.DataLossError as e:
+        raise on_disk.damaged_records_error(
+            on_disk.find_records(file_pattern),
+            e,
+            "reading stopped",
+            "Find the damaged files with `kbert inspect-data` and replace them, or pass "
+            "skip_corrupt_records=True to skip what cannot be read",
+        ) from None
 
 
 def describe(file_pattern: str | Sequence[str], count_records: bool = True) -> dict[str, Any]:

@@ -14,9 +14,10 @@ class KbertError(Exception):
     """
 
 
-class DamagedRecordsError(KbertError):
+class DamagedRecordsError(KbertError, ValueError):
     """A TFRecord shard cannot be read to its end (truncated or corrupted); the message names it,
-    the byte offset where it broke, and how to go on.
+    the byte offset where it broke, and how to go on. A ValueError too: bad input, as kbert's
+    other data errors.
 
     Args:
         message: the one-line explanation.

@@ -208,7 +208,8 @@ def read_records(path: str | tf.Tensor, compression: str | tf.Tensor) -> tf.data
 
 
 def count_records(records: RecordSet, files: Sequence[str] | None = None) -> dict[str, int]:
-    """Records per shard: from the metadata, else by reading (which names a damaged shard).
+    """Records per shard: from the metadata, else by reading (a damaged shard raises
+    `DamagedRecordsError` naming it).
 
     Args:
         records: the set `files` belong to.
@@ -238,7 +239,9 @@ def count_records(records: RecordSet, files: Sequence[str] | None = None) -> dic
                 )
             )
         except tf.errors.OpError as e:
-            raise ValueError(f"{path}: damaged TFRecord file ({e.message.strip()})") from None
+            raise DamagedRecordsError(
+                f"{path}: damaged TFRecord file ({data_loss_reason(e)})", [path]
+            ) from None
 
     with concurrent.futures.ThreadPoolExecutor(
         max(1, min(len(files), _PARALLEL_FILE_CHECKS))
