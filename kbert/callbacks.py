@@ -156,7 +156,6 @@ class _MetricRows(keras.callbacks.Callback):
                 self._skipped_total,
             )
         self._interval_skipped_start = self._skipped_total
-        self._file.flush()
         for writer in self._writers.values():
             writer.flush()
 
@@ -209,6 +208,8 @@ class _MetricRows(keras.callbacks.Callback):
                 **{k: v for k, v in row.items() if k != "step"},
             }
         )
+        # Flushed row by row: a killed run keeps its rows (a resume drops those past its backup).
+        self._file.flush()
         self._last_row = step
         for name, value in row.items():
             if name == "step":
