@@ -147,15 +147,14 @@ class _MetricRows(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self._write((epoch + 1) * self.updates_per_interval, logs or {})
-        skipped = self._skipped_total - self._interval_skipped_start
         if self.skipped_records is not None:
             logger.info(
                 "step %d: %d unreadable record(s) skipped in this interval, %d in total",
                 (epoch + 1) * self.updates_per_interval,
-                skipped,
-                self._skipped_total,
+                self._skipped_at_row - self._skipped_at_interval,
+                self._skipped_at_row,
             )
-        self._interval_skipped_start = self._skipped_total
+        self._skipped_at_interval = self._skipped_at_row
         for writer in self._writers.values():
             writer.flush()
 
@@ -185,7 +184,7 @@ class _MetricRows(keras.callbacks.Callback):
         write_atomically(self.path, buffer.getvalue())
         self._file = tf.io.gfile.GFile(self.path, "a")
         self._csv = csv.DictWriter(self._file, ("epoch", *HISTORY_COLUMNS), extrasaction="ignore")
-        self._skipped_total = self._skipped_at_row = self._interval_skipped_start = 0
+        self._skipped_at_row = self._skipped_at_interval = self._skipped_now
         for name in ("train", "validation"):
             self._writers[name] = tf.summary.create_file_writer(posixpath.join(self.logs_dir, name))
 
@@ -196,7 +195,6 @@ class _MetricRows(keras.callbacks.Callback):
     def _write(self, step: int, logs: dict) -> None:
         now = self._skipped_now
         skipped, self._skipped_at_row = now - self._skipped_at_row, now
-        self._skipped_total += skipped
         row = {name: float(logs[name]) for name in HISTORY_COLUMNS if name in logs}
         row["learning_rate"] = float(self.model.optimizer.learning_rate)
         if self.skipped_records is not None:
