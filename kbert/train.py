@@ -48,6 +48,7 @@ from kbert.callbacks import (
 from kbert.config import PRESET_SIZES, BertConfig, resolve_config
 from kbert.data import SkippedRecords, describe, pretraining_dataset
 from kbert.distribute import resolve_strategy, worker_directory
+from kbert.errors import DamagedRecordsError
 from kbert.evaluation import evaluate, evaluation_dataset, load_model
 from kbert.io import MODEL_FILE, atomic_path, read_json
 from kbert.losses import compile_for_pretraining
@@ -324,7 +325,7 @@ def _compile(model: BertPretrainingModel, run: PretrainConfig) -> None:
 
 def _damaged_training_data(
     run: PretrainConfig, output_dir: str, model: BertPretrainingModel, error: Exception
-) -> Exception:
+) -> DamagedRecordsError:
     """The `DamagedRecordsError` of a read that failed during `fit`: names the damaged shard
     (the reader's error does not) and the intact checkpoint to resume from."""
     saved = checkpoint_files(posixpath.join(output_dir, CHECKPOINT_DIR))
@@ -336,13 +337,14 @@ def _damaged_training_data(
     )
     # The evaluation during training may have failed too.
     read = [run.train_files] + ([run.eval_files] if run.eval_interval else [])
+    patterns = ",".join(p if isinstance(p, str) else ",".join(p) for p in read)
     return on_disk.damaged_records_error(
         [on_disk.find_records(files) for files in read],
         error,
         f"training stopped at step {optimizer_step(model)}; {kept}",
-        "To go on: find the bad files with `kbert inspect-data`, replace or remove them, then "
-        "run the same `kbert train` command (it resumes from the backup); or add "
-        "--skip_corrupt_records to skip what cannot be read",
+        f"To go on: find the bad files with `kbert inspect-data --input_file {patterns}`, "
+        "replace or remove them, then run the same `kbert train` command (it resumes from the "
+        "backup); or add --skip_corrupt_records to skip what cannot be read",
     )
 
 
