@@ -192,8 +192,9 @@ class PretrainConfig:
     )
     checkpoint_interval: int | None = _setting(
         None,
-        help="updates between history rows, weight checkpoints and resume backups; must divide "
-        f"steps (default: the largest divisor of steps up to {DEFAULT_MAX_CHECKPOINT_INTERVAL})",
+        help="updates between weight checkpoints and resume backups (history rows: log_interval); "
+        "must divide steps (default: the largest divisor of steps up to "
+        f"{DEFAULT_MAX_CHECKPOINT_INTERVAL})",
         group="checkpoints and logs",
         parse=int,
         resume_invariant=True,

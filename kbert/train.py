@@ -86,7 +86,8 @@ class PretrainResult:
 
     Args:
         model: the trained `BertPretrainingModel` (compiled).
-        history: per-interval logs of this call (`keras.callbacks.History.history`).
+        history: the logs at each interval's end in this call (`keras.callbacks.History`);
+            the metrics there are the means since the interval's last history row.
         eval_results: the evaluation on `eval_files`, or None without them.
         output_dir: the run directory.
     """
@@ -112,7 +113,8 @@ def pretrain(
 
     Builds the model, optimizer and metrics inside the strategy's scope, trains `steps`
     optimizer updates on `train_files` in intervals of `checkpoint_interval` steps (each ends with
-    a history row, a weight checkpoint and a resume backup), then evaluates on `eval_files` and
+    a weight checkpoint and a resume backup; history.csv gets a row every `log_interval`
+    updates), then evaluates on `eval_files` and
     saves the final model and encoder weights. Running the same call again after an interruption
     continues exactly where the last backup left off (weights, optimizer, learning rate and data
     position); after a finished run it only re-evaluates and re-saves.
