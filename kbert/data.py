@@ -403,6 +403,8 @@ def _evaluation_records(
 
     else:
         total = sum(on_disk.count_records(records).values())
+    if total == 0:
+        raise ValueError(f"{records.files[0]}: no records to evaluate")
     dataset = tf.data.Dataset.from_tensor_slices((list(records.files), list(records.compression)))
     dataset = dataset.interleave(
         read,
@@ -523,17 +525,11 @@ class SkippedRecords:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._total = 0
-        self._per_file: collections.Counter[str] = collections.Counter()
 
     def total(self) -> int:
         """Records skipped so far."""
         with self._lock:
             return self._total
-
-    def per_file(self) -> dict[str, int]:
-        """Records skipped so far, per damaged shard."""
-        with self._lock:
-            return dict(self._per_file)
 
     def read_records(
         self, path: tf.Tensor, compression: tf.Tensor, expected: tf.Tensor
@@ -564,7 +560,6 @@ class SkippedRecords:
             name = path.numpy().decode()
             with self._lock:
                 self._total += missing
-                self._per_file[name] += missing
             logger.warning(
                 "skipped %d unreadable record(s) of damaged shard %s (read %d of %d)",
                 missing,
