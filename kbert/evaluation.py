@@ -103,7 +103,7 @@ def evaluate(
     if skip_corrupt_records:
         counts, skipped = on_disk.readable_counts(records)
     else:
-        counts, skipped = on_disk.count_records(records), 0
+        counts = on_disk.count_records(records)
     dataset = evaluation_dataset(
         eval_files, batch_size, model, dynamic_masking_vocab, skip_corrupt_records
     )
@@ -114,8 +114,10 @@ def evaluate(
             records,
             e,
             "the evaluation stopped",
-            "Find the damaged files with `kbert inspect-data`, then replace them, or evaluate "
-            "the rest with --skip_corrupt_records (skip_corrupt_records=True)",
+            "Find the damaged files with `kbert inspect-data --input_file "
+            f"{eval_files if isinstance(eval_files, str) else ','.join(eval_files)}`, then "
+            "replace them, or evaluate the rest with --skip_corrupt_records "
+            "(skip_corrupt_records=True)",
         ) from None
     results: dict[str, Any] = {name: float(logs[name]) for name in METRICS}
     results["mlm_perplexity"] = _safe_exp(results["mlm_loss"])
