@@ -32,6 +32,7 @@ _EXPORTS = {
     "WarmupLinearDecay": "kbert.optimization",
     "pretraining_dataset": "kbert.data",
     "describe": "kbert.data",
+    "name_damaged_shards": "kbert.data",
     "resolve_strategy": "kbert.distribute",
     "resolve_distribution": "kbert.distribute",
     "pretrain": "kbert.train",

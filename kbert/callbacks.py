@@ -1,30 +1,51 @@
 """kbert's training callbacks and the run-directory files they write.
 
-At every interval's end (a Keras epoch of `checkpoint_interval` updates), in this order: stop on a
-non-finite loss, add the step and learning rate to the logs, write the resume backup, a weight
-checkpoint (the newest `keep_checkpoints` are kept), a history.csv row and TensorBoard scalars.
+Training runs in intervals (a Keras epoch of `checkpoint_interval` updates). After each batch, a
+non-finite loss stops training; every `log_interval` updates a history.csv row and TensorBoard
+scalars are written. At every interval's end, in this order: add the step and learning rate to
+the logs, write the interval's last row (with the `val_*` of an evaluation), the resume backup
+and a weight checkpoint (the newest `keep_checkpoints` are kept).
+
+A history row holds the means over the updates since the previous row: Keras' logged metrics
+are running means since their last reset, so the metrics are reset after every row (the
+progress bar shows the same window means). Rows are written before the backup: a run resumed from
+the backup drops the rows past its step, so none is written twice.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import logging
 import math
 import posixpath
 
 import keras
 import tensorflow as tf
 
+from kbert.data import SkippedRecords
+from kbert.errors import KbertError
 from kbert.evaluation import METRICS
+from kbert.io import write_atomically
 from kbert.optimization import optimizer_step
+
+logger = logging.getLogger(__name__)
 
 BACKUP_DIR = "backup"
 CHECKPOINT_DIR = "checkpoints"
 HISTORY_FILE = "history.csv"
 TENSORBOARD_DIR = "logs"
 # history.csv: "epoch" (Keras' interval index), then these.
-HISTORY_COLUMNS = ("step", *METRICS, "learning_rate", *(f"val_{m}" for m in METRICS))
+HISTORY_COLUMNS = (
+    "step",
+    *METRICS,
+    "learning_rate",
+    *(f"val_{m}" for m in METRICS),
+    "skipped_records",
+)
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(KbertError):
     """The loss became NaN or infinite; training stopped before the next checkpoint."""
 
 
@@ -81,24 +102,119 @@ class _LastCheckpoints(keras.callbacks.ModelCheckpoint):
             tf.io.gfile.remove(stale)
 
 
-class _History(keras.callbacks.CSVLogger):
-    """CSVLogger with fixed columns (HISTORY_COLUMNS); intervals without evaluation leave the
-    `val_*` cells empty (Keras writes "NA", which is not a number)."""
+class _MetricRows(keras.callbacks.Callback):
+    """history.csv rows and TensorBoard scalars every `log_interval` updates and at every
+    interval's end (see the module docstring for what a row means).
 
-    def __init__(self, path: str):
-        super().__init__(path, append=True)
+    The step is counted from the batch index, so the model (on JAX: its state) is only read when
+    a row is written.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        log_interval: int,
+        updates_per_interval: int,
+        batches_per_update: int,
+        skipped_records: SkippedRecords | None,
+    ):
+        super().__init__()
+        self.path = posixpath.join(output_dir, HISTORY_FILE)
+        self.logs_dir = posixpath.join(output_dir, TENSORBOARD_DIR)
+        self.log_interval = log_interval
+        self.updates_per_interval = updates_per_interval
+        self.batches_per_update = batches_per_update
+        self.skipped_records = skipped_records
+        self._file = None
+        self._writers: dict[str, tf.summary.SummaryWriter] = {}
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._interval_start = epoch * self.updates_per_interval
+        self._last_row = self._interval_start
+        if self._file is None:  # the first interval of this call: resumed at its start
+            self._open(self._interval_start)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if (batch + 1) % self.batches_per_update:
+            return
+        step = self._interval_start + (batch + 1) // self.batches_per_update
+        if step // self.log_interval == self._last_row // self.log_interval:
+            return
+        if step == self._interval_start + self.updates_per_interval:
+            return  # the interval's end writes this row, with its evaluation
+        self._write(step, logs or {})
+        self.model.reset_metrics()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        self.keys = list(HISTORY_COLUMNS)
-        super().on_epoch_end(epoch, {key: logs.get(key, "") for key in HISTORY_COLUMNS})
+        self._write((epoch + 1) * self.updates_per_interval, logs or {})
+        if self.skipped_records is not None:
+            logger.info(
+                "step %d: %d unreadable record(s) skipped in this interval, %d in total",
+                (epoch + 1) * self.updates_per_interval,
+                self._skipped_at_row - self._skipped_at_interval,
+                self._skipped_at_row,
+            )
+        self._skipped_at_interval = self._skipped_at_row
+        for writer in self._writers.values():
+            writer.flush()
 
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
 
-class _TensorBoard(keras.callbacks.TensorBoard):
-    """TensorBoard scalars against the optimizer step (Keras plots them against the interval)."""
+    def _open(self, restored_step: int) -> None:
+        """Keep the rows up to `restored_step` (a killed run may have written later ones), then
+        append."""
+        kept = []
+        if tf.io.gfile.exists(self.path):
+            with tf.io.gfile.GFile(self.path, "r") as f:
+                kept = [
+                    row
+                    for row in csv.DictReader(io.StringIO(f.read()))
+                    if row.get("step") and float(row["step"]) <= restored_step
+                ]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, ("epoch", *HISTORY_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(kept)
+        write_atomically(self.path, buffer.getvalue())
+        self._file = tf.io.gfile.GFile(self.path, "a")
+        self._csv = csv.DictWriter(self._file, ("epoch", *HISTORY_COLUMNS), extrasaction="ignore")
+        self._skipped_at_row = self._skipped_at_interval = self._skipped_now
+        for name in ("train", "validation"):
+            self._writers[name] = tf.summary.create_file_writer(posixpath.join(self.logs_dir, name))
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        super().on_epoch_end(int(logs["step"]) if logs and "step" in logs else epoch, logs)
+    @property
+    def _skipped_now(self) -> int:
+        return self.skipped_records.total() if self.skipped_records is not None else 0
+
+    def _write(self, step: int, logs: dict) -> None:
+        now = self._skipped_now
+        skipped, self._skipped_at_row = now - self._skipped_at_row, now
+        row = {name: float(logs[name]) for name in HISTORY_COLUMNS if name in logs}
+        row["learning_rate"] = float(self.model.optimizer.learning_rate)
+        if self.skipped_records is not None:
+            row["skipped_records"] = skipped
+        self._csv.writerow(
+            {
+                "epoch": (step - 1) // self.updates_per_interval,
+                "step": step,
+                **{k: v for k, v in row.items() if k != "step"},
+            }
+        )
+        # Flushed row by row: a killed run keeps its rows (a resume drops those past its backup).
+        self._file.flush()
+        self._last_row = step
+        for name, value in row.items():
+            if name == "step":
+                continue
+            writer = self._writers["validation" if name.startswith("val_") else "train"]
+            with writer.as_default():
+                tf.summary.scalar(name.removeprefix("val_"), value, step=step)
 
 
 def checkpoint_files(directory: str) -> list[str]:
@@ -114,20 +230,34 @@ def checkpoint_files(directory: str) -> list[str]:
     return sorted(tf.io.gfile.glob(posixpath.join(directory, "ckpt-*.weights.h5")))
 
 
-def training_callbacks(output_dir: str, keep_checkpoints: int) -> list[keras.callbacks.Callback]:
+def training_callbacks(
+    output_dir: str,
+    keep_checkpoints: int,
+    log_interval: int = 1,
+    updates_per_interval: int = 1,
+    batches_per_update: int = 1,
+    skipped_records: SkippedRecords | None = None,
+) -> list[keras.callbacks.Callback]:
     """kbert's callbacks, in the order they must run at each interval's end.
 
     Args:
         output_dir: the run directory.
         keep_checkpoints: weight checkpoints kept in `checkpoints/`.
+        log_interval: updates between history rows.
+        updates_per_interval: optimizer updates per Keras epoch (`checkpoint_interval`).
+        batches_per_update: batches per optimizer update (gradient accumulation).
+        skipped_records: the training pipeline's count of unreadable records, if it skips them.
 
     Examples:
-    >>> [type(c).__name__ for c in training_callbacks("run", 3)][:3]
-    ['_StopOnNonFiniteLoss', '_StepLogs', 'BackupAndRestore']
+    >>> [type(c).__name__ for c in training_callbacks("run", 3)][:4]
+    ['_StopOnNonFiniteLoss', '_StepLogs', '_MetricRows', 'BackupAndRestore']
     """
     return [
         _StopOnNonFiniteLoss(output_dir),
         _StepLogs(),
+        _MetricRows(
+            output_dir, log_interval, updates_per_interval, batches_per_update, skipped_records
+        ),
         # Epoch ends only: a mid-epoch backup restores to the epoch's start (Keras ignores the
         # saved batch), which would replay batches; intervals are epochs for that reason.
         keras.callbacks.BackupAndRestore(
@@ -137,6 +267,4 @@ def training_callbacks(output_dir: str, keep_checkpoints: int) -> list[keras.cal
             delete_checkpoint=False,
         ),
         _LastCheckpoints(posixpath.join(output_dir, CHECKPOINT_DIR), keep_checkpoints),
-        _History(posixpath.join(output_dir, HISTORY_FILE)),
-        _TensorBoard(posixpath.join(output_dir, TENSORBOARD_DIR)),
     ]

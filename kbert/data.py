@@ -16,19 +16,28 @@ empty step on datasets of unknown cardinality, which skews the reported losses).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import random
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import tensorflow as tf
 
 from kbert import features
 from kbert import records as on_disk
+from kbert.io import check_positive_int
 from kbert.masking import DynamicMasking, unmask
 
-__all__ = ["DynamicMasking", "describe", "pretraining_dataset"]
+__all__ = [
+    "DynamicMasking",
+    "SkippedRecords",
+    "describe",
+    "name_damaged_shards",
+    "pretraining_dataset",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +57,8 @@ def pretraining_dataset(
     num_epochs: int | None = None,
     shuffle_buffer_size: int = 10_000,
     compression_type: str | None = None,
+    skip_corrupt_records: bool = False,
+    skipped_records: SkippedRecords | None = None,
 ) -> tf.data.Dataset:
     """A `tf.data.Dataset` of `(x, y, sample_weight)` batches from pre-training TFRecords.
 
@@ -80,6 +91,15 @@ def pretraining_dataset(
             None with `steps_per_epoch` there.
         shuffle_buffer_size: records in the training shuffle buffer.
         compression_type: "", "GZIP" or "ZLIB" for every shard; None detects GZIP per shard.
+        skip_corrupt_records: read past damaged shards (truncated or corrupted: the rest of such
+            a shard is skipped) instead of failing. Training counts what it skipped in
+            `skipped_records`; evaluation reads every shard first to count its readable records.
+            Without it a damaged shard fails the read with TensorFlow's `DataLossError`, which
+            names no file: run `fit` inside `name_damaged_shards(file_pattern)` to get a
+            `kbert.errors.DamagedRecordsError` naming the shard (`kbert.pretrain` and
+            `kbert.evaluate` do).
+        skipped_records: where a training pipeline counts the records it skipped (default: a
+            new `SkippedRecords`, which logs each damaged shard it meets).
 
     Returns:
         A dataset whose element_spec is fully defined.
@@ -100,15 +120,15 @@ def pretraining_dataset(
     >>> x["input_ids"].shape, y["nsp"].shape, weights["mlm"].dtype.name
     (TensorShape([4, 4]), TensorShape([4]), 'float32')
     """
-    _check_positive("global_batch_size", global_batch_size)
-    _check_positive("shuffle_buffer_size", shuffle_buffer_size)
+    check_positive_int("global_batch_size", global_batch_size)
+    check_positive_int("shuffle_buffer_size", shuffle_buffer_size)
     for name, value in (
         ("num_epochs", num_epochs),
         ("max_seq_length", max_seq_length),
         ("max_predictions_per_seq", max_predictions_per_seq),
     ):
         if value is not None:
-            _check_positive(name, value)
+            check_positive_int(name, value)
     records = on_disk.find_records(
         file_pattern, max_seq_length, max_predictions_per_seq, compression_type
     )
@@ -127,8 +147,17 @@ def pretraining_dataset(
     )
     shard_files = len(records.files) >= num_pipelines
     if is_training:
+        if skip_corrupt_records and skipped_records is None:
+            skipped_records = SkippedRecords()
         dataset, num_records = _training_records(
-            records, seed, num_pipelines, pipeline_id, shard_files, shuffle_buffer_size, num_epochs
+            records,
+            seed,
+            num_pipelines,
+            pipeline_id,
+            shard_files,
+            shuffle_buffer_size,
+            num_epochs,
+            skipped_records if skip_corrupt_records else None,
         )
         dataset = dataset.map(lambda serialized: (serialized, tf.constant(1.0)))
         num_batches = None
@@ -151,6 +180,7 @@ def pretraining_dataset(
             batch_size * replicas_per_pipeline,
             num_pipelines,
             pipeline_id,
+            skip_corrupt_records,
         )
         num_batches *= replicas_per_pipeline
 
@@ -167,6 +197,46 @@ def pretraining_dataset(
         # This pipeline already reads only its share; the strategy must not shard it again.
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options)
+
+
+@contextlib.contextmanager
+def name_damaged_shards(file_pattern: str | Sequence[str]) -> Iterator[None]:
+    """Turn a `DataLossError` raised in the block (e.g. by `model.fit` on a `pretraining_dataset`
+    of `file_pattern`) into a `kbert.errors.DamagedRecordsError` naming the damaged shard and the
+    byte offset where it broke (TensorFlow's error names no file; the shards are read again).
+
+    Args:
+        file_pattern: the shards the block reads, as for `pretraining_dataset`.
+
+    Examples:
+    >>> import os, tempfile
+    >>> from kbert import features
+    >>> path = os.path.join(tempfile.mkdtemp(), "train.tfrecord")
+    >>> with tf.io.TFRecordWriter(path) as writer:
+    ...     for i in range(8):
+    ...         writer.write(features.to_example({
+    ...             "input_ids": [101, 7, 103, 102], "input_mask": [1, 1, 1, 1],
+    ...             "segment_ids": [0, 0, 0, 0], "masked_lm_positions": [2],
+    ...             "masked_lm_ids": [9], "masked_lm_weights": [1.0],
+    ...             "next_sentence_labels": [i % 2]}).SerializeToString())
+    >>> _ = open(path, "r+b").truncate(os.path.getsize(path) // 2 + 50)  # mid-record
+    >>> try:
+    ...     with name_damaged_shards(path):
+    ...         batches = list(pretraining_dataset(path, 2, seed=0).take(8))
+    ... except Exception as e:
+    ...     print(type(e).__name__, path in str(e))
+    DamagedRecordsError True
+    """
+    try:
+        yield
+    except tf.errors.DataLossError as e:
+        raise on_disk.damaged_records_error(
+            on_disk.find_records(file_pattern),
+            e,
+            "reading stopped",
+            "Find the damaged files with `kbert inspect-data` and replace them, or pass "
+            "skip_corrupt_records=True to skip what cannot be read",
+        ) from None
 
 
 def describe(file_pattern: str | Sequence[str], count_records: bool = True) -> dict[str, Any]:
@@ -250,8 +320,10 @@ def _training_records(
     shard_files: bool,
     shuffle_buffer_size: int,
     num_epochs: int | None,
+    skipped_records: SkippedRecords | None,
 ) -> tuple[tf.data.Dataset, int | None]:
-    """Serialized records of this pipeline, shuffled and repeated; their count when needed."""
+    """Serialized records of this pipeline, shuffled and repeated; their count when needed.
+    With `skipped_records`, damaged shards are read up to their damage and counted there."""
     indices = list(range(len(records.files)))
     if shard_files:
         indices = indices[pipeline_id::num_pipelines]
@@ -266,12 +338,29 @@ def _training_records(
             num_pipelines,
         )
 
+    # -1: the metadata does not count the shard.
+    expected = [records.known_counts.get(f, -1) for f in files]
+    if skipped_records is None:
+
+        def read(path: tf.Tensor, compression: tf.Tensor, expected: tf.Tensor) -> tf.data.Dataset:
+            return on_disk.read_records(path, compression)
+
+    else:
+        read = skipped_records.read_records
+    if skipped_records is not None and -1 in expected:
+        logger.warning(
+            "skip_corrupt_records: %s and %d other shard(s) have no count in kbert_metadata.json, "
+            "so records skipped there are not counted",
+            files[expected.index(-1)],
+            expected.count(-1) - 1,
+        )
+
     def shuffled_records() -> tf.data.Dataset:
-        dataset = tf.data.Dataset.from_tensor_slices((files, compression))
+        dataset = tf.data.Dataset.from_tensor_slices((files, compression, expected))
         if shard_files:
             dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.interleave(
-            on_disk.read_records,
+            read,
             cycle_length=min(len(files), _MAX_PARALLEL_READS),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
@@ -300,15 +389,25 @@ def _evaluation_records(
     step_size: int,
     num_pipelines: int,
     pipeline_id: int,
+    skip_corrupt_records: bool,
 ) -> tuple[tf.data.Dataset, int]:
     """(serialized, is_real) of one deterministic pass, padded to whole global steps; the count
     of global steps. `step_size`: this pipeline's records per global step."""
-    total = sum(on_disk.count_records(records).values())
+    read = on_disk.read_records
+    if skip_corrupt_records:
+        # The padding and the cardinality need the true count: the readable records.
+        total = sum(on_disk.readable_counts(records)[0].values())
+
+        def read(path: tf.Tensor, compression: tf.Tensor) -> tf.data.Dataset:
+            return on_disk.read_records(path, compression).ignore_errors()
+
+    else:
+        total = sum(on_disk.count_records(records).values())
     if total == 0:
         raise ValueError(f"{records.files[0]}: no records to evaluate")
     dataset = tf.data.Dataset.from_tensor_slices((list(records.files), list(records.compression)))
     dataset = dataset.interleave(
-        on_disk.read_records,
+        read,
         cycle_length=min(len(records.files), _MAX_PARALLEL_READS),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
@@ -409,6 +508,63 @@ def _check_masking(records: on_disk.RecordSet, dynamic_masking: DynamicMasking |
             )
 
 
-def _check_positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+class SkippedRecords:
+    """Counts the records a training pipeline with `skip_corrupt_records` could not read.
+
+    Each shard is read to its damage (a TFRecord reader stops there), then an end marker carries
+    how many records it gave; the shortfall against the shard's count in `kbert_metadata.json`
+    is what was skipped in that pass over the shard. Shards the metadata does not count are read
+    the same way but add nothing. Thread-safe: tf.data calls it from its threads.
+
+    Examples:
+    >>> skipped = SkippedRecords()
+    >>> skipped.total()
+    0
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._total = 0
+
+    def total(self) -> int:
+        """Records skipped so far."""
+        with self._lock:
+            return self._total
+
+    def read_records(
+        self, path: tf.Tensor, compression: tf.Tensor, expected: tf.Tensor
+    ) -> tf.data.Dataset:
+        """The readable records of one shard; at its end, the shortfall against `expected`
+        (-1: unknown) is counted."""
+        records = on_disk.read_records(path, compression).ignore_errors()
+        marked = records.map(lambda r: (r, False)).concatenate(
+            tf.data.Dataset.from_tensors((tf.constant(b""), True))
+        )
+        numbered = marked.scan(
+            tf.constant(0, tf.int64), lambda n, item: (n + 1, (item[0], item[1], n))
+        )
+
+        def keep(record: tf.Tensor, is_end: tf.Tensor, read: tf.Tensor) -> tf.Tensor:
+            return tf.cond(
+                is_end,
+                lambda: tf.py_function(self._count, [path, read, expected], tf.bool),
+                lambda: tf.constant(True),
+            )
+
+        return numbered.filter(keep).map(lambda record, is_end, read: record)
+
+    def _count(self, path: tf.Tensor, read: tf.Tensor, expected: tf.Tensor) -> bool:
+        """Counts one finished pass over a shard; False drops its end marker."""
+        missing = int(expected) - int(read)
+        if int(expected) >= 0 and missing > 0:
+            name = path.numpy().decode()
+            with self._lock:
+                self._total += missing
+            logger.warning(
+                "skipped %d unreadable record(s) of damaged shard %s (read %d of %d)",
+                missing,
+                name,
+                int(read),
+                int(expected),
+            )
+        return False

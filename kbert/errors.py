@@ -12,3 +12,22 @@ class KbertError(Exception):
     ...     print(e)
     data/train-00003: truncated record at byte 999555
     """
+
+
+class DamagedRecordsError(KbertError, ValueError):
+    """A TFRecord shard cannot be read to its end (truncated or corrupted); the message names it,
+    the byte offset where it broke, and how to go on. A ValueError too: bad input, as kbert's
+    other data errors.
+
+    Args:
+        message: the one-line explanation.
+        damaged: the damaged shards' paths.
+
+    Examples:
+    >>> DamagedRecordsError("data/b.tfrecord: truncated record at 640", ["data/b.tfrecord"]).damaged
+    ['data/b.tfrecord']
+    """
+
+    def __init__(self, message: str, damaged: list[str]):
+        super().__init__(message)
+        self.damaged = list(damaged)

@@ -17,7 +17,8 @@ import h5py
 import keras
 import tensorflow as tf
 
-from kbert.data import describe, pretraining_dataset
+from kbert import records as on_disk
+from kbert.data import pretraining_dataset
 from kbert.distribute import resolve_strategy
 from kbert.io import check_positive_int, resolve_model_file, write_json
 from kbert.losses import compile_for_pretraining
@@ -41,6 +42,7 @@ def evaluate(
     jit_compile: bool | str = "auto",
     dynamic_masking_vocab: str | None = None,
     verbose: int | str = "auto",
+    skip_corrupt_records: bool = False,
 ) -> dict[str, Any]:
     """Held-out MLM and NSP loss and accuracy over every record of `eval_files`, and MLM perplexity.
 
@@ -59,10 +61,17 @@ def evaluate(
         jit_compile: XLA for a model loaded from a path.
         dynamic_masking_vocab: a `vocab.txt` to draw (deterministic) masks for unmasked records.
         verbose: Keras' progress bar.
+        skip_corrupt_records: evaluate the readable records of damaged shards (the rest of such
+            a shard is skipped) instead of raising `DamagedRecordsError`.
 
     Returns:
         A dict: `mlm_loss`, `mlm_accuracy`, `mlm_perplexity`, `nsp_loss`, `nsp_accuracy`,
-        `loss`, `num_sequences`, `eval_files`, `step` (the model's optimizer step, if known).
+        `loss`, `num_sequences` (evaluated), `eval_files`, `step` (the model's optimizer step,
+        if known); with `skip_corrupt_records`, `skipped_records`: the records of damaged shards
+        that `kbert_metadata.json` counts but could not be read (None when it counts none of them).
+
+    Raises:
+        DamagedRecordsError: a shard is damaged (without `skip_corrupt_records`).
 
     Examples:
     >>> import os, tempfile
@@ -90,12 +99,31 @@ def evaluate(
         model = load_model(model, strategy=strategy, tpu=tpu, jit_compile=jit_compile)
     if not isinstance(model, BertPretrainingModel):
         raise ValueError(f"evaluate needs a kbert BertPretrainingModel, got {type(model).__name__}")
-    dataset = evaluation_dataset(eval_files, batch_size, model, dynamic_masking_vocab)
-    logs = model.evaluate(dataset, return_dict=True, verbose=verbose)
-    num_sequences = describe(eval_files)["num_records"]
+    records = on_disk.find_records(eval_files)
+    if skip_corrupt_records:
+        counts, skipped = on_disk.readable_counts(records)
+    else:
+        counts = on_disk.count_records(records)
+    dataset = evaluation_dataset(
+        eval_files, batch_size, model, dynamic_masking_vocab, skip_corrupt_records
+    )
+    try:
+        logs = model.evaluate(dataset, return_dict=True, verbose=verbose)
+    except tf.errors.DataLossError as e:
+        raise on_disk.damaged_records_error(
+            records,
+            e,
+            "the evaluation stopped",
+            "Find the damaged files with `kbert inspect-data --input_file "
+            f"{eval_files if isinstance(eval_files, str) else ','.join(eval_files)}`, then "
+            "replace them, or evaluate the rest with --skip_corrupt_records "
+            "(skip_corrupt_records=True)",
+        ) from None
     results: dict[str, Any] = {name: float(logs[name]) for name in METRICS}
     results["mlm_perplexity"] = _safe_exp(results["mlm_loss"])
-    results["num_sequences"] = num_sequences
+    results["num_sequences"] = sum(counts.values())
+    if skip_corrupt_records:
+        results["skipped_records"] = skipped
     results["eval_files"] = eval_files if isinstance(eval_files, str) else list(eval_files)
     if model_file is not None:
         # load_model compiled a fresh optimizer: the trained one's step is read from the file.
@@ -116,8 +144,10 @@ def evaluation_dataset(
     batch_size: int,
     model: BertPretrainingModel,
     dynamic_masking_vocab: str | None,
+    skip_corrupt_records: bool = False,
 ) -> tf.data.Dataset:
-    """One deterministic pass over every record of `eval_files`, at the model's lengths."""
+    """One deterministic pass over every (readable) record of `eval_files`, at the model's
+    lengths."""
     return pretraining_dataset(
         eval_files,
         batch_size,
@@ -127,6 +157,7 @@ def evaluation_dataset(
         dynamic_masking=(
             DynamicMasking.from_vocab_file(dynamic_masking_vocab) if dynamic_masking_vocab else None
         ),
+        skip_corrupt_records=skip_corrupt_records,
     )
 
 

@@ -52,8 +52,9 @@ def read_history(path: str) -> list[dict[str, float]]:
 def plot_run(run_dir: str, output: str | None = None) -> str:
     """Draw the run's loss curves to a PNG (default `<run_dir>/loss_curves.png`); returns its path.
 
-    Train curves come from the CSV history (x axis: its `step` column, else the epoch); eval
-    curves from its `val_*` columns, and the final evaluation in `eval_results.json` is marked.
+    Train curves come from the CSV history (x axis: its `step` column, else the epoch; a row
+    every `log_interval` updates); eval curves from its `val_*` columns (the rows of the
+    evaluation intervals), and the final evaluation in `eval_results.json` is marked.
 
     Examples:
     >>> plot_run("runs/demo")  # doctest: +SKIP
@@ -77,7 +78,9 @@ def plot_run(run_dir: str, output: str | None = None) -> str:
             points = [(r[x_key], r[prefix + key]) for r in rows if prefix + key in r]
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, style, marker="o", markersize=3, label=label)
+                # Dots only where they stay apart (history.csv has ~100 rows per run).
+                marker = "o" if len(points) <= 50 else None
+                ax.plot(xs, ys, style, marker=marker, markersize=3, label=label)
         if key in final_eval:
             ax.plot([last_step], [final_eval[key]], "r*", markersize=12, label="final eval")
         ax.set_title(title)

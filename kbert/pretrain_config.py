@@ -25,6 +25,10 @@ STRATEGIES = ("auto", "cpu", "mirrored", "multi_worker", "tpu")
 OPTIMIZERS = ("adamw", "sgd")
 MIXED_PRECISION = ("auto", "none", "bf16", "fp16")
 DEFAULT_MAX_CHECKPOINT_INTERVAL = 1000
+# log_interval's default: about this many history rows per run, but a row at least every
+# DEFAULT_MAX_LOG_INTERVAL updates.
+DEFAULT_LOG_POINTS = 100
+DEFAULT_MAX_LOG_INTERVAL = 100
 # Field groups, in the order `kbert train --help` shows them.
 GROUPS = ("model and data", "optimisation", "execution", "checkpoints and logs")
 
@@ -188,8 +192,9 @@ class PretrainConfig:
     )
     checkpoint_interval: int | None = _setting(
         None,
-        help="updates between history rows, weight checkpoints and resume backups; must divide "
-        f"steps (default: the largest divisor of steps up to {DEFAULT_MAX_CHECKPOINT_INTERVAL})",
+        help="updates between weight checkpoints and resume backups (history rows: log_interval); "
+        "must divide steps (default: the largest divisor of steps up to "
+        f"{DEFAULT_MAX_CHECKPOINT_INTERVAL})",
         group="checkpoints and logs",
         parse=int,
         resume_invariant=True,
@@ -239,6 +244,20 @@ class PretrainConfig:
         group="checkpoints and logs",
         parse=int,
     )
+    log_interval: int | None = _setting(
+        None,
+        help="updates between history.csv rows and TensorBoard points, each the mean over its "
+        "updates (default: about 100 points per run, at most every 100 updates)",
+        group="checkpoints and logs",
+        parse=int,
+    )
+    skip_corrupt_records: bool = _setting(
+        False,
+        help="skip what cannot be read of damaged (truncated or corrupted) shards and count the "
+        "skipped records in the logs and history.csv, instead of stopping",
+        group="model and data",
+        parse=bool,
+    )
     init_from: str | None = _setting(
         None,
         help="start from pre-trained weights: a Google TF1 checkpoint (bert_model.ckpt), a "
@@ -277,7 +296,7 @@ class PretrainConfig:
                 f"checkpoint_interval ({checkpoint_interval}) must divide steps ({self.steps}): "
                 "training runs in whole intervals so that every one ends with a checkpoint"
             )
-        for name in ("max_predictions_per_seq", "eval_batch_size"):
+        for name in ("max_predictions_per_seq", "eval_batch_size", "log_interval"):
             if getattr(self, name) is not None:
                 check_positive_int(name, getattr(self, name))
         if self.eval_interval is not None:
@@ -300,10 +319,17 @@ class PretrainConfig:
         return warmup_steps, checkpoint_interval
 
     def with_defaults(self) -> PretrainConfig:
-        """A copy with the derived defaults filled in (`warmup_steps`, `checkpoint_interval`)."""
+        """A copy with the derived defaults filled in (`warmup_steps`, `checkpoint_interval`,
+        `log_interval`)."""
         warmup_steps, checkpoint_interval = self._derived()
+        log_interval = self.log_interval
+        if log_interval is None:
+            log_interval = max(1, min(DEFAULT_MAX_LOG_INTERVAL, self.steps // DEFAULT_LOG_POINTS))
         return dataclasses.replace(
-            self, warmup_steps=warmup_steps, checkpoint_interval=checkpoint_interval
+            self,
+            warmup_steps=warmup_steps,
+            checkpoint_interval=checkpoint_interval,
+            log_interval=log_interval,
         )
 
     @classmethod

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging
 import posixpath
+import re
 from collections.abc import Sequence
 
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
 from kbert import features
+from kbert.errors import DamagedRecordsError
+
+logger = logging.getLogger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 READ_BUFFER_BYTES = 8 << 20
@@ -203,7 +208,8 @@ def read_records(path: str | tf.Tensor, compression: str | tf.Tensor) -> tf.data
 
 
 def count_records(records: RecordSet, files: Sequence[str] | None = None) -> dict[str, int]:
-    """Records per shard: from the metadata, else by reading (which names a damaged shard).
+    """Records per shard: from the metadata, else by reading (a damaged shard raises
+    `DamagedRecordsError` naming it).
 
     Args:
         records: the set `files` belong to.
@@ -233,7 +239,9 @@ def count_records(records: RecordSet, files: Sequence[str] | None = None) -> dic
                 )
             )
         except tf.errors.OpError as e:
-            raise ValueError(f"{path}: damaged TFRecord file ({e.message.strip()})") from None
+            raise DamagedRecordsError(
+                f"{path}: damaged TFRecord file ({data_loss_reason(e)})", [path]
+            ) from None
 
     with concurrent.futures.ThreadPoolExecutor(
         max(1, min(len(files), _PARALLEL_FILE_CHECKS))
@@ -340,3 +348,160 @@ def _first_record_lengths(path: str, compression_type: str | None) -> tuple[str,
             "expected 1"
         )
     return compression_type, lengths
+
+
+@dataclasses.dataclass(frozen=True)
+class Damage:
+    """A shard that cannot be read to its end.
+
+    Args:
+        path: the shard.
+        readable_records: records read before the damage (TFRecord readers stop there).
+        problem: TensorFlow's reason, e.g. "truncated record at 999555" (a byte offset).
+    """
+
+    path: str
+    readable_records: int
+    problem: str
+
+
+def find_damage(records: RecordSet, files: Sequence[str] | None = None) -> list[Damage]:
+    """Read shards to their ends and return the damaged ones (in file order), each with its
+    reason and the records readable before it. Intact shards are read once, damaged ones twice.
+
+    Args:
+        records: the set `files` belong to.
+        files: the shards to read; default all of them.
+
+    Examples:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.tfrecord")
+    >>> with tf.io.TFRecordWriter(path) as writer:
+    ...     for label in (0, 1):
+    ...         writer.write(features.to_example({
+    ...             "input_ids": [101, 102], "input_mask": [1, 1], "segment_ids": [0, 0],
+    ...             "next_sentence_labels": [label]}).SerializeToString())
+    >>> records = find_records(path)
+    >>> _ = open(path, "r+b").truncate(os.path.getsize(path) - 4)
+    >>> damage = find_damage(records)[0]
+    >>> damage.readable_records, damage.problem.startswith("truncated record at")
+    (1, True)
+    """
+    files = records.files if files is None else files
+    compression = dict(zip(records.files, records.compression))
+
+    def count(dataset: tf.data.Dataset) -> int:
+        return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+
+    def check(path: str) -> Damage | None:
+        try:
+            count(read_records(path, compression[path]))
+            return None
+        except tf.errors.DataLossError as e:
+            problem = data_loss_reason(e)
+        # A TFRecord reader ends the file at its first damaged record.
+        readable = count(read_records(path, compression[path]).ignore_errors())
+        return Damage(path, readable, problem)
+
+    with concurrent.futures.ThreadPoolExecutor(
+        max(1, min(len(files), _PARALLEL_FILE_CHECKS))
+    ) as pool:
+        return [d for d in pool.map(check, files) if d is not None]
+
+
+def readable_counts(records: RecordSet) -> tuple[dict[str, int], int | None]:
+    """Readable records per shard (a damaged shard's up to its damage, reading every shard), and
+    how many records the metadata counts in the damaged shards beyond those (None when it counts
+    none of them). Each damaged shard is logged as a warning.
+
+    Args:
+        records: the shards.
+
+    Examples:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.tfrecord")
+    >>> with tf.io.TFRecordWriter(path) as writer:
+    ...     writer.write(features.to_example({
+    ...         "input_ids": [101, 102], "input_mask": [1, 1], "segment_ids": [0, 0],
+    ...         "next_sentence_labels": [0]}).SerializeToString())
+    >>> readable_counts(find_records(path))[1]
+    0
+    """
+    damage = find_damage(records)
+    damaged = {d.path: d.readable_records for d in damage}
+    counts = count_records(records, [f for f in records.files if f not in damaged])
+    counts.update(damaged)
+    for d in damage:
+        known = records.known_counts.get(d.path)
+        logger.warning(
+            "skipping the rest of damaged shard %s: %s after %d readable records (%s skipped)",
+            d.path,
+            d.problem,
+            d.readable_records,
+            "an unknown number of records" if known is None else known - d.readable_records,
+        )
+    lost = [records.known_counts[p] - n for p, n in damaged.items() if p in records.known_counts]
+    return {f: counts[f] for f in records.files}, (sum(lost) if lost or not damage else None)
+
+
+def data_loss_reason(error: tf.errors.OpError) -> str:
+    """The reason in a TFRecord reader's error, without TensorFlow's graph-node context.
+
+    Args:
+        error: e.g. the `DataLossError` of a truncated shard.
+
+    Examples:
+    >>> data_loss_reason(tf.errors.DataLossError(None, None,
+    ...     "{{function_node x}} truncated record at 640 [Op:IteratorGetNext] name: "))
+    'truncated record at 640'
+    """
+    message = error.message.strip()
+    found = re.search(r"(truncated|corrupted) record at \d+", message)
+    if found:
+        return found.group(0)
+    message = re.sub(r"\{\{[^}]*\}\}|\[\[.*?\]\]|\[Op:[^]]*\].*", "", message)
+    return " ".join(message.split()) or type(error).__name__
+
+
+def damaged_records_error(
+    records: RecordSet | Sequence[RecordSet], error: tf.errors.OpError, stopped: str, resume: str
+) -> DamagedRecordsError:
+    """The `DamagedRecordsError` for a read that failed with `error`: names the damaged shards
+    found by reading them all again (the reader's error names none), or says none is now.
+
+    Args:
+        records: the shards that were being read (one set or several).
+        error: the reader's `DataLossError`.
+        stopped: what stopped and what is intact, e.g. "training stopped at step 40; ...".
+        resume: how to go on once the shards are repaired.
+
+    Examples:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.tfrecord")
+    >>> with tf.io.TFRecordWriter(path) as writer:
+    ...     writer.write(features.to_example({
+    ...         "input_ids": [101, 102], "input_mask": [1, 1], "segment_ids": [0, 0],
+    ...         "next_sentence_labels": [0]}).SerializeToString())
+    >>> records = find_records(path)
+    >>> _ = open(path, "r+b").truncate(os.path.getsize(path) - 4)
+    >>> error = tf.errors.DataLossError(None, None, "truncated record at 0")
+    >>> damaged_records_error(records, error, "stopped", "rerun").damaged == [path]
+    True
+    """
+    sets = [records] if isinstance(records, RecordSet) else list(records)
+    damaged = [d for record_set in sets for d in find_damage(record_set)]
+    if not damaged:
+        where = (
+            f"reading {sum(len(r.files) for r in sets)} shard(s) failed "
+            f"({data_loss_reason(error)}) but all read to their ends now (a transient read error?)"
+        )
+    else:
+        first = damaged[0]
+        where = (
+            f"damaged shard {first.path}: {first.problem} (after {first.readable_records} "
+            "readable records)"
+        )
+        if len(damaged) > 1:
+            others = ", ".join(d.path for d in damaged[1:])
+            where += f"; also damaged: {others}"
+    return DamagedRecordsError(f"{where}; {stopped}. {resume}", [d.path for d in damaged])

@@ -7,15 +7,18 @@ A run directory holds everything a run writes:
                             what it resolved: strategy, replicas, sequence length
     backup/                 keras BackupAndRestore state: weights, optimizer, epoch (exact resume)
     checkpoints/            ckpt-<step>.weights.h5, the last `keep_checkpoints` intervals
-    history.csv             one row per interval: step, losses, accuracies, learning_rate and
-                            (with eval_interval) val_* held-out losses and accuracies
-    logs/                   TensorBoard scalars
+    history.csv             a row every `log_interval` updates and at every interval's end:
+                            step, the means of the losses and accuracies since the previous row,
+                            learning_rate, (with eval_interval) val_* held-out losses and
+                            accuracies, (with skip_corrupt_records) skipped_records
+    logs/                   TensorBoard scalars (train/, validation/), the same points
     model.keras             the final pre-training model (reloads with `keras.saving.load_model`)
     encoder.weights.h5      the final encoder's weights (keras-hub `BertBackbone`)
     eval_results.json       held-out MLM/NSP loss and accuracy, MLM perplexity
 
 Training runs in "epochs" of `checkpoint_interval` optimizer steps: every epoch end writes a
-history row, a weight checkpoint and the resume backup (`kbert.callbacks`). Keras'
+weight checkpoint and the resume backup; history rows come every `log_interval` updates
+(`kbert.callbacks`). Keras'
 BackupAndRestore restores the weights, the optimizer (its step, hence the learning rate) and the
 epoch, but not the position in an infinite dataset, so the training dataset starts where the
 restored step left off (`skip` over a seeded, deterministic pipeline).
@@ -34,16 +37,24 @@ import keras
 import tensorflow as tf
 
 from kbert import checkpoints
-from kbert.callbacks import BACKUP_DIR, TrainingDivergedError, training_callbacks
+from kbert import records as on_disk
+from kbert.callbacks import (
+    BACKUP_DIR,
+    CHECKPOINT_DIR,
+    TrainingDivergedError,
+    checkpoint_files,
+    training_callbacks,
+)
 from kbert.config import PRESET_SIZES, BertConfig, resolve_config
-from kbert.data import describe, pretraining_dataset
+from kbert.data import SkippedRecords, describe, pretraining_dataset
 from kbert.distribute import resolve_strategy, worker_directory
+from kbert.errors import DamagedRecordsError
 from kbert.evaluation import evaluate, evaluation_dataset, load_model
 from kbert.io import MODEL_FILE, atomic_path, read_json
 from kbert.losses import compile_for_pretraining
 from kbert.masking import DynamicMasking
 from kbert.model import BertPretrainingModel, build_pretraining_model
-from kbert.optimization import WarmupLinearDecay, create_optimizer
+from kbert.optimization import WarmupLinearDecay, create_optimizer, optimizer_step
 from kbert.pretrain_config import PretrainConfig
 
 __all__ = [
@@ -75,7 +86,8 @@ class PretrainResult:
 
     Args:
         model: the trained `BertPretrainingModel` (compiled).
-        history: per-interval logs of this call (`keras.callbacks.History.history`).
+        history: the logs at each interval's end in this call (`keras.callbacks.History`);
+            the metrics there are the means since the interval's last history row.
         eval_results: the evaluation on `eval_files`, or None without them.
         output_dir: the run directory.
     """
@@ -101,7 +113,8 @@ def pretrain(
 
     Builds the model, optimizer and metrics inside the strategy's scope, trains `steps`
     optimizer updates on `train_files` in intervals of `checkpoint_interval` steps (each ends with
-    a history row, a weight checkpoint and a resume backup), then evaluates on `eval_files` and
+    a weight checkpoint and a resume backup; history.csv gets a row every `log_interval`
+    updates), then evaluates on `eval_files` and
     saves the final model and encoder weights. Running the same call again after an interruption
     continues exactly where the last backup left off (weights, optimizer, learning rate and data
     position); after a finished run it only re-evaluates and re-saves.
@@ -126,6 +139,8 @@ def pretrain(
     Raises:
         TrainingDivergedError: the loss became NaN or infinite; the checkpoints and the backup
             of the last finished interval are kept.
+        DamagedRecordsError: a training or evaluation shard cannot be read (without
+            `skip_corrupt_records`); names it, and the intact checkpoint to resume from.
 
     Examples:
     >>> import os, tempfile
@@ -144,6 +159,8 @@ def pretrain(
     ...                   eval_files=data, verbose=0)
     >>> result.eval_results["num_sequences"], result.history["step"]
     (16, [4])
+    >>> len(open(os.path.join(result.output_dir, "history.csv")).readlines())  # header, 4 rows
+    5
     """
     run, strategy = _as_pretrain_config(config, train_files, output_dir, steps, strategy, settings)
     # First: a multi-worker strategy must exist before TensorFlow runs anything (reading the data).
@@ -161,15 +178,29 @@ def pretrain(
         _compile(model, run)
 
     batches_per_epoch = run.checkpoint_interval * run.gradient_accumulation_steps
-    history = model.fit(
-        _training_data(run, where, initial_epoch * batches_per_epoch, max_seq_length),
-        epochs=run.steps // run.checkpoint_interval,
-        steps_per_epoch=batches_per_epoch,
-        **_validation(run, model),
-        callbacks=training_callbacks(where.output_dir, run.keep_checkpoints) + list(callbacks),
-        verbose=verbose,
-        shuffle=False,
+    skipped = SkippedRecords() if run.skip_corrupt_records else None
+    kbert_callbacks = training_callbacks(
+        where.output_dir,
+        run.keep_checkpoints,
+        log_interval=run.log_interval,
+        updates_per_interval=run.checkpoint_interval,
+        batches_per_update=run.gradient_accumulation_steps,
+        skipped_records=skipped,
     )
+    try:
+        history = model.fit(
+            _training_data(run, where, initial_epoch * batches_per_epoch, max_seq_length, skipped),
+            epochs=run.steps // run.checkpoint_interval,
+            steps_per_epoch=batches_per_epoch,
+            **_validation(run, model),
+            callbacks=kbert_callbacks + list(callbacks),
+            verbose=verbose,
+            shuffle=False,
+        )
+    except tf.errors.DataLossError as e:
+        raise _damaged_training_data(run, where.output_dir, model, e) from None
+    if skipped is not None:
+        logger.info("%d unreadable record(s) skipped in this run", skipped.total())
     eval_results = _finish(model, run, where.output_dir, verbose)
     return PretrainResult(model, history.history, eval_results, where.output_dir)
 
@@ -294,8 +325,37 @@ def _compile(model: BertPretrainingModel, run: PretrainConfig) -> None:
     )
 
 
+def _damaged_training_data(
+    run: PretrainConfig, output_dir: str, model: BertPretrainingModel, error: Exception
+) -> DamagedRecordsError:
+    """The `DamagedRecordsError` of a read that failed during `fit`: names the damaged shard
+    (the reader's error does not) and the intact checkpoint to resume from."""
+    saved = checkpoint_files(posixpath.join(output_dir, CHECKPOINT_DIR))
+    kept = (
+        f"the checkpoint of the last finished interval, {saved[-1]}, and the resume backup in "
+        f"{posixpath.join(output_dir, BACKUP_DIR)} are intact"
+        if saved
+        else "no interval had finished, so no checkpoint was written"
+    )
+    # The evaluation during training may have failed too.
+    read = [run.train_files] + ([run.eval_files] if run.eval_interval else [])
+    patterns = ",".join(p if isinstance(p, str) else ",".join(p) for p in read)
+    return on_disk.damaged_records_error(
+        [on_disk.find_records(files) for files in read],
+        error,
+        f"training stopped at step {optimizer_step(model)}; {kept}",
+        f"To go on: find the bad files with `kbert inspect-data --input_file {patterns}`, "
+        "replace or remove them, then run the same `kbert train` command (it resumes from the "
+        "backup); or add --skip_corrupt_records to skip what cannot be read",
+    )
+
+
 def _training_data(
-    run: PretrainConfig, where: _Distribution, start_batch: int, max_seq_length: int
+    run: PretrainConfig,
+    where: _Distribution,
+    start_batch: int,
+    max_seq_length: int,
+    skipped: SkippedRecords | None,
 ) -> Any:
     """The distributed training batches from `start_batch` on."""
     return where.training_input(
@@ -306,6 +366,8 @@ def _training_data(
         max_seq_length=max_seq_length,
         max_predictions_per_seq=run.max_predictions_per_seq,
         dynamic_masking=_dynamic_masking(run.dynamic_masking_vocab),
+        skip_corrupt_records=run.skip_corrupt_records,
+        skipped_records=skipped,
     )
 
 
@@ -319,6 +381,7 @@ def _validation(run: PretrainConfig, model: BertPretrainingModel) -> dict[str, A
             run.eval_batch_size or run.batch_size,
             model,
             run.dynamic_masking_vocab,
+            run.skip_corrupt_records,
         ),
         validation_freq=run.eval_interval // run.checkpoint_interval,
     )
@@ -338,6 +401,7 @@ def _finish(
         output_path=posixpath.join(output_dir, EVAL_RESULTS_FILE),
         dynamic_masking_vocab=run.dynamic_masking_vocab,
         verbose=verbose,
+        skip_corrupt_records=run.skip_corrupt_records,
     )
 
 

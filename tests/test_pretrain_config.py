@@ -33,6 +33,16 @@ def test_defaults_derived_from_steps_are_filled_in_once():
 
 
 @pytest.mark.parametrize(
+    "steps, log_interval", [(40, 1), (120, 1), (5_000, 50), (10_000, 100), (1_000_000, 100)]
+)
+def test_default_log_interval_gives_about_100_rows_and_one_at_least_every_100_updates(
+    steps, log_interval
+):
+    assert settings(steps=steps).with_defaults().log_interval == log_interval
+    assert settings(steps=steps, log_interval=7).with_defaults().log_interval == 7
+
+
+@pytest.mark.parametrize(
     "overrides, message",
     [
         (dict(steps=0), "steps must be a positive integer, got 0"),
@@ -49,6 +59,7 @@ def test_defaults_derived_from_steps_are_filled_in_once():
             r"eval_interval \(30\) must be a multiple of checkpoint_interval \(20\)",
         ),
         (dict(eval_batch_size=0), "eval_batch_size must be a positive integer"),
+        (dict(log_interval=0), "log_interval must be a positive integer"),
     ],
 )
 def test_a_bad_setting_is_named_when_the_config_is_made(overrides, message):

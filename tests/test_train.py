@@ -202,13 +202,14 @@ def test_run_directory_holds_history_checkpoints_logs_model_and_evaluation(data,
         learning_rate=1e-3,
         warmup_steps=2,
         eval_batch_size=16,
+        log_interval=2,
     )
     # Weight checkpoints: the last two intervals only.
     assert sorted(os.listdir(run / "checkpoints")) == [
         "ckpt-0000004.weights.h5",
         "ckpt-0000006.weights.h5",
     ]
-    # One history row per interval, with the step, the metrics and the learning rate.
+    # A history row every log_interval updates, with the step, the metrics and the learning rate.
     with open(run / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [2, 4, 6]
@@ -218,21 +219,21 @@ def test_run_directory_holds_history_checkpoints_logs_model_and_evaluation(data,
     expected_lr = [1e-3 * (6 - s) / 4 for s in (2, 4, 6)]
     np.testing.assert_allclose([float(r["learning_rate"]) for r in rows], expected_lr, rtol=1e-5)
     assert [r["val_mlm_loss"] != "" for r in rows] == [False, True, False]
-    # TensorBoard scalars, learning rate included, against the optimizer step.
-    tags, steps = set(), set()
-    for path in glob.glob(str(run / "logs" / "train" / "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            tags.update(v.tag for v in event.summary.value)
-            steps.update(event.step for v in event.summary.value if v.tag == "epoch_loss")
-    assert {
-        "epoch_loss",
-        "epoch_mlm_loss",
-        "epoch_nsp_loss",
-        "epoch_mlm_accuracy",
-        "epoch_nsp_accuracy",
-        "epoch_learning_rate",
-    } <= tags
-    assert steps == {2, 4, 6}
+
+    # TensorBoard scalars, learning rate included, at the history's steps; the evaluation under
+    # the same names in validation/, so both curves share a chart.
+    def scalars(split):
+        found = {}
+        for path in glob.glob(str(run / "logs" / split / "events.out.tfevents.*")):
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for value in event.summary.value:
+                    found.setdefault(value.tag, set()).add(event.step)
+        return found
+
+    train = scalars("train")
+    for name in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "learning_rate"):
+        assert train[name] == {2, 4, 6}, name
+    assert scalars("validation")["mlm_loss"] == {4}
     # The final model reloads; the encoder weights load into a keras-hub BertBackbone.
     reloaded = keras.saving.load_model(str(run / "model.keras"))
     x, _, _ = next(iter(kbert.pretraining_dataset(data, 4, is_training=False)))
@@ -270,3 +271,21 @@ def test_bad_arguments_are_named(data, tmp_path):
         quick(data, tmp_path / "b", config=tiny_config(vocab_size=50))
     with pytest.raises(ValueError, match="mixed_precision must be one of"):
         quick(data, tmp_path / "c", mixed_precision="fp8")
+
+
+def _history(run):
+    with open(run / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_history_row_is_the_mean_over_the_updates_since_the_previous_row(data, tmp_path):
+    quick(data, tmp_path / "a", steps=6, log_interval=1, **SGD)
+    quick(data, tmp_path / "b", steps=6, log_interval=3, **SGD)
+    every_step, every_3 = _history(tmp_path / "a"), _history(tmp_path / "b")
+    assert [int(r["step"]) for r in every_3] == [3, 6]
+    # Every record has 3 predictions: equal weights per step, so the window mean is the mean of
+    # the steps' own values.
+    for name in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy"):
+        steps = [float(r[name]) for r in every_step]
+        expected = [np.mean(steps[:3]), np.mean(steps[3:])]
+        np.testing.assert_allclose([float(r[name]) for r in every_3], expected, rtol=1e-5)

@@ -1,5 +1,6 @@
 """`kbert train` and `kbert evaluate`: flags named like the Python API, errors as one line."""
 
+import csv
 import dataclasses
 import json
 
@@ -49,7 +50,9 @@ def test_train_flags_are_pretrain_config_fields_in_both_spellings():
 def test_every_pretrain_config_field_is_a_train_flag_with_its_default_and_help():
     parser = build_parser("train")
     sub = next(a for a in parser._actions if a.dest == "command").choices["train"]
-    actions = {a.dest: a for a in sub._actions}
+    actions = {}
+    for action in sub._actions:  # a boolean flag's first action; its negations come after it
+        actions.setdefault(action.dest, action)
     for field in dataclasses.fields(PretrainConfig):
         action = actions[field.name]
         assert f"--{field.name.replace('_', '-')}" in action.option_strings, field.name
@@ -150,3 +153,21 @@ def test_cli_strategies_are_resolve_strategy_kinds():
     from kbert.pretrain_config import STRATEGIES
 
     assert STRATEGIES == STRATEGY_KINDS
+
+
+def test_train_with_default_intervals_writes_a_history_row_per_step_of_a_short_run(
+    tmp_path, capsys
+):
+    data = write_pretraining_records(str(tmp_path / "data"), num_records=24)
+    config = tmp_path / "bert_config.json"
+    tiny_config().to_json_file(str(config))
+    run = tmp_path / "run"
+    args = ["--config", str(config), "--train-files", data, "--output-dir", str(run)]
+    code = main(["train", *args, "--steps", "120", "--batch-size", "8", "--verbose", "0"])
+    assert code == 0
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    # One checkpoint interval of 120 updates, but ~100 rows per run (here: one per update).
+    assert [int(r["step"]) for r in rows] == list(range(1, 121))
+    assert len(list((run / "checkpoints").iterdir())) == 1
+    assert main(["plot", str(run)]) == 0

@@ -1,5 +1,7 @@
-"""Exact resume: a run SIGKILLed after its step-20 checkpoint and restarted equals a straight run."""
+"""Exact resume: a run SIGKILLed mid-interval (step 25, its last backup at step 20) and restarted
+equals a straight run, and its history.csv holds every step once."""
 
+import csv
 import json
 import os
 import subprocess
@@ -13,7 +15,8 @@ from helpers import tiny_config, write_pretraining_records
 from kbert.train import pretrain
 
 # The same run, straight or resumed: dropout 0, AdamW with warmup then decay (the learning rate
-# changes every step, so a wrong restored step shows), 40 steps in intervals of 10.
+# changes every step, so a wrong restored step shows), 40 steps in intervals of 10, a history row
+# every step (the default log_interval for 40 steps).
 RUN = dict(
     steps=40,
     batch_size=8,
@@ -36,18 +39,20 @@ CHILD = textwrap.dedent("""
     class RecordLosses(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             step = int(self.model.optimizer.iterations.numpy())
+            row = [step, logs["loss"], logs["mlm_loss"], logs["nsp_loss"]]
             with open(losses, "a") as f:
-                f.write(json.dumps([step, logs["loss"], logs["mlm_loss"], logs["nsp_loss"]]) + "\\n")
+                f.write(json.dumps(row) + "\\n")
 
-    class KillOnceAfterStep20(keras.callbacks.Callback):
-        # Runs after kbert's callbacks: the step-20 checkpoint and backup are on disk.
-        def on_epoch_end(self, epoch, logs=None):
+    class KillOnceAtStep25(keras.callbacks.Callback):
+        # Runs after kbert's callbacks: the step-20 backup and the history rows up to step 25
+        # are on disk.
+        def on_train_batch_end(self, batch, logs=None):
             marker = os.path.join(run_dir, "killed")
-            if int(self.model.optimizer.iterations.numpy()) == 20 and not os.path.exists(marker):
+            if int(self.model.optimizer.iterations.numpy()) == 25 and not os.path.exists(marker):
                 open(marker, "w").close()
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    pretrain(tiny_config(), data, run_dir, callbacks=[RecordLosses(), KillOnceAfterStep20()],
+    pretrain(tiny_config(), data, run_dir, callbacks=[RecordLosses(), KillOnceAtStep25()],
              **{run!r})
 """)
 
@@ -62,7 +67,12 @@ class _RecordLosses(keras.callbacks.Callback):
         self.rows.append([step, logs["loss"], logs["mlm_loss"], logs["nsp_loss"]])
 
 
-def test_run_killed_after_step_20_resumes_with_the_losses_of_a_straight_run(tmp_path):
+def read_history(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_killed_mid_interval_resumes_with_the_losses_and_history_of_a_straight_run(tmp_path):
     data = write_pretraining_records(str(tmp_path / "data"), num_records=40)
     straight = _RecordLosses()
     reference = pretrain(
@@ -77,24 +87,34 @@ def test_run_killed_after_step_20_resumes_with_the_losses_of_a_straight_run(tmp_
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == -9, first.stderr[-3000:]  # killed by SIGKILL
     killed_at = [json.loads(line)[0] for line in losses.read_text().splitlines()]
-    assert killed_at[-1] == 20
+    assert killed_at[-1] == 25
+    assert [int(r["step"]) for r in read_history(run_dir / "history.csv")] == list(range(1, 26))
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
 
     rows = [json.loads(line) for line in losses.read_text().splitlines()]
     resumed = rows[len(killed_at) :]
-    # Restarted at step 20: optimizer step restored, then steps 21-40 exactly once.
+    # Restarted at step 20 (the backup): optimizer step restored, then steps 21-40.
     assert [r[0] for r in resumed] == list(range(21, 41))
     # Same losses as the straight run (so the same weights, learning rates and batches).
     np.testing.assert_allclose(
         np.array(resumed)[:, 1:], np.array(straight.rows[20:])[:, 1:], atol=1e-4
     )
     np.testing.assert_allclose(
-        np.array(rows[:20])[:, 1:], np.array(straight.rows[:20])[:, 1:], atol=1e-4
+        np.array(rows[:25])[:, 1:], np.array(straight.rows[:25])[:, 1:], atol=1e-4
     )
     final = keras.saving.load_model(str(run_dir / "model.keras"))
     for a, b in zip(final.weights, reference.model.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4, err_msg=a.path)
-    # One history row per interval, the rows of the resumed part appended.
-    history = (run_dir / "history.csv").read_text().splitlines()
-    assert [line.split(",")[1] for line in history[1:]] == ["10", "20", "30", "40"]
+    # Every step once (rows 21-25 of the killed run dropped, written again), with the values of
+    # the straight run's history.
+    history = read_history(run_dir / "history.csv")
+    reference_history = read_history(tmp_path / "straight" / "history.csv")
+    assert [int(r["step"]) for r in history] == list(range(1, 41))
+    for name in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "learning_rate"):
+        np.testing.assert_allclose(
+            [float(r[name]) for r in history],
+            [float(r[name]) for r in reference_history],
+            atol=1e-4,
+            err_msg=name,
+        )

@@ -7,7 +7,7 @@ import json
 import logging
 
 from kbert.cli import add_flag, report_devices
-from kbert.cli.train import flag_type
+from kbert.cli.train import add_verbose_flag, flag_type
 from kbert.pretrain_config import STRATEGIES, parse_jit_compile
 
 
@@ -62,12 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_flag(
         parser,
-        "verbose",
-        type=int,
-        choices=(0, 1, 2),
-        default=1,
-        help="0 silent, 1 progress bar (default), 2 one line",
+        "skip_corrupt_records",
+        type=bool,
+        default=False,
+        help="evaluate what can be read of damaged (truncated or corrupted) shards and report "
+        "the skipped records, instead of stopping",
     )
+    add_verbose_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         jit_compile=args.jit_compile,
         dynamic_masking_vocab=args.dynamic_masking_vocab,
         verbose=args.verbose,
+        skip_corrupt_records=args.skip_corrupt_records,
     )
     print(json.dumps(results, indent=2, sort_keys=True))
     return 0

@@ -10,17 +10,16 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 from collections.abc import Callable
 from typing import Any
 
-from kbert.cli import add_flag
+from kbert.cli import add_flag, report_devices
 from kbert.pretrain_config import GROUPS, PretrainConfig
 
 
 def flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     """`parse` for argparse: its ValueError becomes argparse's one-line usage error."""
-    if parse in (str, int, float):
+    if parse in (str, int, float, bool):
         return parse
 
     def parse_flag(value: str) -> Any:
@@ -30,6 +29,28 @@ def flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(str(e)) from None
 
     return parse_flag
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser | Any) -> None:
+    """`--verbose`, Keras' progress display, as `kbert train` and `kbert evaluate` take it.
+
+    Args:
+        parser: an argument parser or argument group.
+
+    Examples:
+    >>> parser = argparse.ArgumentParser()
+    >>> add_verbose_flag(parser)
+    >>> parser.parse_args(["--verbose", "2"]).verbose
+    2
+    """
+    add_flag(
+        parser,
+        "verbose",
+        type=int,
+        choices=(0, 1, 2),
+        default=1,
+        help="0 silent, 1 progress bar (default), 2 one line per interval",
+    )
 
 
 def _help(field: dataclasses.Field) -> str:
@@ -59,27 +80,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             if meta[key] is not None:
                 kwargs[key] = meta[key]
         add_flag(groups[meta["group"]], field.name, **kwargs)
-    add_flag(
-        groups["checkpoints and logs"],
-        "verbose",
-        type=int,
-        choices=(0, 1, 2),
-        default=1,
-        help="0 silent, 1 progress bar (default), 2 one line per interval",
-    )
+    add_verbose_flag(groups["checkpoints and logs"])
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train, then print the evaluation."""
+    """Train, then print the evaluation. A diverged run or damaged data raises a
+    `KbertError`, which `kbert.cli.main` reports on one line."""
+    report_devices("train")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from kbert.train import TrainingDivergedError, pretrain
+    from kbert.train import pretrain
 
     settings = {k: v for k, v in vars(args).items() if k not in ("command", "verbose")}
-    try:
-        result = pretrain(PretrainConfig(**settings), verbose=args.verbose)
-    except TrainingDivergedError as e:
-        print(f"kbert train: error: {e}", file=sys.stderr)
-        return 1
+    result = pretrain(PretrainConfig(**settings), verbose=args.verbose)
     print(f"run directory: {result.output_dir}")
     if result.eval_results is not None:
         print(json.dumps(result.eval_results, indent=2, sort_keys=True))
