@@ -35,9 +35,18 @@ setup(
         "jax": ["jax"],
         # `kbert create-data --runner beam`; add apache-beam[gcp] for Dataflow.
         "beam": ["apache-beam>=2.77"],
-        # What the tests and CI's lint need (Beam's tests included); CI pins jax[cpu] to the Colab
-        # TPU runtime's version.
-        "test": ["pytest", "psutil", "jax[cpu]", "ruff>=0.17,<0.18", "apache-beam>=2.77"],
+        # What the tests and CI's lint need (Beam's and the notebook's tests included); CI pins
+        # jax[cpu] to the Colab TPU runtime's version.
+        "test": [
+            "pytest",
+            "psutil",
+            "jax[cpu]",
+            "ruff>=0.17,<0.18",
+            "apache-beam>=2.77",
+            "nbclient",
+            "nbformat",
+            "ipykernel",
+        ],
     },
     entry_points={"console_scripts": ["kbert=kbert.cli:main"]},
 )
