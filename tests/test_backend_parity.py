@@ -103,14 +103,13 @@ def test_kbert_train_logs_the_same_losses_and_ends_with_the_same_weights_on_both
             rtol=1e-4,
             err_msg=name,
         )
-    # The losses fell: the runs trained (and from the initial run's weights, not fresh ones).
-    assert float(tf_rows[-1]["loss"]) < float(tf_rows[0]["loss"])
     tf_model, jax_model, initial = (
         keras.saving.load_model(os.path.join(runs[name], "model.keras"))
         for name in ("tf", "jax", "init")
     )
     for a, b in zip(jax_model.weights, tf_model.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-4, err_msg=a.path)
+    # The updates moved the weights: the match is not vacuous.
     moved = max(
         np.abs(a.numpy() - b.numpy()).max() for a, b in zip(tf_model.weights, initial.weights)
     )
@@ -189,7 +188,7 @@ def test_kbert_export_of_a_jax_run_gives_the_saved_model_of_a_tensorflow_session
         check=True,
         timeout=TIMEOUT_SECONDS,
     )
-    outputs = dict(np.load(outputs_path))
+    outputs = dict(np.load(outputs_path, allow_pickle=True))
     names = sorted(key[2:] for key in outputs if key.startswith("0/"))
     assert "serving_default/nsp_probs" in names and "fill_mask/mlm_top_tokens" in names
     for name in names:
