@@ -169,7 +169,7 @@ def pretrain(
             _training_data(run, where, initial_epoch * batches_per_epoch, max_seq_length),
             epochs=run.steps // run.checkpoint_interval,
             steps_per_epoch=batches_per_epoch,
-            **_validation(run, model, where),
+            **_validation(run, model),
             callbacks=training_callbacks(where.output_dir, run.keep_checkpoints) + list(callbacks),
             verbose=verbose,
             shuffle=False,
@@ -300,7 +300,7 @@ def _training_data(run: PretrainConfig, where: _Run, start_batch: int, max_seq_l
     )
 
 
-def _validation(run: PretrainConfig, model: BertPretrainingModel, where: _Run) -> dict[str, Any]:
+def _validation(run: PretrainConfig, model: BertPretrainingModel) -> dict[str, Any]:
     """`fit`'s validation arguments: the held-out set every `eval_interval` updates, if any."""
     if not run.eval_interval:
         return {}
