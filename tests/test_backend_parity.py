@@ -236,8 +236,11 @@ def test_under_jax_a_run_over_two_devices_writes_every_run_file(data, tmp_path):
         "ckpt-0000004.weights.h5",
     ]
     rows = read_history(str(run))
-    assert [int(r["step"]) for r in rows] == [2, 4]
-    assert all(math.isfinite(float(r[name])) for r in rows for name in (*LOSSES, "val_loss"))
+    steps = [int(r["step"]) for r in rows]
+    assert {2, 4} <= set(steps) and steps[-1] == 4 and steps == sorted(steps)
+    assert all(math.isfinite(float(r[name])) for r in rows for name in LOSSES)
+    evaluated = [float(r["val_loss"]) for r in rows if int(r["step"]) in (2, 4)]
+    assert len(evaluated) == 2 and all(math.isfinite(v) for v in evaluated)
     assert os.listdir(run / "logs" / "train")  # TensorBoard events
     with open(run / "eval_results.json") as f:
         saved = json.load(f)
