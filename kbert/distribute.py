@@ -328,6 +328,47 @@ class Placement:
     distribution: Any = None
     device: Any = None
 
+    @classmethod
+    def from_strategy(cls, strategy: tf.distribute.Strategy) -> Placement:
+        """The placement of a `tf.distribute` strategy (TensorFlow backend only)."""
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                f"a tf.distribute strategy ({type(strategy).__name__}) runs on Keras' TensorFlow "
+                "backend; under KERAS_BACKEND=jax pass a strategy name ('auto', 'cpu', 'tpu')"
+            )
+        return cls(
+            backend="tensorflow",
+            num_replicas=strategy.num_replicas_in_sync,
+            description=type(strategy).__name__,
+            strategy=strategy,
+        )
+
+    @property
+    def on_tpu(self) -> bool:
+        """Whether the devices are TPU cores (mixed precision "auto" means bf16 there)."""
+        if self.strategy is not None:
+            return isinstance(self.strategy, tf.distribute.TPUStrategy)
+        devices = self.distribution.device_mesh.devices.flat if self.distribution else [self.device]
+        return next(iter(devices)).platform == "tpu"
+
+    def worker_directory(self, output_dir: str) -> str:
+        """Where this process writes: `output_dir` on the chief, a directory of its own under
+        `output_dir/workers/` on the other workers (TensorFlow tasks, JAX processes)."""
+        if self.strategy is not None:
+            return worker_directory(output_dir, self.strategy)
+        if self.is_chief:
+            return output_dir
+        import jax
+
+        return posixpath.join(output_dir, "workers", f"process-{jax.process_index()}")
+
+    def check_evaluation_batch_size(self, batch_size: int) -> None:
+        """Raise a clear error for an evaluation batch the devices cannot share: JAX shards
+        every batch evenly (evaluation pads the last one to a whole batch); `tf.distribute`
+        splits uneven batches itself."""
+        if self.backend == "jax":
+            self.check_global_batch_size(batch_size)
+
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
         """Variables, compilation and training inside go to this placement's devices."""
@@ -417,19 +458,45 @@ def resolve_distribution(
     1
     """
     if keras.backend.backend() == "tensorflow":
-        strategy = resolve_strategy(kind, tpu=tpu, devices=devices)
-        return Placement(
-            backend="tensorflow",
-            num_replicas=strategy.num_replicas_in_sync,
-            description=type(strategy).__name__,
-            strategy=strategy,
-        )
+        return Placement.from_strategy(resolve_strategy(kind, tpu=tpu, devices=devices))
     if keras.backend.backend() != "jax":
         raise ValueError(
             f"kbert trains on Keras' TensorFlow or JAX backend, not {keras.backend.backend()!r} "
             "(set KERAS_BACKEND=tensorflow or jax before importing kbert)"
         )
     return _jax_placement(kind, tpu, devices)
+
+
+def as_placement(
+    where: str | tf.distribute.Strategy | Placement | None = None, tpu: str = "local"
+) -> Placement:
+    """The `Placement` for a strategy name, a `tf.distribute` strategy, a placement, or None:
+    the current one (TensorFlow: the strategy in scope; JAX: the `keras.distribution` set, else
+    the default device).
+
+    Args:
+        where: what to place on; a name goes through `resolve_distribution(where, tpu)`.
+        tpu: the TPU for the name "tpu" (TensorFlow: "local", a TPU name or a grpc address).
+
+    Examples:
+    >>> as_placement(None).num_replicas
+    1
+    """
+    if isinstance(where, Placement):
+        return where
+    if isinstance(where, str):
+        return resolve_distribution(where, tpu=tpu)
+    if where is not None or keras.backend.backend() == "tensorflow":
+        return Placement.from_strategy(where or tf.distribute.get_strategy())
+    import jax
+
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        device = jax.devices()[0]
+        return Placement("jax", 1, f"one device ({device.platform}:{device.id})", device=device)
+    devices = list(distribution.device_mesh.devices.flat)
+    description = f"{type(distribution).__name__} over {len(devices)} devices"
+    return Placement("jax", len(devices), description, distribution=distribution)
 
 
 def _jax_placement(kind: str, tpu: str, devices: Sequence[str] | None) -> Placement:

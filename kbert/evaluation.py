@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from kbert.data import describe, pretraining_dataset
-from kbert.distribute import resolve_strategy
+from kbert.distribute import Placement, as_placement
 from kbert.io import check_positive_int, resolve_model_file, write_json
 from kbert.losses import compile_for_pretraining
 from kbert.masking import DynamicMasking
@@ -36,7 +36,7 @@ def evaluate(
     eval_files: str | Sequence[str],
     batch_size: int = 256,
     output_path: str | None = None,
-    strategy: str | tf.distribute.Strategy | None = None,
+    strategy: str | tf.distribute.Strategy | Placement | None = None,
     tpu: str = "local",
     jit_compile: bool | str = "auto",
     dynamic_masking_vocab: str | None = None,
@@ -51,10 +51,12 @@ def evaluate(
     Args:
         model: a compiled kbert model, a run directory (its `model.keras`) or a `.keras` file.
         eval_files: TFRecord glob(s) or directory.
-        batch_size: global batch size (the last batch is padded with zero-weight rows).
+        batch_size: global batch size (the last batch is padded with zero-weight rows; under
+            JAX a multiple of the number of devices).
         output_path: write the results there as JSON, atomically (None: do not write).
-        strategy: for a model loaded from a path: "auto", "cpu", "mirrored", "tpu" or a
-            strategy (default: the current one).
+        strategy: where to evaluate: "auto", "cpu", "mirrored", "tpu", a strategy or a
+            `Placement`; default: the current one (see `kbert.distribute.as_placement`). A model
+            object must have been built there.
         tpu: the TPU for strategy "tpu".
         jit_compile: XLA for a model loaded from a path.
         dynamic_masking_vocab: a `vocab.txt` to draw (deterministic) masks for unmasked records.
@@ -84,14 +86,18 @@ def evaluate(
     5
     """
     check_positive_int("batch_size", batch_size)
+    placement = as_placement(strategy, tpu=tpu)
+    placement.check_evaluation_batch_size(batch_size)
     model_file = None
     if not isinstance(model, keras.Model):
         model_file = resolve_model_file(model)
-        model = load_model(model, strategy=strategy, tpu=tpu, jit_compile=jit_compile)
+        model = load_model(model, strategy=placement, jit_compile=jit_compile)
     if not isinstance(model, BertPretrainingModel):
         raise ValueError(f"evaluate needs a kbert BertPretrainingModel, got {type(model).__name__}")
     dataset = evaluation_dataset(eval_files, batch_size, model, dynamic_masking_vocab)
-    logs = model.evaluate(dataset, return_dict=True, verbose=verbose)
+    # Keras' JAX trainer places each batch by the distribution in scope.
+    with placement.scope():
+        logs = model.evaluate(dataset, return_dict=True, verbose=verbose)
     num_sequences = describe(eval_files)["num_records"]
     results: dict[str, Any] = {name: float(logs[name]) for name in METRICS}
     results["mlm_perplexity"] = _safe_exp(results["mlm_loss"])
@@ -132,15 +138,19 @@ def evaluation_dataset(
 
 def load_model(
     path: str,
-    strategy: str | tf.distribute.Strategy | None = None,
+    strategy: str | tf.distribute.Strategy | Placement | None = None,
     tpu: str = "local",
     jit_compile: bool | str = "auto",
 ) -> BertPretrainingModel:
     """A kbert pre-training model from a run directory or `.keras` file, compiled for evaluation.
 
+    Its variables are placed by `strategy`; under JAX call the model's `evaluate` / `predict`
+    inside the same placement's scope (`kbert.evaluate` does).
+
     Args:
         path: a run directory (its `model.keras`) or a `.keras` file.
-        strategy: "auto", "cpu", "mirrored", "tpu", a strategy, or None (the current one).
+        strategy: "auto", "cpu", "mirrored", "tpu", a strategy, a `Placement`, or None (the
+            current one).
         tpu: the TPU for strategy "tpu".
         jit_compile: XLA for evaluation.
 
@@ -153,10 +163,7 @@ def load_model(
     >>> load_model(path, strategy="cpu").max_seq_length
     8
     """
-    if isinstance(strategy, str):
-        strategy = resolve_strategy(strategy, tpu=tpu)
-    strategy = strategy or tf.distribute.get_strategy()
-    with strategy.scope():
+    with as_placement(strategy, tpu=tpu).scope():
         model = load_pretraining_model(path)
         compile_for_pretraining(model, jit_compile=jit_compile)
     return model

@@ -25,6 +25,10 @@ Signatures (batch dimension None, L = max_seq_length, P = max_predictions_per_se
 The text signatures tokenize in the graph (`kbert.serving_tokenizer`) with TensorFlow core ops and
 tensorflow-text's BertTokenizer-family ops, which the TF Serving model server links; loading the
 SavedModel in Python therefore needs `import tensorflow_text` first.
+
+A SavedModel is a TensorFlow graph: under another Keras backend (JAX) the export runs in a
+TensorFlow-backend subprocess (`KERAS_BACKEND=tensorflow python -m kbert export`), which loads the
+same weights (they are backend-independent) and writes the same SavedModel.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import logging
 import os
 import posixpath
 import re
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -99,6 +105,10 @@ def export_for_serving(
     >>> os.path.relpath(path, workdir)
     'saved_models/kbert/1'
     """
+    if keras.backend.backend() != "tensorflow":
+        return _export_in_tensorflow_process(
+            model_or_run_dir, vocab_file, export_base, name, version, top_k, do_lower_case
+        )
     tokens = read_vocab(vocab_file)
     model = _load_model(model_or_run_dir)
     vocab_size = model.bert_config.vocab_size
@@ -144,6 +154,58 @@ def export_for_serving(
             tf.io.gfile.rmtree(tmp_dir)
     logger.info("exported %s (signatures: %s)", export_dir, ", ".join(SIGNATURES))
     return export_dir
+
+
+# A TensorFlow-backend export of a pre-training model takes a minute at most; allow for slow disks.
+EXPORT_SUBPROCESS_TIMEOUT_SECONDS = 1800
+
+
+def _export_in_tensorflow_process(
+    model_or_run_dir: keras.Model | str,
+    vocab_file: str,
+    export_base: str,
+    name: str,
+    version: int | None,
+    top_k: int,
+    do_lower_case: bool,
+) -> str:
+    """`export_for_serving` run by `kbert export` under KERAS_BACKEND=tensorflow; a model object
+    is handed over as a `.keras` file. Returns the version directory the subprocess printed."""
+    with tempfile.TemporaryDirectory() as local:
+        if isinstance(model_or_run_dir, keras.Model):
+            _load_model(model_or_run_dir)  # the same error for a model that is not kbert's
+            path = os.path.join(local, "model.keras")
+            model_or_run_dir.save(path)
+            model_or_run_dir = path
+        command = [
+            sys.executable,
+            "-m",
+            "kbert",
+            "export",
+            f"--model={os.fspath(model_or_run_dir)}",
+            f"--vocab_file={vocab_file}",
+            f"--export_base={export_base}",
+            f"--name={name}",
+            f"--top_k={top_k}",
+            "--do_lower_case" if do_lower_case else "--nodo_lower_case",
+        ]
+        if version is not None:
+            command.append(f"--version={version}")
+        logger.info("exporting with the TensorFlow backend in a subprocess: %s", " ".join(command))
+        result = subprocess.run(
+            command,
+            env=dict(os.environ, KERAS_BACKEND="tensorflow"),
+            capture_output=True,
+            text=True,
+            timeout=EXPORT_SUBPROCESS_TIMEOUT_SECONDS,
+        )
+    if result.returncode != 0:
+        errors = [line for line in result.stderr.splitlines() if "error:" in line]
+        raise ValueError(
+            (errors[-1] if errors else result.stderr.strip()[-2000:])
+            + " (export ran with KERAS_BACKEND=tensorflow in a subprocess)"
+        )
+    return result.stdout.splitlines()[0]
 
 
 def next_version(model_dir: str) -> int:

@@ -4,7 +4,7 @@ A run directory holds everything a run writes:
 
     bert_config.json        the encoder's config (Google's layout)
     run_config.json         the run's `PretrainConfig` (checked again on resume), and under "run"
-                            what it resolved: strategy, replicas, sequence length
+                            what it resolved: backend, strategy, replicas, sequence length
     backup/                 keras BackupAndRestore state: weights, optimizer, epoch (exact resume)
     checkpoints/            ckpt-<step>.weights.h5, the last `keep_checkpoints` intervals
     history.csv             one row per interval: step, losses, accuracies, learning_rate and
@@ -37,7 +37,7 @@ from kbert import checkpoints
 from kbert.callbacks import BACKUP_DIR, TrainingDivergedError, training_callbacks
 from kbert.config import PRESET_SIZES, BertConfig, resolve_config
 from kbert.data import describe, pretraining_dataset
-from kbert.distribute import resolve_strategy, worker_directory
+from kbert.distribute import Placement, as_placement
 from kbert.evaluation import evaluate, evaluation_dataset, load_model
 from kbert.io import MODEL_FILE, atomic_path, read_json
 from kbert.losses import compile_for_pretraining
@@ -92,14 +92,15 @@ def pretrain(
     output_dir: str | None = None,
     steps: int | None = None,
     *,
-    strategy: str | tf.distribute.Strategy | None = None,
+    strategy: str | tf.distribute.Strategy | Placement | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
     **settings: Any,
 ) -> PretrainResult:
     """Pre-train BERT with the joint MLM + NSP objective; resumes a run found in `output_dir`.
 
-    Builds the model, optimizer and metrics inside the strategy's scope, trains `steps`
+    Builds the model, optimizer and metrics inside the placement's scope (a `tf.distribute`
+    strategy, or `keras.distribution` under KERAS_BACKEND=jax), trains `steps`
     optimizer updates on `train_files` in intervals of `checkpoint_interval` steps (each ends with
     a history row, a weight checkpoint and a resume backup), then evaluates on `eval_files` and
     saves the final model and encoder weights. Running the same call again after an interruption
@@ -113,7 +114,8 @@ def pretrain(
         train_files: TFRecord glob(s) or directory (any `tf.io.gfile` path, e.g. `gs://`).
         output_dir: the run directory (see the module docstring for its contents).
         steps: optimizer updates to train.
-        strategy: a `PretrainConfig.strategy` name, or a `tf.distribute.Strategy` to run under.
+        strategy: a `PretrainConfig.strategy` name, or where to run: a `tf.distribute.Strategy`
+            (TensorFlow backend) or a `kbert.distribute.Placement` (either backend).
         callbacks: extra Keras callbacks, run after kbert's own.
         verbose: Keras' progress bar: 0, 1 (bar), 2 (one line per interval) or "auto".
         **settings: any other `PretrainConfig` field (batch_size, learning_rate, eval_files,
@@ -145,9 +147,9 @@ def pretrain(
     >>> result.eval_results["num_sequences"], result.history["step"]
     (16, [4])
     """
-    run, strategy = _as_pretrain_config(config, train_files, output_dir, steps, strategy, settings)
+    run, placement = _as_pretrain_config(config, train_files, output_dir, steps, strategy, settings)
     # First: a multi-worker strategy must exist before TensorFlow runs anything (reading the data).
-    where = _distribution(run, strategy)
+    where = _distribution(run, placement)
     run, train_info = _resolve_run(run, where)
     max_seq_length = train_info["max_seq_length"]
     bert_config = _resolve_bert_config(run.config, train_info, run.dropout)
@@ -161,16 +163,18 @@ def pretrain(
         _compile(model, run)
 
     batches_per_epoch = run.checkpoint_interval * run.gradient_accumulation_steps
-    history = model.fit(
-        _training_data(run, where, initial_epoch * batches_per_epoch, max_seq_length),
-        epochs=run.steps // run.checkpoint_interval,
-        steps_per_epoch=batches_per_epoch,
-        **_validation(run, model),
-        callbacks=training_callbacks(where.output_dir, run.keep_checkpoints) + list(callbacks),
-        verbose=verbose,
-        shuffle=False,
-    )
-    eval_results = _finish(model, run, where.output_dir, verbose)
+    # Keras' JAX trainer places each batch by the distribution in scope: fit and evaluate in it.
+    with where.scope():
+        history = model.fit(
+            _training_data(run, where, initial_epoch * batches_per_epoch, max_seq_length),
+            epochs=run.steps // run.checkpoint_interval,
+            steps_per_epoch=batches_per_epoch,
+            **_validation(run, model, where),
+            callbacks=training_callbacks(where.output_dir, run.keep_checkpoints) + list(callbacks),
+            verbose=verbose,
+            shuffle=False,
+        )
+        eval_results = _finish(model, run, where.output_dir, verbose)
     return PretrainResult(model, history.history, eval_results, where.output_dir)
 
 
@@ -179,61 +183,44 @@ def _as_pretrain_config(
     train_files: str | Sequence[str] | None,
     output_dir: str | None,
     steps: int | None,
-    strategy: str | tf.distribute.Strategy | None,
+    strategy: str | tf.distribute.Strategy | Placement | None,
     settings: dict[str, Any],
-) -> tuple[PretrainConfig, tf.distribute.Strategy | None]:
+) -> tuple[PretrainConfig, Placement | None]:
     """`pretrain`'s arguments as one validated PretrainConfig with its derived defaults, and the
-    strategy object when one was passed (it is no setting: it cannot be saved)."""
+    placement when a strategy object was passed (it is no setting: it cannot be saved)."""
     named = dict(train_files=train_files, output_dir=output_dir, steps=steps)
     settings = {**{k: v for k, v in named.items() if v is not None}, **settings}
-    strategy_object = strategy if isinstance(strategy, tf.distribute.Strategy) else None
+    placement = None
     if isinstance(strategy, str):
         settings["strategy"] = strategy
+    elif strategy is not None:
+        placement = as_placement(strategy)
     if isinstance(config, PretrainConfig):
         run = dataclasses.replace(config, **settings)
     else:
         run = PretrainConfig(config, **settings)
-    return run.with_defaults(), strategy_object
+    return run.with_defaults(), placement
 
 
 @dataclasses.dataclass(frozen=True)
-class _Distribution:
-    """Where a run executes: the one place `pretrain` knows the distribution API (tf.distribute).
+class _Run:
+    """Where a run executes (`placement`: its scope builds the variables and runs fit) and this
+    worker's run directory (on several workers only the chief writes the run's own)."""
 
-    Its scope builds the model's variables, `training_input` distributes the batches, and
-    `output_dir` is this worker's run directory (multi-worker: only the chief writes the run's).
-    """
-
-    strategy: tf.distribute.Strategy
+    placement: Placement
     output_dir: str
 
-    @property
-    def num_replicas(self) -> int:
-        return self.strategy.num_replicas_in_sync
-
-    @property
-    def default_mixed_precision(self) -> str:
-        """What mixed_precision "auto" means here: bf16 on TPU, none elsewhere."""
-        return "bf16" if isinstance(self.strategy, tf.distribute.TPUStrategy) else "none"
-
     def scope(self) -> contextlib.AbstractContextManager:
-        return self.strategy.scope()
-
-    def training_input(
-        self, train_files: str | Sequence[str], batch_size: int, **kwargs: Any
-    ) -> tf.distribute.DistributedDataset:
-        return training_input(self.strategy, train_files, batch_size, **kwargs)
+        return self.placement.scope()
 
 
-def _distribution(run: PretrainConfig, strategy: tf.distribute.Strategy | None) -> _Distribution:
-    """The strategy `run` asks for (or the one given) and this worker's run directory."""
-    strategy = strategy or resolve_strategy(run.strategy, tpu=run.tpu)
-    return _Distribution(strategy, worker_directory(run.output_dir, strategy))
+def _distribution(run: PretrainConfig, placement: Placement | None) -> _Run:
+    """The placement `run.strategy` names (or the one given) and this worker's run directory."""
+    placement = placement or as_placement(run.strategy, tpu=run.tpu)
+    return _Run(placement, placement.worker_directory(run.output_dir))
 
 
-def _resolve_run(
-    run: PretrainConfig, where: _Distribution
-) -> tuple[PretrainConfig, dict[str, Any]]:
+def _resolve_run(run: PretrainConfig, where: _Run) -> tuple[PretrainConfig, dict[str, Any]]:
     """`run` with the values the data and the device decide, and the data's description."""
     train_info = describe(run.train_files, count_records=False)
     max_predictions_per_seq = run.max_predictions_per_seq or train_info["max_predictions_per_seq"]
@@ -244,7 +231,7 @@ def _resolve_run(
         )
     mixed_precision = run.mixed_precision
     if mixed_precision == "auto":
-        mixed_precision = where.default_mixed_precision
+        mixed_precision = "bf16" if where.placement.on_tpu else "none"
     run = dataclasses.replace(
         run, max_predictions_per_seq=max_predictions_per_seq, mixed_precision=mixed_precision
     )
@@ -252,7 +239,7 @@ def _resolve_run(
 
 
 def _prepare_run_directory(
-    where: _Distribution, run: PretrainConfig, bert_config: BertConfig, max_seq_length: int
+    where: _Run, run: PretrainConfig, bert_config: BertConfig, max_seq_length: int
 ) -> int:
     """Create or check the run directory, write its configs; returns the epoch to resume from."""
     output_dir = where.output_dir
@@ -269,8 +256,9 @@ def _prepare_run_directory(
         )
     bert_config.to_json_file(posixpath.join(output_dir, BERT_CONFIG_FILE))
     facts = dict(
-        strategy=type(where.strategy).__name__,
-        num_replicas=where.num_replicas,
+        backend=where.placement.backend,
+        strategy=where.placement.description,
+        num_replicas=where.placement.num_replicas,
         max_seq_length=max_seq_length,
     )
     run.to_json(posixpath.join(output_dir, RUN_CONFIG_FILE), run=facts)
@@ -294,11 +282,10 @@ def _compile(model: BertPretrainingModel, run: PretrainConfig) -> None:
     )
 
 
-def _training_data(
-    run: PretrainConfig, where: _Distribution, start_batch: int, max_seq_length: int
-) -> Any:
+def _training_data(run: PretrainConfig, where: _Run, start_batch: int, max_seq_length: int) -> Any:
     """The distributed training batches from `start_batch` on."""
-    return where.training_input(
+    return training_input(
+        where.placement,
         run.train_files,
         run.batch_size,
         seed=run.seed,
@@ -309,10 +296,11 @@ def _training_data(
     )
 
 
-def _validation(run: PretrainConfig, model: BertPretrainingModel) -> dict[str, Any]:
+def _validation(run: PretrainConfig, model: BertPretrainingModel, where: _Run) -> dict[str, Any]:
     """`fit`'s validation arguments: the held-out set every `eval_interval` updates, if any."""
     if not run.eval_interval:
         return {}
+    where.placement.check_evaluation_batch_size(run.eval_batch_size or run.batch_size)
     return dict(
         validation_data=evaluation_dataset(
             run.eval_files,
@@ -346,23 +334,25 @@ def _dynamic_masking(vocab_file: str | None) -> DynamicMasking | None:
 
 
 def training_input(
-    strategy: tf.distribute.Strategy,
+    placement: Placement | tf.distribute.Strategy | str,
     train_files: str | Sequence[str],
     global_batch_size: int,
     seed: int,
     start_batch: int = 0,
     **dataset_kwargs: Any,
-) -> tf.distribute.DistributedDataset:
-    """The training batches from batch `start_batch` on, distributed for `strategy`.
+) -> tf.data.Dataset | tf.distribute.DistributedDataset:
+    """The training batches from batch `start_batch` on, distributed for `placement`.
 
-    One `pretraining_dataset` pipeline per worker via `distribute_datasets_from_function` (each
-    reads its own shards and batches per replica; one device is the one-replica case). The
+    One `pretraining_dataset` pipeline per worker (`Placement.distribute_dataset`: TensorFlow's
+    `distribute_datasets_from_function`, one batch per replica; JAX: one per process, its share
+    of each global batch, which Keras shards across the devices). The
     pipeline is deterministic for a given seed (and only that seed: TensorFlow's global seed is
     left out), so skipping the batches already trained puts a resumed run exactly where the
     interrupted one was.
 
     Args:
-        strategy: the strategy training runs under.
+        placement: where training runs: a `Placement`, a `tf.distribute.Strategy` or a
+            strategy name (see `kbert.distribute.as_placement`).
         train_files: TFRecord glob(s) or directory.
         global_batch_size: sequences per step over all replicas.
         seed: the data seed.
@@ -380,11 +370,12 @@ def training_input(
     ...             "segment_ids": [0, 0, 1, 1], "masked_lm_positions": [2],
     ...             "masked_lm_ids": [9], "masked_lm_weights": [1.0],
     ...             "next_sentence_labels": [i % 2]}).SerializeToString())
-    >>> dataset = training_input(tf.distribute.get_strategy(), path, 4, seed=1, start_batch=3)
+    >>> dataset = training_input("cpu", path, 4, seed=1, start_batch=3)
     >>> x, y, sample_weight = next(iter(dataset))
     >>> x["input_ids"].shape
     TensorShape([4, 4])
     """
+    placement = as_placement(placement)
 
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         dataset = pretraining_dataset(
@@ -402,7 +393,7 @@ def training_input(
         return dataset.skip(start_batch * replicas_per_pipeline)
 
     with _without_global_tf_seed():
-        return strategy.distribute_datasets_from_function(dataset_fn)
+        return placement.distribute_dataset(dataset_fn, global_batch_size)
 
 
 @contextlib.contextmanager
