@@ -24,6 +24,8 @@ SMALL_SETTINGS = dict(
     DUPE_FACTOR=1,
     BATCH_SIZE=8,
     STEPS=4,
+    CHECKPOINT_INTERVAL=2,
+    EVAL_INTERVAL=4,
 )
 CELL_TIMEOUT_SECONDS = 600
 
@@ -78,7 +80,9 @@ def test_notebook_trains_with_jax_data_parallel_over_every_device(executed):
     assert (run_dir / "model.keras").is_file()
     with open(run_dir / "history.csv") as f:
         rows = list(csv.DictReader(f))
-    assert int(float(rows[-1]["step"])) == SMALL_SETTINGS["STEPS"]
+    steps, interval = SMALL_SETTINGS["STEPS"], SMALL_SETTINGS["CHECKPOINT_INTERVAL"]
+    assert [int(float(row["step"])) for row in rows] == list(range(interval, steps + 1, interval))
+    assert float(rows[-1]["val_loss"]) > 0, rows[-1]
     facts = json.loads((run_dir / "run_config.json").read_text())["run"]
     assert facts["backend"] == "jax" and facts["num_replicas"] == 2, facts
 
