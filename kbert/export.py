@@ -200,7 +200,9 @@ def _export_in_tensorflow_process(
             timeout=EXPORT_SUBPROCESS_TIMEOUT_SECONDS,
         )
     if result.returncode != 0:
-        errors = [line for line in result.stderr.splitlines() if "error:" in line]
+        errors = [
+            line.split("error: ", 1)[1] for line in result.stderr.splitlines() if "error: " in line
+        ]
         raise ValueError(
             (errors[-1] if errors else result.stderr.strip()[-2000:])
             + " (export ran with KERAS_BACKEND=tensorflow in a subprocess)"

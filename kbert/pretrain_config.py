@@ -150,7 +150,8 @@ class PretrainConfig:
         help="auto (multi_worker if TF_CONFIG names a cluster, else TPU if attached, else "
         "Mirrored over >1 GPU, else one device), cpu, mirrored, multi_worker (every worker runs "
         "the same command with its own TF_CONFIG; the chief writes output_dir, the others "
-        "output_dir/workers/<task>-<id>), tpu",
+        "output_dir/workers/<task>-<id>), tpu. Under KERAS_BACKEND=jax: auto (data parallel over "
+        "every JAX device), tpu (over the TPU chips), cpu (one device)",
         group="execution",
         choices=STRATEGIES,
     )
@@ -168,7 +169,8 @@ class PretrainConfig:
     )
     jit_compile: bool | str = _setting(
         "auto",
-        help="XLA compilation: true, false or auto (Keras' auto: off on CPU and under strategies)",
+        help="XLA compilation: true, false or auto (Keras' auto: off on CPU and under strategies; "
+        "always on under KERAS_BACKEND=jax)",
         group="execution",
         parse=parse_jit_compile,
         metavar="{auto,true,false}",

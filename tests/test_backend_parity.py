@@ -290,3 +290,30 @@ def test_under_jax_a_global_batch_the_devices_cannot_share_is_a_clear_error(data
         )
     with pytest.raises(ValueError, match="'mirrored' is a TensorFlow strategy"):
         quick(data, tmp_path / "mirrored", strategy="mirrored")
+
+
+@pytest.mark.jax_only
+def test_under_jax_exporting_a_model_object_writes_its_saved_model_and_errors_stay_clear(tmp_path):
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (the text signatures' tokenizer ops)
+
+    from kbert.export import export_for_serving
+    from kbert.model import build_pretraining_model
+    from kbert.serving_tokenizer import write_vocab
+
+    vocab = str(tmp_path / "vocab.txt")
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    write_vocab(special + [f"w{i}" for i in range(VOCAB_SIZE - len(special))], vocab)
+    keras.utils.set_random_seed(4)
+    model = build_pretraining_model(tiny_config(), SEQ_LEN, PREDICTIONS)
+    base = str(tmp_path / "saved_models")
+    path = export_for_serving(model, vocab, base)
+    assert path == os.path.join(base, "kbert", "1")
+    x, _, _ = random_batch(4, SEQ_LEN, PREDICTIONS, VOCAB_SIZE, seed=5)
+    served = tf.saved_model.load(path).signatures["serving_default"](
+        **{k: tf.constant(v) for k, v in x.items()}
+    )
+    nsp = keras.ops.convert_to_numpy(keras.ops.softmax(model(x)["nsp"], axis=-1))
+    np.testing.assert_allclose(served["nsp_probs"].numpy(), nsp, atol=1e-5)
+    with pytest.raises(ValueError, match=r"kbert/1: this version already exists.*subprocess"):
+        export_for_serving(model, vocab, base, version=1)

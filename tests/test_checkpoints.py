@@ -608,6 +608,7 @@ def test_hf_folder_without_safetensors_is_a_clear_error(tmp_path):
         init_encoder(pretraining_model(), str(tmp_path / "hf"))
 
 
+@pytest.mark.tensorflow_only
 def test_checkpoints_load_and_save_under_mirrored_strategy(google_checkpoint, tmp_path, two_cpus):
     config, values, prefix = google_checkpoint
     with tf.distribute.MirroredStrategy(two_cpus).scope():

@@ -11,13 +11,25 @@ import sys
 import pytest
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
-JAX_MODULES = ["test_model.py", "test_losses.py", "test_optimization.py", "test_distribute.py"]
+# Module: the tests of it to run (a `-k` expression), or None for all of them.
+JAX_MODULES = {
+    "test_model.py": None,
+    "test_losses.py": None,
+    "test_optimization.py": None,
+    "test_distribute.py": None,
+    "test_evaluate.py": None,
+    "test_train_resume.py": None,
+    "test_backend_parity.py": None,
+    # Google TF1 checkpoints and kbert runs as --init_from, read and written from a JAX session.
+    "test_checkpoints.py": "google or init_from",
+}
 TIMEOUT_SECONDS = 300
 
 
 @pytest.mark.tensorflow_only
 @pytest.mark.parametrize("module", JAX_MODULES)
 def test_module_passes_under_the_jax_backend_on_two_devices(module):
+    selection = ["-k", JAX_MODULES[module]] if JAX_MODULES[module] else []
     env = dict(
         os.environ,
         KERAS_BACKEND="jax",
@@ -33,6 +45,7 @@ def test_module_passes_under_the_jax_backend_on_two_devices(module):
             "-q",
             "-p",
             "no:cacheprovider",
+            *selection,
         ],
         cwd=os.path.dirname(TESTS),
         env=env,
