@@ -222,6 +222,10 @@ def _distribution(run: PretrainConfig, placement: Placement | None) -> _Run:
 
 def _resolve_run(run: PretrainConfig, where: _Run) -> tuple[PretrainConfig, dict[str, Any]]:
     """`run` with the values the data and the device decide, and the data's description."""
+    # Before anything is built or written: batches the devices cannot share are an error.
+    where.placement.check_global_batch_size(run.batch_size)
+    if run.eval_files:
+        where.placement.check_evaluation_batch_size(run.eval_batch_size or run.batch_size)
     train_info = describe(run.train_files, count_records=False)
     max_predictions_per_seq = run.max_predictions_per_seq or train_info["max_predictions_per_seq"]
     if not max_predictions_per_seq:
@@ -300,7 +304,6 @@ def _validation(run: PretrainConfig, model: BertPretrainingModel, where: _Run) -
     """`fit`'s validation arguments: the held-out set every `eval_interval` updates, if any."""
     if not run.eval_interval:
         return {}
-    where.placement.check_evaluation_batch_size(run.eval_batch_size or run.batch_size)
     return dict(
         validation_data=evaluation_dataset(
             run.eval_files,

@@ -317,3 +317,41 @@ def test_under_jax_exporting_a_model_object_writes_its_saved_model_and_errors_st
     np.testing.assert_allclose(served["nsp_probs"].numpy(), nsp, atol=1e-5)
     with pytest.raises(ValueError, match=r"kbert/1: this version already exists.*subprocess"):
         export_for_serving(model, vocab, base, version=1)
+
+
+@pytest.mark.jax_only
+def test_under_jax_the_current_placement_is_the_distribution_in_scope(tmp_path):
+    import tensorflow as tf
+
+    from kbert.distribute import as_placement, resolve_distribution
+
+    placement = resolve_distribution("auto")
+    with placement.scope():
+        inside = as_placement(None)
+    assert (inside.num_replicas, as_placement(None).num_replicas) == (2, 1)
+    assert not placement.on_tpu
+    assert placement.worker_directory(str(tmp_path)) == str(tmp_path)  # process 0 writes the run
+    with pytest.raises(ValueError, match=r"global batch size \(5\) must be a multiple"):
+        inside.check_evaluation_batch_size(5)
+    with pytest.raises(ValueError, match="tf.distribute strategy .* TensorFlow backend"):
+        pretrain(
+            tiny_config(),
+            str(tmp_path),
+            str(tmp_path / "run"),
+            strategy=tf.distribute.get_strategy(),
+        )
+
+
+@pytest.mark.tensorflow_only
+def test_under_tensorflow_a_strategy_is_a_placement_with_its_meaning(two_cpus, tmp_path):
+    import tensorflow as tf
+
+    from kbert.distribute import as_placement
+
+    placement = as_placement(tf.distribute.MirroredStrategy(two_cpus))
+    assert (placement.backend, placement.num_replicas, placement.on_tpu) == ("tensorflow", 2, False)
+    placement.check_evaluation_batch_size(5)  # tf.distribute splits an uneven batch itself
+    with pytest.raises(ValueError, match=r"global batch size \(5\) must be a multiple"):
+        placement.check_global_batch_size(5)
+    assert placement.worker_directory(str(tmp_path)) == str(tmp_path)
+    assert as_placement(None).num_replicas == 1
