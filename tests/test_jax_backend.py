@@ -20,6 +20,7 @@ JAX_MODULES = {
     "test_evaluate.py": None,
     "test_train_resume.py": None,
     "test_backend_parity.py": None,
+    "test_damaged_data.py": None,
     # Google TF1 checkpoints and kbert runs as --init_from, read and written from a JAX session.
     "test_checkpoints.py": "google or init_from",
 }
