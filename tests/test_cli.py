@@ -10,7 +10,7 @@ import sys
 import pytest
 import tensorflow as tf
 import tqdm
-from helpers import write_pretraining_records
+from helpers import tiny_config, write_pretraining_records
 
 from kbert.cli import COMMANDS, build_parser, describe_devices, main
 from kbert.cli import plot as plot_command
@@ -29,7 +29,10 @@ REQUIRED = {
     "demo": [],
 }
 # Lines TensorFlow's C++ logger prints at start-up on a machine without GPU.
-TF_LOG_LINE = re.compile(r"^[IWEF]\d{4} |oneDNN custom operations|absl::InitializeLog")
+TF_LOG_LINE = re.compile(
+    r"^[IWEF]\d{4} |oneDNN custom operations|absl::InitializeLog|Could not find cuda drivers"
+    r"|cuInit"
+)
 
 
 def parse(command, *flags):
@@ -174,7 +177,8 @@ def test_interrupt_exits_130_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
 
 
 def test_help_and_inspect_data_are_quiet_and_report_progress_in_a_log(tmp_path):
-    assert run_kbert("evaluate", "--help").stderr == ""
+    for command in ("evaluate", "create-data"):
+        assert run_kbert(command, "--help").stderr == ""
     data = write_pretraining_records(str(tmp_path / "data"), num_records=5000)
     done = run_kbert("inspect-data", "--input_file", data, "--num_records", "0")
     assert done.returncode == 0, done.stderr
@@ -183,6 +187,17 @@ def test_help_and_inspect_data_are_quiet_and_report_progress_in_a_log(tmp_path):
     progress = [line for line in done.stderr.splitlines() if line.startswith("validating: ")]
     assert len(progress) >= 3 and progress[-1].startswith("validating: 5,000/5,000 records (100%")
     assert "\r" not in done.stderr
+
+
+def test_train_says_which_devices_it_uses_and_nothing_from_tensorflow(tmp_path):
+    config = str(tmp_path / "bert_config.json")
+    tiny_config().to_json_file(config)
+    data = write_pretraining_records(str(tmp_path / "data"))
+    flags = ["--config", config, "--train_files", data, "--output_dir", str(tmp_path / "run")]
+    done = run_kbert("train", *flags, "--steps", "2", "--batch_size", "8", "--verbose", "0")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("kbert train: devices: ")
+    assert not [line for line in done.stderr.splitlines() if TF_LOG_LINE.search(line)]
 
 
 def test_debug_shows_tensorflow_logs(tmp_path):

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from kbert import features
 from kbert.cli import main as kbert_main
+from kbert.progress import progress
 from tfrecords_tools.create_pretraining_data import create_pretraining_data
 from tfrecords_tools.instances import InstanceConfig
 from tfrecords_tools.vocab import SPECIAL_TOKENS, write_vocab
@@ -249,13 +250,25 @@ def test_output_is_byte_identical_for_1_and_2_workers_and_seeded(corpus, tmp_pat
     corpus_file, vocab_file, _ = corpus
     _small(corpus_file, vocab_file, tmp_path / "w1", num_workers=1)
     _small(corpus_file, vocab_file, tmp_path / "w2", num_workers=2)
-    _small(corpus_file, vocab_file, tmp_path / "again", num_workers=1)
+    _small(corpus_file, vocab_file, tmp_path / "again", num_workers=1, progress=True)  # tqdm
     _small(corpus_file, vocab_file, tmp_path / "seed", num_workers=1, random_seed=99)
     one = shard_bytes(tmp_path / "w1")
     assert len(one) == 3
     assert shard_bytes(tmp_path / "w2") == one
     assert shard_bytes(tmp_path / "again") == one
     assert shard_bytes(tmp_path / "seed") != one
+
+
+def test_progress_off_a_terminal_is_lines_for_spooling_and_making_shards(corpus, tmp_path, capsys):
+    _, vocab_file, documents = corpus
+    _small(documents, vocab_file, tmp_path, num_workers=2, progress=progress)
+    err = capsys.readouterr().err
+    spooling = [line for line in err.splitlines() if line.startswith("spooling: ")]
+    assert spooling and spooling[-1].startswith(
+        f"spooling: {len(documents)}/{len(documents)} documents (100%"
+    )
+    shards = [line for line in err.splitlines() if line.startswith("making shards: ")]
+    assert len(shards) >= 3 and "bytes (100%" in shards[-1] and "\r" not in err
 
 
 def test_whole_word_masking_masks_every_piece_of_a_word(tmp_path):
@@ -503,7 +516,7 @@ def test_bad_input_is_a_one_line_error(case, cli_inputs, capsys):
     assert message in err
 
 
-def test_googles_command_line_writes_what_kbert_create_data_writes(corpus, tmp_path):
+def test_googles_command_line_writes_what_kbert_create_data_writes(corpus, tmp_path, capsys):
     corpus_file, vocab_file, _ = corpus
     google_flags = [
         f"--input_file={corpus_file}",
@@ -530,6 +543,9 @@ def test_googles_command_line_writes_what_kbert_create_data_writes(corpus, tmp_p
         timeout=300,
     )
     assert google.returncode == 0, google.stderr
+    # Not a terminal: progress comes as whole lines, not a carriage-return bar.
+    progress = [line for line in google.stderr.splitlines() if line.startswith("making shards: ")]
+    assert progress and "bytes (100%" in progress[-1] and "\r" not in google.stderr
     assert (
         kbert_main(
             [
@@ -541,6 +557,7 @@ def test_googles_command_line_writes_what_kbert_create_data_writes(corpus, tmp_p
         )
         == 0
     )
+    assert "making shards" not in capsys.readouterr().err  # --quiet
     written = shard_bytes(tmp_path / "google")
     assert written and written == shard_bytes(tmp_path / "kbert")
 

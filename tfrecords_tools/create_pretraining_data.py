@@ -34,7 +34,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import tensorflow as tf
 
@@ -125,7 +126,7 @@ def create_pretraining_data(
     compression: str | None = None,
     mask: bool = True,
     overwrite: bool = False,
-    progress: bool = False,
+    progress: Callable[..., Any] | bool | None = None,
     runner: str = "local",
     beam_pipeline_options: str | None = None,
 ) -> CreateDataSummary:
@@ -154,7 +155,9 @@ def create_pretraining_data(
         compression: None or "gzip".
         mask: False writes unmasked records for dynamic masking (`--no_mask`).
         overwrite: replace a dataset made with other settings under the same prefix.
-        progress: show a progress bar on stderr (local runner).
+        progress: reports the corpus spooled and the input bytes made into shards (local
+            runner), called like `tqdm.tqdm` (e.g. that, or `kbert.progress.progress`); True
+            means `tqdm.tqdm`.
         runner: "local" (processes on this machine) or "beam" (an Apache Beam pipeline; needs
             the `kbert[beam]` extra); both write the same bytes.
         beam_pipeline_options: Beam's flags as one string, e.g. "--runner=DataflowRunner
@@ -194,10 +197,14 @@ def create_pretraining_data(
         masked=mask,
         negative_pool_size=negative_pool_size,
     )
+    if progress is True:  # the bool this argument was before it took a tqdm-like factory
+        from tqdm import tqdm as progress
+    progress = progress or None
     beam = _beam_runner(beam_pipeline_options) if runner == "beam" else None
     prefix = output_prefix(output_file)
     directory = _prepare_directory(prefix)
-    with _text_corpus(input_file, input_format) as (corpus, corpus_fingerprint, spool_invalid):
+    with _text_corpus(input_file, input_format, progress) as spooled:
+        corpus, corpus_fingerprint, spool_invalid = spooled
         if beam is not None:
             beam.check_paths(corpus, prefix)
         num_shards = num_shards or _auto_shards(corpus.total_bytes)
@@ -357,7 +364,9 @@ def _prepare_directory(prefix: str) -> str:
 
 
 @contextlib.contextmanager
-def _text_corpus(input_file, input_format: str) -> Iterator[tuple[corpora.TextFiles, str, int]]:
+def _text_corpus(
+    input_file, input_format: str, progress: Callable[..., Any] | None
+) -> Iterator[tuple[corpora.TextFiles, str, int]]:
     """(TextFiles, fingerprint, invalid UTF-8 replaced while spooling): other sources are first
     written to a local temporary file in Google's layout (removed on exit), so every source is cut
     into shards the same way."""
@@ -380,7 +389,7 @@ def _text_corpus(input_file, input_format: str) -> Iterator[tuple[corpora.TextFi
     spool_dir = tempfile.mkdtemp(prefix="kbert-corpus-")
     try:
         path = os.path.join(spool_dir, "corpus.txt")
-        count, digest = corpora.write_google_layout(source, path)
+        count, digest = corpora.write_google_layout(source, path, progress)
         if count == 0:
             raise ValueError(
                 f"{getattr(source, 'description', 'input corpus')}: the corpus holds no documents"
@@ -423,29 +432,34 @@ def _prescan(corpus: corpora.TextFiles, plan) -> None:
 
 
 def _run_local(
-    job: ShardJob, todo: list[int], state: RunState, num_workers: int, progress: bool
+    job: ShardJob,
+    todo: list[int],
+    state: RunState,
+    num_workers: int,
+    progress: Callable[..., Any] | None,
 ) -> None:
     """Make the shards `todo` in this process or `num_workers` processes; this process writes."""
     writers: dict[int, ShardWriter] = {}
-    bar = _Progress(sum(job.plan.nominal_bytes(i) for i in todo), len(todo), progress)
-    seen: dict[int, tuple[int, int]] = {}
+    bar = None
+    if progress is not None:
+        total = sum(job.plan.nominal_bytes(i) for i in todo)
+        bar = progress(total=total, desc="making shards", unit="bytes")
+    seen: dict[int, int] = {}  # input bytes reported so far, per unfinished shard
 
     def on_records(shard, records, bytes_read, documents):
         if shard not in writers:
             writers[shard] = ShardWriter(job.names[shard], job.compression)
         writers[shard].write(records)
-        before = seen.get(shard, (0, 0))
-        seen[shard] = (bytes_read, documents)
-        bar.update(bytes_read - before[0], documents - before[1], len(records))
+        if bar is not None:
+            bar.update(bytes_read - seen.get(shard, 0))
+        seen[shard] = bytes_read
 
     def on_done(shard, stats: ShardStats):
         writer = writers.pop(shard, None) or ShardWriter(job.names[shard], job.compression)
         writer.publish()
         state.complete(job.names[shard], stats)
-        before = seen.pop(shard, (0, 0))
-        bar.update(
-            stats.bytes_read - before[0], stats.num_documents - before[1], 0, shard_done=True
-        )
+        if bar is not None:
+            bar.update(stats.bytes_read - seen.pop(shard, 0))
 
     try:
         if num_workers == 1 or len(todo) == 1:
@@ -461,7 +475,8 @@ def _run_local(
     finally:
         for writer in writers.values():
             writer.abandon()
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
 def _run_parallel(corpus, plan, config, todo, num_workers, on_records, on_done) -> None:
@@ -521,43 +536,6 @@ def _run_parallel(corpus, plan, config, todo, num_workers, on_records, on_done) 
                 worker.terminate()
         for worker in workers:
             worker.join(timeout=5)
-
-
-class _Progress:
-    """tqdm bar over input bytes, with documents, instances and rate; silent when disabled."""
-
-    def __init__(self, total_bytes: int, num_shards: int, enabled: bool):
-        self.bar = None
-        self.documents = self.instances = self.shards = 0
-        self.num_shards = num_shards
-        self.start = time.perf_counter()
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=total_bytes, unit="B", unit_scale=True, desc="create-data", smoothing=0.1
-            )
-
-    def update(
-        self, bytes_read: int, documents: int, instances: int, shard_done: bool = False
-    ) -> None:
-        """Advance by what a worker reported."""
-        self.documents += documents
-        self.instances += instances
-        self.shards += shard_done
-        if self.bar is not None:
-            rate = self.instances / max(1e-9, time.perf_counter() - self.start)
-            self.bar.set_postfix_str(
-                f"shards {self.shards}/{self.num_shards} docs {self.documents} "
-                f"instances {self.instances} ({rate:,.0f}/s)",
-                refresh=False,
-            )
-            self.bar.update(bytes_read)
-
-    def close(self) -> None:
-        """Close the bar."""
-        if self.bar is not None:
-            self.bar.close()
 
 
 if __name__ == "__main__":

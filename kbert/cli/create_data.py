@@ -176,7 +176,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="write unmasked records (input_ids, input_mask, segment_ids, next_sentence_labels) "
         "for dynamic masking in kbert.data",
     )
-    add_flag(run, "quiet", action="store_true", help="no progress bar")
+    add_flag(run, "quiet", action="store_true", help="no progress reports")
 
     beam = parser.add_argument_group('Apache Beam (pip install "kbert[beam]")')
     add_flag(
@@ -202,6 +202,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Create the records and print a summary."""
+    from kbert.progress import progress
     from tfrecords_tools.create_pretraining_data import create_pretraining_data
 
     logging.basicConfig(
@@ -227,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
             compression=None if args.compression == "none" else args.compression,
             mask=not args.no_mask,
             overwrite=args.overwrite,
-            progress=not args.quiet and sys.stderr.isatty(),
+            progress=None if args.quiet else progress,
             runner=args.runner,
             beam_pipeline_options=args.beam_pipeline_options,
         )
