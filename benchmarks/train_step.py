@@ -1,4 +1,4 @@
-"""Training-step throughput, MFU and peak memory of kbert's model against a plain keras-hub composition.
+"""Training-step throughput, MFU and peak memory of kbert's model beside a keras-hub composition.
 
 Each variant runs in its own process (so peak RSS is its own) on the `mini` shape: seq 128,
 20 predictions, vocab 30522, batch 32. kbert runs with XLA off/on, `steps_per_execution` 1 and

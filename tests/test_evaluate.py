@@ -1,4 +1,4 @@
-"""`evaluate` of a saved model (`.keras` file or run directory) reports the step it was trained to."""
+"""`evaluate` of a saved model (`.keras` file or run directory) reports its training step."""
 
 import json
 import logging

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -48,8 +49,10 @@ def add_verbose_flag(parser: argparse.ArgumentParser | Any) -> None:
         "verbose",
         type=int,
         choices=(0, 1, 2),
-        default=1,
-        help="0 silent, 1 progress bar (default), 2 one line per interval",
+        # A bar's carriage returns and colour codes do not belong in a log file.
+        default=1 if sys.stdout.isatty() else 2,
+        help="0 silent, 1 progress bar (default on a terminal), 2 one line per interval "
+        "(default otherwise)",
     )
 
 
