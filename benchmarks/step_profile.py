@@ -39,11 +39,14 @@ GROUPS = (
 )
 CLIPPING_SCOPE, WEIGHT_DECAY_SCOPE, METRICS_SCOPE = "clipping", "weight_decay", "metrics"
 _MATMUL_OPCODES = ("dot", "convolution")
+# Ops run inside the train function's call (and, with steps_per_execution > 1, inside its while
+# loop) carry the call's scopes before their own.
+_CALL_PREFIX = r"^(.*/)?StatefulPartitionedCall/"
 
 
 def classify(op_name: str, op_type: str, optimizer_scope: str = "adam_w", opcode: str = "") -> str:
     """The group of one op from its TensorFlow name scope and type (or XLA opcode)."""
-    name = re.sub(r"^(StatefulPartitionedCall/)+", "", op_name)
+    name = re.sub(_CALL_PREFIX, "", op_name)
     lower, kind = name.lower(), op_type.lower()
     if "matmul" in kind or kind in ("einsum", "_mkleinsum") or opcode in _MATMUL_OPCODES:
         if "mlm_head" in lower and "token_embedding" in lower:
@@ -304,7 +307,7 @@ def format_profile(label: str, summary: dict, wall_ms: float, top: int = 15) -> 
     lines.append(f"{'host overhead (Python/Keras between calls)':40s} {host:8.1f} {'':>7s}")
     lines.append(f"top {top} ops{' (XLA thunks)' if summary['xla'] else ''}:")
     for key, group, ms in summary["ops"][:top]:
-        short = re.sub(r"^(StatefulPartitionedCall/)+", "", key)
+        short = re.sub(_CALL_PREFIX, "", key)
         short = short if len(short) <= 90 else "…" + short[-89:]
         lines.append(f"  {ms:7.1f} ms  {group:32s} {short}")
     return "\n".join(lines)
