@@ -1,15 +1,23 @@
-"""Training-step throughput, MFU and peak memory of kbert's model beside a keras-hub composition.
+"""Training-step throughput, MFU, peak memory and op profile: kbert vs. a keras-hub composition.
 
 Each variant runs in its own process (so peak RSS is its own) on the `mini` shape: seq 128,
 20 predictions, vocab 30522, batch 32. kbert runs with XLA off/on, `steps_per_execution` 1 and
-32, fp32 and bf16 (mixed precision). Prints sequences/s, peak RSS, the ratio of every variant to
-the plain keras-hub baseline, and MFU: the model's training FLOP/s (analytic count, 3x the forward
-matmuls) over the CPU's peak FLOP/s, measured in the same run with a large matmul of the
-variant's compute dtype.
+32, fp32 and bf16 (mixed precision), and on Keras' JAX backend beside the keras-hub composition on
+JAX. Prints the CPU, sequences/s, peak RSS, the ratio of every variant to the plain keras-hub
+baseline, and MFU: the model's training FLOP/s (analytic count, 3x the forward matmuls) over the
+CPU's peak FLOP/s, measured in the same run with a large matmul of the variant's compute dtype.
 
-    python benchmarks/train_step.py [--steps 32] [--warmup 3] [--quick]
+    python benchmarks/train_step.py [--steps 32] [--warmup 3] [--quick | --suspects] [--rounds 1]
+    python benchmarks/train_step.py --profile [--steps 8] [--profile-variants kbert,kbert_xla]
 
 `--quick` runs only the baseline and kbert with XLA off and on (about a third of the time).
+`--suspects` runs ablations of kbert instead, each a cost to measure: whole-set loss trackers off,
+accuracy as logit[label] >= max(logits), dropout 0, no gradient clipping, SGD instead of AdamW
+(XLA off and on); the table adds CPU ms per step, steadier than seq/s on a shared machine.
+`--rounds R` runs the variant list R times, interleaved, and reports each variant's median (the
+machine may be shared: only ratios from one run mean anything). `--profile` traces kbert's
+training steps with TensorFlow's profiler and prints where the time goes, by op group
+(see `step_profile.py`).
 """
 
 from __future__ import annotations
@@ -33,17 +41,41 @@ VARIANTS = {
     "kbert, XLA on, steps_per_execution 32": ("kbert_xla_spe32", None),
     "kbert, XLA off, bf16": ("kbert_bf16", None),
     "kbert, XLA on, bf16": ("kbert_xla_bf16", None),
+    "keras-hub composition, JAX backend": ("baseline_jax", None),
+    "kbert, JAX backend": ("kbert_jax", None),
 }
 QUICK_VARIANTS = ("keras-hub composition, Keras defaults", "kbert, XLA off", "kbert, XLA on")
-# variant: (jit_compile, steps_per_execution, mixed precision)
-KBERT_SETTINGS = {
-    "kbert": (False, 1, False),
-    "kbert_xla": (True, 1, False),
-    "kbert_spe32": (False, 32, False),
-    "kbert_xla_spe32": (True, 32, False),
-    "kbert_bf16": (False, 1, True),
-    "kbert_xla_bf16": (True, 1, True),
+SUSPECT_VARIANTS = {
+    "keras-hub composition, Keras defaults": ("baseline", None),
+    "kbert, XLA off": ("kbert", None),
+    "kbert, XLA off, no whole-set loss trackers": ("kbert_notrackers", None),
+    "kbert, XLA off, accuracy as logit[label] >= max": ("kbert_maxacc", None),
+    "kbert, XLA off, dropout 0": ("kbert_dropout0", None),
+    "kbert, XLA off, no clipping": ("kbert_noclip", None),
+    "kbert, XLA off, SGD (no AdamW, no clipping)": ("kbert_sgd", None),
+    "kbert, XLA on": ("kbert_xla", None),
+    "kbert, XLA on, no whole-set loss trackers": ("kbert_xla_notrackers", None),
+    "kbert, XLA on, accuracy as logit[label] >= max": ("kbert_xla_maxacc", None),
+    "kbert, XLA on, dropout 0": ("kbert_xla_dropout0", None),
+    "kbert, XLA on, no clipping": ("kbert_xla_noclip", None),
+    "kbert, XLA on, SGD (no AdamW, no clipping)": ("kbert_xla_sgd", None),
 }
+# kbert variant: how it differs from kbert as `kbert train` compiles it (XLA off, fp32, one step
+# per execution, Keras' accuracy, whole-set loss trackers, dropout 0.1, AdamW + global-norm clip).
+KBERT_SETTINGS = {
+    "kbert": {},
+    "kbert_xla": {"jit_compile": True},
+    "kbert_spe32": {"steps_per_execution": 32},
+    "kbert_xla_spe32": {"jit_compile": True, "steps_per_execution": 32},
+    "kbert_bf16": {"bf16": True},
+    "kbert_xla_bf16": {"jit_compile": True, "bf16": True},
+    "kbert_jax": {},
+}
+for _ablation in ("notrackers", "maxacc", "dropout0", "noclip", "sgd"):
+    KBERT_SETTINGS[f"kbert_{_ablation}"] = {_ablation: True}
+    KBERT_SETTINGS[f"kbert_xla_{_ablation}"] = {"jit_compile": True, _ablation: True}
+JAX_VARIANTS = ("baseline_jax", "kbert_jax")
+CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 PEAK_MATMUL_SIZE = 2048
 MINI_LAYERS, MINI_HIDDEN, MINI_HEADS = 4, 256, 4
 
@@ -113,23 +145,57 @@ def baseline_model():
     return model
 
 
-def kbert_model(jit_compile: bool, steps_per_execution: int = 1, bf16: bool = False):
-    """kbert's model, compiled the way `kbert train` does."""
+def label_is_max_accuracy(y_true, y_pred):
+    """Accuracy as logit[label] >= max(logits): one max over the vocabulary, no argmax.
+
+    Keras' `ops.argmax` (TF backend) first rewrites -0.0 in all B·P×vocab logits (5 extra
+    passes), and XLA's CPU argmax is a slow variadic reduce. Equal to argmax but on exact ties.
+    """
+    from keras import ops
+
+    labels = ops.reshape(ops.cast(y_true, "int32"), ops.shape(y_pred)[:-1])
+    at_label = ops.take_along_axis(y_pred, ops.expand_dims(labels, -1), axis=-1)[..., 0]
+    return ops.cast(at_label >= ops.max(y_pred, axis=-1), "float32")
+
+
+def kbert_model(settings: dict):
+    """kbert's model compiled as `kbert train` does, less what the variant's ablation drops."""
     import keras
 
     import kbert
+    from kbert.losses import LOSS_WEIGHTS
 
-    if bf16:
+    if settings.get("bf16"):
         keras.config.set_dtype_policy("mixed_bfloat16")
-    model = kbert.build_pretraining_model(
-        kbert.BertConfig.from_preset("mini", vocab_size=VOCAB), SEQ, PREDICTIONS
+    dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    config = kbert.BertConfig.from_preset(
+        "mini", vocab_size=VOCAB, **(dropout if settings.get("dropout0") else {})
     )
-    kbert.compile_for_pretraining(
-        model,
-        kbert.create_optimizer(1e-4, 10_000, 1_000),
-        jit_compile=jit_compile,
-        steps_per_execution=steps_per_execution,
-    )
+    model = kbert.build_pretraining_model(config, SEQ, PREDICTIONS)
+    if settings.get("sgd"):
+        optimizer = keras.optimizers.SGD(1e-4)
+    else:
+        clip = None if settings.get("noclip") else 1.0
+        optimizer = kbert.create_optimizer(1e-4, 10_000, 1_000, clip_global_norm=clip)
+    jit_compile = settings.get("jit_compile", False)
+    steps_per_execution = settings.get("steps_per_execution", 1)
+    if settings.get("maxacc"):
+        accuracy = keras.metrics.MeanMetricWrapper(label_is_max_accuracy, name="accuracy")
+        model.compile(
+            optimizer=optimizer,
+            loss={name: kbert.WeightedSparseCrossEntropy() for name in LOSS_WEIGHTS},
+            loss_weights=dict(LOSS_WEIGHTS),
+            weighted_metrics={"mlm": [accuracy], "nsp": ["accuracy"]},
+            jit_compile=jit_compile,
+            steps_per_execution=steps_per_execution,
+        )
+    else:
+        kbert.compile_for_pretraining(
+            model, optimizer, jit_compile=jit_compile, steps_per_execution=steps_per_execution
+        )
+    if settings.get("notrackers"):
+        # BertPretrainingModel's whole-set loss trackers run only for a model compiled this way.
+        model._logged_loss_weights = None
     return model
 
 
@@ -160,120 +226,250 @@ def peak_flops(dtype: str, repeats: int = 10) -> dict:
     return {"flops_per_second": 2 * n**3 / best}
 
 
+def cpu_description() -> str:
+    """The CPU model, core count and the SIMD/matrix flags that decide fp32/bf16 speed."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    shown = [flag for flag in CPU_FLAGS_SHOWN if flag in flags]
+    return f"{model}, {os.cpu_count()} cores, flags: {' '.join(shown) or 'none of interest'}"
+
+
+def build_variant(variant: str):
+    """The compiled model of one variant and its steps per execution."""
+    if variant.startswith("baseline"):
+        return baseline_model(), 1
+    settings = KBERT_SETTINGS[variant]
+    return kbert_model(settings), settings.get("steps_per_execution", 1)
+
+
 def run_variant(variant: str, steps: int, warmup: int) -> dict:
     """Time `steps` training steps of one variant in this process."""
-    if variant != "baseline":
+    if not variant.startswith("baseline"):
         import kbert  # noqa: F401  (first: kbert's TensorFlow defaults apply before TF starts)
     import keras
     import tensorflow as tf
 
-    if variant == "baseline":
-        model, steps_per_execution = baseline_model(), 1
-    else:
-        jit_compile, steps_per_execution, bf16 = KBERT_SETTINGS[variant]
-        model = kbert_model(jit_compile, steps_per_execution, bf16)
+    try:
+        model, steps_per_execution = build_variant(variant)
+    except Exception as error:  # noqa: BLE001  (a backend kbert does not support yet is a result)
+        if variant not in JAX_VARIANTS:
+            raise
+        return {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"}
     # Whole executions only: warm up (compile) with at least one, time a multiple of them. One
     # `fit` call, timed between batch ends: a second call's set-up (seconds) is not a step's cost.
     warmup = max(warmup, steps_per_execution)
     warmup = -(-warmup // steps_per_execution) * steps_per_execution
     steps = max(steps // steps_per_execution, 1) * steps_per_execution
     dataset = tf.data.Dataset.from_tensors(synthetic_batch()).repeat().prefetch(2)
-    marks = []  # (batch index, time) at the end of every execution of the train function
+    # (batch index, wall time, this process's CPU time) at the end of every execution of the
+    # train function. CPU time per step is the cost to compare on a shared machine: other
+    # processes' load stretches wall time, much less the CPU time this one spends.
+    marks = []
     clock = keras.callbacks.LambdaCallback(
-        on_train_batch_end=lambda batch, logs: marks.append((batch, time.perf_counter()))
+        on_train_batch_end=lambda batch, logs: marks.append(
+            (batch, time.perf_counter(), time.process_time())
+        )
     )
-    model.fit(dataset, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[clock])
-    first_batch, start = next((b, t) for b, t in marks if b + 1 >= warmup)
-    last_batch, end = marks[-1]
+    try:
+        model.fit(dataset, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[clock])
+    except Exception as error:  # noqa: BLE001
+        if variant not in JAX_VARIANTS:
+            raise
+        return {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"}
+    first_batch, start, cpu_start = next(mark for mark in marks if mark[0] + 1 >= warmup)
+    last_batch, end, cpu_end = marks[-1]
     steps, seconds = last_batch - first_batch, end - start
     return {
         "sequences_per_second": steps * BATCH / seconds,
+        "cpu_ms_per_step": (cpu_end - cpu_start) / steps * 1e3,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "bf16": variant.endswith("bf16"),
         "timed_steps": steps,
     }
 
 
+def profile_variant(variant: str, steps: int, warmup: int) -> dict:
+    """Trace `steps` training steps of one kbert variant; the op-group summary (step_profile)."""
+    import kbert  # noqa: F401, I001  (first: kbert's TensorFlow defaults apply before TF starts)
+    import tempfile
+
+    import step_profile
+    import tensorflow as tf
+
+    model, steps_per_execution = build_variant(variant)
+    steps = max(steps // steps_per_execution, 1) * steps_per_execution
+    warmup = max(-(-warmup // steps_per_execution), 1) * steps_per_execution
+    dataset = tf.data.Dataset.from_tensors(synthetic_batch()).repeat().prefetch(2)
+    with tempfile.TemporaryDirectory() as logdir, step_profile.named_phases(model):
+        trace = step_profile.trace_training_steps(model, dataset, steps, warmup, logdir)
+        summary = step_profile.summarise_trace(trace["path"], steps, model.optimizer.name)
+    summary["ops"] = summary["ops"][:40]
+    return {**summary, "wall_ms": trace["wall_ms_per_step"], "steps": steps}
+
+
+def run_subprocess(args: list[str], env: dict | None = None) -> dict:
+    """Run this script with `args` in a fresh process; the JSON it prints last."""
+    out = subprocess.run(
+        [sys.executable, __file__, *args],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=env,
+    )
+    if out.returncode != 0:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"benchmark process {args} failed: {tail}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def variant_env(variant: str, onednn: str | None) -> dict:
+    """The environment of a variant's process: oneDNN as asked, the JAX backend for JAX ones."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "KERAS_BACKEND")
+    }
+    if onednn is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = onednn
+    env["KERAS_BACKEND"] = "jax" if variant in JAX_VARIANTS else "tensorflow"
+    return env
+
+
+def print_profiles(variants: list[str], steps: int, warmup: int) -> None:
+    """Profile each variant in its own process and print its op-group table."""
+    import step_profile
+
+    print(f"CPU: {cpu_description()}")
+    print(
+        f"mini shape: seq {SEQ}, P {PREDICTIONS}, vocab {VOCAB}, batch {BATCH}; {steps} traced "
+        "steps per variant. Op times are exclusive, per step, summed over threads (the profiler "
+        "adds overhead per op); on a shared machine read the shares, not the totals."
+    )
+    for variant in variants:
+        summary = run_subprocess(
+            ["--variant", variant, "--profile", "--steps", str(steps), "--warmup", str(warmup)],
+            env=variant_env(variant, None),
+        )
+        print(step_profile.format_profile(variant, summary, summary["wall_ms"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=32, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation)")
-    parser.add_argument(
+    selection = parser.add_mutually_exclusive_group()
+    selection.add_argument(
         "--quick", action="store_true", help="only the baseline and kbert, XLA off and on"
+    )
+    selection.add_argument(
+        "--suspects", action="store_true", help="ablations of kbert: what each part costs"
+    )
+    selection.add_argument(
+        "--profile", action="store_true", help="trace kbert's steps; time by op group"
+    )
+    parser.add_argument(
+        "--profile-variants",
+        default="kbert,kbert_xla",
+        help="comma-separated kbert variants to profile (e.g. kbert,kbert_xla,kbert_spe32)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the variant list this many times, interleaved"
     )
     parser.add_argument(
         "--variant",
-        choices=sorted({v for v, _ in VARIANTS.values()} | {"peak_float32", "peak_bfloat16"}),
+        choices=sorted(
+            set(KBERT_SETTINGS) | {"baseline", "baseline_jax"} | {"peak_float32", "peak_bfloat16"}
+        ),
         help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
     if args.variant:
         if args.variant.startswith("peak_"):
             print(json.dumps(peak_flops(args.variant[len("peak_") :])))
+        elif args.profile:
+            print(json.dumps(profile_variant(args.variant, args.steps, args.warmup)))
         else:
             print(json.dumps(run_variant(args.variant, args.steps, args.warmup)))
         return
+    if args.profile:
+        variants = args.profile_variants.split(",")
+        unknown = sorted(set(variants) - set(KBERT_SETTINGS) - set(JAX_VARIANTS))
+        if unknown:
+            parser.error(
+                f"--profile-variants: unknown {unknown}; choose from {sorted(KBERT_SETTINGS)}"
+            )
+        print_profiles(variants, args.steps, args.warmup)
+        return
 
-    peaks = {}
-    for dtype in ("float32", "bfloat16"):
-        out = subprocess.run(
-            [sys.executable, __file__, "--variant", f"peak_{dtype}"],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=True,
-        )
-        peaks[dtype] = json.loads(out.stdout.strip().splitlines()[-1])["flops_per_second"]
-    results = {}
-    for label, (variant, onednn) in VARIANTS.items():
-        if args.quick and label not in QUICK_VARIANTS:
-            continue
-        env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-        if onednn is not None:
-            env["TF_ENABLE_ONEDNN_OPTS"] = onednn
-        out = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--variant",
-                variant,
-                "--steps",
-                str(args.steps),
-                "--warmup",
-                str(args.warmup),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=1800,
-            check=True,
-            env=env,
-        )
-        results[label] = json.loads(out.stdout.strip().splitlines()[-1])
-    base = results["keras-hub composition, Keras defaults"]["sequences_per_second"]
+    peaks = {
+        dtype: run_subprocess(["--variant", f"peak_{dtype}"])["flops_per_second"]
+        for dtype in ("float32", "bfloat16")
+    }
+    chosen = SUSPECT_VARIANTS if args.suspects else VARIANTS
+    if args.quick:
+        chosen = {label: chosen[label] for label in QUICK_VARIANTS}
+    runs: dict[str, list[dict]] = {label: [] for label in chosen}
+    for _ in range(args.rounds):
+        for label, (variant, onednn) in chosen.items():
+            timing = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+            runs[label].append(
+                run_subprocess(["--variant", variant, *timing], env=variant_env(variant, onednn))
+            )
+    print_results(runs, peaks, args.steps)
+
+
+def print_results(runs: dict[str, list[dict]], peaks: dict[str, float], steps: int) -> None:
+    """The throughput table: each variant's median over rounds, MFU, RSS, ratio to the baseline."""
+    import statistics
+
+    def median(label: str, key: str = "sequences_per_second") -> float:
+        return statistics.median(r[key] for r in runs[label])
+
+    base = median("keras-hub composition, Keras defaults")
     flops = train_flops_per_sequence()
+    rounds = len(next(iter(runs.values())))
+    print(f"CPU: {cpu_description()}")
     print(
         f"mini shape: seq {SEQ}, P {PREDICTIONS}, vocab {VOCAB}, batch {BATCH}, "
-        f"{args.steps} timed steps; {flops / 1e9:.2f} training GFLOP per sequence"
+        f"{steps} timed steps, {rounds} interleaved round(s), median shown; "
+        f"{flops / 1e9:.2f} training GFLOP per sequence"
     )
     print(
         f"CPU peak (matmul {PEAK_MATMUL_SIZE}^2, oneDNN on): fp32 {peaks['float32'] / 1e9:.1f} "
         f"GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s"
     )
     print(
-        f"{'variant':42s} {'seq/s':>8s} {'GFLOP/s':>8s} {'MFU fp32':>9s} {'MFU own':>8s} "
-        f"{'peak RSS MB':>12s} {'vs baseline':>12s}"
+        f"{'variant':48s} {'seq/s':>7s} {'range':>11s} {'MFU fp32':>9s} {'MFU own':>8s} "
+        f"{'RSS MB':>7s} {'vs baseline':>12s} {'CPU ms/step':>12s} {'CPU vs base':>12s}"
     )
-    for label, r in results.items():
-        achieved = r["sequences_per_second"] * flops
-        own_peak = peaks["bfloat16" if r.get("bf16") else "float32"]
+    base_cpu = median("keras-hub composition, Keras defaults", "cpu_ms_per_step")
+    for label, results in runs.items():
+        failed = [r["error"] for r in results if "error" in r]
+        if failed:
+            print(f"{label:48s} not available: {failed[0]}")
+            continue
+        speeds = [r["sequences_per_second"] for r in results]
+        speed = median(label)
+        achieved = speed * flops
+        own_peak = peaks["bfloat16" if results[0].get("bf16") else "float32"]
+        spread = f"{min(speeds):.1f}-{max(speeds):.1f}"
         print(
-            f"{label:42s} {r['sequences_per_second']:8.1f} {achieved / 1e9:8.1f} "
-            f"{achieved / peaks['float32']:8.1%} {achieved / own_peak:7.1%} "
-            f"{r['peak_rss_mb']:12.0f} {r['sequences_per_second'] / base:11.2f}x"
+            f"{label:48s} {speed:7.1f} {spread:>11s} {achieved / peaks['float32']:8.1%} "
+            f"{achieved / own_peak:7.1%} {max(r['peak_rss_mb'] for r in results):7.0f} "
+            f"{speed / base:11.2f}x {median(label, 'cpu_ms_per_step'):12.0f} "
+            f"{base_cpu / median(label, 'cpu_ms_per_step'):11.2f}x"
         )
     print(
         "MFU fp32: against the fp32 matmul peak; MFU own: against the peak of the variant's "
-        "compute dtype."
+        "compute dtype. CPU vs base: the baseline's CPU time per step over the variant's "
+        "(steadier than seq/s when other processes share the cores; counts spinning threads)."
     )
 
 
