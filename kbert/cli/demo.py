@@ -19,6 +19,7 @@ from typing import Any
 from kbert.cli import add_flag
 from kbert.cli.create_data import add_corpus_arguments, corpus_from_args
 from kbert.io import atomic_path, read_json, write_json
+from kbert.progress import progress
 
 FILL_MASK_EXAMPLES = (
     "The [MASK] statement is used to leave a loop early.",
@@ -266,7 +267,8 @@ def _create_records(
         random_seed=seed,
         dupe_factor=dupe_factor,
         num_workers=min(2, os.cpu_count() or 1),
-        progress=sys.stderr.isatty(),
+        # The demo prints its own summary lines; a bar only where someone watches it.
+        progress=progress if sys.stderr.isatty() else None,
     )
     print(
         f"  {records}/: {summary.num_instances:,} instances, "
