@@ -80,8 +80,8 @@ def test_notebook_trains_with_jax_data_parallel_over_every_device(executed):
     assert (run_dir / "model.keras").is_file()
     with open(run_dir / "history.csv") as f:
         rows = list(csv.DictReader(f))
-    steps, interval = SMALL_SETTINGS["STEPS"], SMALL_SETTINGS["CHECKPOINT_INTERVAL"]
-    assert [int(float(row["step"])) for row in rows] == list(range(interval, steps + 1, interval))
+    steps = [int(float(row["step"])) for row in rows]
+    assert steps == sorted(set(steps)) and steps[-1] == SMALL_SETTINGS["STEPS"], steps
     assert float(rows[-1]["val_loss"]) > 0, rows[-1]
     facts = json.loads((run_dir / "run_config.json").read_text())["run"]
     assert facts["backend"] == "jax" and facts["num_replicas"] == 2, facts
