@@ -17,7 +17,7 @@ import time
 import keras
 import tensorflow as tf
 
-from kbert.distribute import Placement
+from kbert.distribute import Placement, is_multi_worker
 
 # bf16 must multiply this much faster than fp32 to pay for its casts outside the matmuls
 # (a training step in bf16 gains about half the matmul speed-up; measured on a Zen 5 CPU).
@@ -38,6 +38,8 @@ class DeviceFacts:
         backend: the Keras backend, "tensorflow" or "jax".
         tf_distributed: whether a multi-device `tf.distribute` strategy runs the steps (Keras
             compiles no step with XLA under one).
+        several_workers: whether several processes train together (they must agree, and a
+            timing of each one's CPU could differ).
         cpu_flags: the CPU's instruction-set flags (Linux /proc/cpuinfo).
         gpu_compute_capability: the GPU's (major, minor), or None.
         bf16_matmul_speedup: measured fp32 / bf16 matmul time on this CPU, or None if not measured.
@@ -46,6 +48,7 @@ class DeviceFacts:
     platform: str
     backend: str = "tensorflow"
     tf_distributed: bool = False
+    several_workers: bool = False
     cpu_flags: frozenset[str] = frozenset()
     gpu_compute_capability: tuple[int, int] | None = None
     bf16_matmul_speedup: float | None = None
@@ -95,8 +98,10 @@ def choose_settings(facts: DeviceFacts) -> Settings:
         precision, precision_why = _cpu_precision(facts)
     if facts.backend == "jax":
         jit, jit_why = True, "JAX always compiles"
+    elif facts.platform == "tpu":
+        # Keras' own setting under TPUStrategy: the flag only adds a nested XLA scope.
+        jit, jit_why = False, "TPUStrategy compiles every step with XLA itself"
     elif facts.tf_distributed:
-        # TPUs compile every step with XLA whatever this flag says.
         jit, jit_why = False, "Keras compiles no step under a tf.distribute strategy"
     elif facts.platform == "cpu":
         jit, jit_why = False, "CPU: oneDNN kernels are as fast as XLA"
@@ -106,6 +111,8 @@ def choose_settings(facts: DeviceFacts) -> Settings:
 
 
 def _cpu_precision(facts: DeviceFacts) -> tuple[str, str]:
+    if facts.several_workers:
+        return "none", "CPUs of several workers: their timings could disagree"
     if not set(BF16_CPU_FLAGS) & facts.cpu_flags:
         return "none", "CPU without bf16 matmul instructions"
     speedup = facts.bf16_matmul_speedup
@@ -160,18 +167,29 @@ def device_facts(placement: Placement, measure_bf16: bool = True) -> DeviceFacts
     else:
         platform = "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
     flags = cpu_flags()
+    if placement.strategy is not None:
+        several_workers = is_multi_worker(placement.strategy)
+    else:
+        several_workers = _jax_process_count() > 1
     speedup = None
-    if platform == "cpu" and measure_bf16 and set(BF16_CPU_FLAGS) & flags:
+    if platform == "cpu" and measure_bf16 and not several_workers and set(BF16_CPU_FLAGS) & flags:
         speedup = bf16_matmul_speedup()
     return DeviceFacts(
         platform,
         backend=placement.backend,
         tf_distributed=placement.strategy is not None
         and placement.strategy is not tf.distribute.get_strategy(),
+        several_workers=several_workers,
         cpu_flags=flags,
         gpu_compute_capability=_gpu_compute_capability(placement) if platform == "gpu" else None,
         bf16_matmul_speedup=speedup,
     )
+
+
+def _jax_process_count() -> int:
+    import jax
+
+    return jax.process_count()
 
 
 def _jax_devices(placement: Placement) -> list:

@@ -12,9 +12,12 @@ def choice(facts):
     return settings.mixed_precision, settings.jit_compile
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-def test_tpu_trains_in_bf16_under_xla(backend):
-    assert choice(DeviceFacts("tpu", backend=backend)) == ("bf16", True)
+def test_tpu_trains_in_bf16_under_xla():
+    assert choice(DeviceFacts("tpu", backend="jax")) == ("bf16", True)
+    # TPUStrategy compiles every step with XLA whatever Keras' flag says; Keras leaves it off.
+    tf_tpu = choose_settings(DeviceFacts("tpu", tf_distributed=True))
+    assert tf_tpu.mixed_precision == "bf16"
+    assert "compiles every step with XLA" in tf_tpu.describe()
 
 
 @pytest.mark.parametrize(
@@ -53,3 +56,8 @@ def test_the_choice_is_explained_in_one_line():
     assert "\n" not in line
     assert line.startswith("settings: mixed_precision none (CPU bf16 matmul only 1.1x fp32")
     assert line.endswith("jit_compile off (CPU: oneDNN kernels are as fast as XLA)")
+
+
+def test_cpus_of_several_workers_train_in_fp32_so_that_the_workers_agree():
+    facts = DeviceFacts("cpu", several_workers=True, cpu_flags=BF16_CPU, bf16_matmul_speedup=2.0)
+    assert choice(facts) == ("none", False)
