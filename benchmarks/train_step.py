@@ -484,11 +484,12 @@ def print_results(runs: dict[str, list[dict]], peaks: dict[str, float], steps: i
         achieved = speed * flops
         own_peak = peaks["bfloat16" if results[0].get("bf16") else "float32"]
         spread = f"{min(speeds):.1f}-{max(speeds):.1f}"
+        shown = label
         if "auto" in label:
             resolved = f"{'bf16' if results[0]['bf16'] else 'fp32'}, XLA "
-            label = f"{label}: {resolved}{'on' if results[0]['jit_compile'] else 'off'}"
+            shown = f"{label}: {resolved}{'on' if results[0]['jit_compile'] else 'off'}"
         print(
-            f"{label:48s} {speed:7.1f} {spread:>11s} {achieved / peaks['float32']:8.1%} "
+            f"{shown:48s} {speed:7.1f} {spread:>11s} {achieved / peaks['float32']:8.1%} "
             f"{achieved / own_peak:7.1%} {max(r['peak_rss_mb'] for r in results):7.0f} "
             f"{speed / base:11.2f}x {median(label, 'cpu_ms_per_step'):12.0f} "
             f"{base_cpu / median(label, 'cpu_ms_per_step'):11.2f}x"
