@@ -1,16 +1,19 @@
 """Training-step throughput, MFU, peak memory and op profile: kbert vs. a keras-hub composition.
 
 Each variant runs in its own process (so peak RSS is its own) on the `mini` shape: seq 128,
-20 predictions, vocab 30522, batch 32. kbert runs with XLA off/on, `steps_per_execution` 1 and
-32, fp32 and bf16 (mixed precision), and on Keras' JAX backend beside the keras-hub composition on
-JAX. Prints the CPU, sequences/s, peak RSS, the ratio of every variant to the plain keras-hub
+20 predictions, vocab 30522, batch 32. kbert runs with its defaults (mixed_precision and
+jit_compile "auto", resolved for this machine as `kbert train` does), XLA off/on,
+`steps_per_execution` 1 and 32 (at least 3 executions timed: one would be a single sample), fp32
+and bf16 (mixed precision), and on Keras' JAX backend beside the keras-hub composition on JAX.
+Prints the CPU, sequences/s, peak RSS, the ratio of every variant to the plain keras-hub
 baseline, and MFU: the model's training FLOP/s (analytic count, 3x the forward matmuls) over the
 CPU's peak FLOP/s, measured in the same run with a large matmul of the variant's compute dtype.
 
     python benchmarks/train_step.py [--steps 32] [--warmup 3] [--quick | --suspects] [--rounds 1]
     python benchmarks/train_step.py --profile [--steps 8] [--profile-variants kbert,kbert_xla]
 
-`--quick` runs only the baseline and kbert with XLA off and on (about a third of the time).
+`--quick` runs only the baseline, kbert's defaults, kbert fp32 with XLA off and on, and kbert bf16
+with XLA off (about half the time).
 `--suspects` runs ablations of kbert instead, each a cost to measure: whole-set loss trackers off,
 accuracy as logit[label] >= max(logits), dropout 0, no gradient clipping, SGD instead of AdamW
 (XLA off and on); the table adds CPU ms per step, steadier than seq/s on a shared machine.
@@ -35,6 +38,7 @@ SEQ, PREDICTIONS, VOCAB, BATCH = 128, 20, 30522, 32
 VARIANTS = {
     "keras-hub composition, Keras defaults": ("baseline", None),
     "keras-hub composition, oneDNN on": ("baseline", "1"),
+    "kbert, defaults (auto settings)": ("kbert_auto", None),
     "kbert, XLA off": ("kbert", None),
     "kbert, XLA on": ("kbert_xla", None),
     "kbert, XLA off, steps_per_execution 32": ("kbert_spe32", None),
@@ -44,7 +48,15 @@ VARIANTS = {
     "keras-hub composition, JAX backend": ("baseline_jax", None),
     "kbert, JAX backend": ("kbert_jax", None),
 }
-QUICK_VARIANTS = ("keras-hub composition, Keras defaults", "kbert, XLA off", "kbert, XLA on")
+QUICK_VARIANTS = (
+    "keras-hub composition, Keras defaults",
+    "kbert, defaults (auto settings)",
+    "kbert, XLA off",
+    "kbert, XLA off, bf16",
+    "kbert, XLA on",
+)
+# A steps_per_execution variant times at least this many executions: one is a single sample.
+MIN_TIMED_EXECUTIONS = 3
 SUSPECT_VARIANTS = {
     "keras-hub composition, Keras defaults": ("baseline", None),
     "kbert, XLA off": ("kbert", None),
@@ -60,9 +72,11 @@ SUSPECT_VARIANTS = {
     "kbert, XLA on, no clipping": ("kbert_xla_noclip", None),
     "kbert, XLA on, SGD (no AdamW, no clipping)": ("kbert_xla_sgd", None),
 }
-# kbert variant: how it differs from kbert as `kbert train` compiles it (XLA off, fp32, one step
-# per execution, Keras' accuracy, whole-set loss trackers, dropout 0.1, AdamW + global-norm clip).
+# kbert variant: how it differs from kbert as `compile_for_pretraining` compiles it with XLA off
+# and fp32 (one step per execution, whole-set loss trackers, dropout 0.1, AdamW + global-norm
+# clip); "auto" resolves mixed_precision and jit_compile as `kbert train` does on this machine.
 KBERT_SETTINGS = {
+    "kbert_auto": {"auto": True},
     "kbert": {},
     "kbert_xla": {"jit_compile": True},
     "kbert_spe32": {"steps_per_execution": 32},
@@ -165,6 +179,12 @@ def kbert_model(settings: dict):
     import kbert
     from kbert.losses import LOSS_WEIGHTS
 
+    if settings.get("auto"):
+        from kbert.device_defaults import resolve_settings
+        from kbert.distribute import resolve_distribution
+
+        precision, jit, _ = resolve_settings("auto", "auto", resolve_distribution("auto"))
+        settings = {**settings, "bf16": precision == "bf16", "jit_compile": jit}
     if settings.get("bf16"):
         keras.config.set_dtype_policy("mixed_bfloat16")
     dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -268,7 +288,10 @@ def run_variant(variant: str, steps: int, warmup: int) -> dict:
     # `fit` call, timed between batch ends: a second call's set-up (seconds) is not a step's cost.
     warmup = max(warmup, steps_per_execution)
     warmup = -(-warmup // steps_per_execution) * steps_per_execution
-    steps = max(steps // steps_per_execution, 1) * steps_per_execution
+    executions = steps // steps_per_execution
+    if steps_per_execution > 1:
+        executions = max(executions, MIN_TIMED_EXECUTIONS)
+    steps = max(executions, 1) * steps_per_execution
     dataset = tf.data.Dataset.from_tensors(synthetic_batch()).repeat().prefetch(2)
     # (batch index, wall time, this process's CPU time) at the end of every execution of the
     # train function. CPU time per step is the cost to compare on a shared machine: other
@@ -292,7 +315,8 @@ def run_variant(variant: str, steps: int, warmup: int) -> dict:
         "sequences_per_second": steps * BATCH / seconds,
         "cpu_ms_per_step": (cpu_end - cpu_start) / steps * 1e3,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "bf16": variant.endswith("bf16"),
+        "bf16": keras.config.dtype_policy().compute_dtype == "bfloat16",
+        "jit_compile": bool(model.jit_compile),
         "timed_steps": steps,
     }
 
@@ -366,7 +390,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation)")
     selection = parser.add_mutually_exclusive_group()
     selection.add_argument(
-        "--quick", action="store_true", help="only the baseline and kbert, XLA off and on"
+        "--quick", action="store_true", help="only the baseline, kbert defaults, fp32, bf16"
     )
     selection.add_argument(
         "--suspects", action="store_true", help="ablations of kbert: what each part costs"
@@ -460,8 +484,12 @@ def print_results(runs: dict[str, list[dict]], peaks: dict[str, float], steps: i
         achieved = speed * flops
         own_peak = peaks["bfloat16" if results[0].get("bf16") else "float32"]
         spread = f"{min(speeds):.1f}-{max(speeds):.1f}"
+        shown = label
+        if "auto" in label:
+            resolved = f"{'bf16' if results[0]['bf16'] else 'fp32'}, XLA "
+            shown = f"{label}: {resolved}{'on' if results[0]['jit_compile'] else 'off'}"
         print(
-            f"{label:48s} {speed:7.1f} {spread:>11s} {achieved / peaks['float32']:8.1%} "
+            f"{shown:48s} {speed:7.1f} {spread:>11s} {achieved / peaks['float32']:8.1%} "
             f"{achieved / own_peak:7.1%} {max(r['peak_rss_mb'] for r in results):7.0f} "
             f"{speed / base:11.2f}x {median(label, 'cpu_ms_per_step'):12.0f} "
             f"{base_cpu / median(label, 'cpu_ms_per_step'):11.2f}x"

@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from kbert.distribute import sum_over_replicas
+from kbert.metrics import SparseMaxLogitAccuracy
 
 LOSS_WEIGHTS = {"mlm": 1.0, "nsp": 1.0}
 
@@ -91,10 +92,11 @@ def compile_for_pretraining(
     """Compile a kbert pre-training model: MLM + NSP losses summed with weights 1 and 1.
 
     Keras computes both losses from one forward pass, adds them and takes one optimizer step on the
-    sum; it logs `loss`, `mlm_loss`, `nsp_loss`, `mlm_accuracy` and `nsp_accuracy`. Feed `fit` with
-    `(x, y, sample_weight)` as `kbert.pretraining_dataset` yields it: `sample_weight['mlm']` is
-    the records' raw `masked_lm_weights`. Nothing else is needed for Google's normalisation — the
-    MLM loss divides by the sum of weights over the global batch (see
+    sum; it logs `loss`, `mlm_loss`, `nsp_loss`, `mlm_accuracy` and `nsp_accuracy` (accuracies
+    as `SparseMaxLogitAccuracy`: argmax accuracy but on exact ties, without the argmax). Feed
+    `fit` with `(x, y, sample_weight)` as `kbert.pretraining_dataset` yields it:
+    `sample_weight['mlm']` is the records' raw `masked_lm_weights`. Nothing else is needed for
+    Google's normalisation — the MLM loss divides by the sum of weights over the global batch (see
     `WeightedSparseCrossEntropy`), and `BertPretrainingModel` reports the loss metrics as weighted
     means over all real predictions seen (exactly Google's evaluation), not means of batch means.
 
@@ -118,9 +120,10 @@ def compile_for_pretraining(
         loss={"mlm": WeightedSparseCrossEntropy(), "nsp": WeightedSparseCrossEntropy()},
         loss_weights=dict(LOSS_WEIGHTS),
         # Weighted: padded MLM predictions and padded evaluation rows (weight 0) do not count.
+        # Accuracy without an argmax over the vocabulary: equal to it but on exact ties.
         weighted_metrics={
-            "mlm": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-            "nsp": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            "mlm": [SparseMaxLogitAccuracy(name="accuracy")],
+            "nsp": [SparseMaxLogitAccuracy(name="accuracy")],
         },
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,

@@ -47,6 +47,7 @@ from kbert.callbacks import (
 )
 from kbert.config import PRESET_SIZES, BertConfig, resolve_config
 from kbert.data import SkippedRecords, describe, pretraining_dataset
+from kbert.device_defaults import resolve_settings
 from kbert.distribute import Placement, as_placement
 from kbert.errors import DamagedRecordsError
 from kbert.evaluation import evaluate, evaluation_dataset, load_model
@@ -266,11 +267,15 @@ def _resolve_run(run: PretrainConfig, where: _Run) -> tuple[PretrainConfig, dict
             f"{train_info['files'][0]}: max_predictions_per_seq is needed for records without "
             "masks and no metadata gives it; pass max_predictions_per_seq"
         )
-    mixed_precision = run.mixed_precision
-    if mixed_precision == "auto":
-        mixed_precision = "bf16" if where.placement.on_tpu else "none"
+    mixed_precision, jit_compile, settings = resolve_settings(
+        run.mixed_precision, run.jit_compile, where.placement
+    )
+    logger.info(settings)
     run = dataclasses.replace(
-        run, max_predictions_per_seq=max_predictions_per_seq, mixed_precision=mixed_precision
+        run,
+        max_predictions_per_seq=max_predictions_per_seq,
+        mixed_precision=mixed_precision,
+        jit_compile=jit_compile,
     )
     return run, train_info
 

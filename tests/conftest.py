@@ -9,6 +9,9 @@ JAX starts (tests/test_jax_backend.py runs the JAX pass that way). Tests marked
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# mixed_precision "auto" picks bf16 on CPUs with fast bf16 matmul (kbert.device_defaults): the
+# tests compare numbers at fp32 tolerances, so "auto" means fp32 here (also in subprocesses).
+os.environ.setdefault("KBERT_MIXED_PRECISION", "none")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402

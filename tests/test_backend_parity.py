@@ -230,7 +230,7 @@ def test_under_jax_a_run_over_two_devices_writes_every_run_file(data, tmp_path):
     facts = run_facts(str(run))
     assert (facts["backend"], facts["num_replicas"]) == ("jax", 2)
     with open(run / "run_config.json") as f:
-        assert json.load(f)["mixed_precision"] == "none"  # "auto" off TPUs
+        assert json.load(f)["mixed_precision"] == "none"  # "auto": fp32 in the tests
     assert sorted(os.listdir(run / "checkpoints")) == [
         "ckpt-0000002.weights.h5",
         "ckpt-0000004.weights.h5",

@@ -11,6 +11,7 @@ from helpers import random_batch, tiny_config
 from keras import ops
 
 import kbert
+from kbert.metrics import SparseMaxLogitAccuracy
 
 
 def numpy_cross_entropy(labels, logits):
@@ -171,6 +172,22 @@ def test_mlm_accuracy_counts_only_real_predictions():
     expected = ((predicted == y["mlm"]) * w["mlm"]).sum() / w["mlm"].sum()
     logs = model.test_on_batch(x, y, sample_weight=w, return_dict=True)
     assert logs["mlm_accuracy"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_max_logit_accuracy_equals_keras_sparse_accuracy_with_weights():
+    # Random logits have no exact ties, where the two would differ.
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 50, size=(4, 6))
+    logits = rng.normal(size=(4, 6, 50)).astype("float32")
+    logits[0, range(3), labels[0, :3]] += 10.0  # some predictions right, so neither side is 0
+    weights = rng.integers(0, 2, size=(4, 6)).astype("float32")
+    ours = SparseMaxLogitAccuracy()
+    reference = keras.metrics.SparseCategoricalAccuracy()
+    for metric in (ours, reference):
+        metric.update_state(labels, logits, sample_weight=weights)
+        metric.update_state(labels[:2], logits[:2])  # no weights: every label counts 1
+    assert 0 < float(reference.result()) < 1
+    assert float(ours.result()) == pytest.approx(float(reference.result()), abs=1e-7)
 
 
 def unequal_halves_batch():

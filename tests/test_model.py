@@ -125,3 +125,6 @@ def test_saved_keras_model_reloads_with_identical_outputs(tmp_path):
     # The reloaded model keeps training with the same losses and exact logging.
     logs = loaded.test_on_batch(x, y, sample_weight=w, return_dict=True)
     assert logs["loss"] == pytest.approx(logs["mlm_loss"] + logs["nsp_loss"], abs=1e-6)
+    expected = model.test_on_batch(x, y, sample_weight=w, return_dict=True)
+    for name in ("mlm_accuracy", "nsp_accuracy"):
+        assert logs[name] == pytest.approx(expected[name], abs=1e-6)

@@ -3,6 +3,7 @@
 import csv
 import glob
 import json
+import logging
 import math
 import os
 
@@ -125,6 +126,40 @@ def test_bf16_policy_trains_with_float32_outputs_and_a_finite_loss(data, tmp_pat
     assert outputs["mlm"].dtype == tf.float32 and outputs["nsp"].dtype == tf.float32
     assert all(math.isfinite(v) for v in result.history["loss"])
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+
+
+def recorded_settings(run_dir):
+    with open(os.path.join(run_dir, "run_config.json")) as f:
+        recorded = json.load(f)
+    return recorded["mixed_precision"], recorded["jit_compile"]
+
+
+def test_auto_settings_are_resolved_for_the_device_logged_and_recorded(
+    data, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.delenv("KBERT_MIXED_PRECISION")  # the conftest's fp32 for the other tests
+    with caplog.at_level(logging.INFO, logger="kbert"):
+        result = quick(data, tmp_path / "auto")
+    precision, jit_compile = recorded_settings(result.output_dir)
+    # Whether this CPU gets bf16 depends on its measured matmul speed; XLA is off on a CPU.
+    assert jit_compile is False and result.model.jit_compile is False
+    compute_dtype = {"none": "float32", "bf16": "bfloat16"}[precision]
+    assert result.model.get_layer("encoder").compute_dtype == compute_dtype
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("settings:")]
+    assert len(lines) == 1 and lines[0].startswith(f"settings: mixed_precision {precision} (")
+    assert ", jit_compile off (CPU" in lines[0]
+
+
+def test_mixed_precision_environment_variable_is_what_auto_means(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("KBERT_MIXED_PRECISION", "bf16")
+    auto = quick(data, tmp_path / "auto")
+    assert recorded_settings(auto.output_dir)[0] == "bf16"
+    assert auto.model.get_layer("encoder").compute_dtype == "bfloat16"
+    explicit = quick(data, tmp_path / "explicit", mixed_precision="none", jit_compile=True)
+    assert recorded_settings(explicit.output_dir) == ("none", True)
+    monkeypatch.setenv("KBERT_MIXED_PRECISION", "fp8")
+    with pytest.raises(ValueError, match="KBERT_MIXED_PRECISION must be one of none, bf16, fp16"):
+        quick(data, tmp_path / "bad")
 
 
 class _PoisonWeightsAt(keras.callbacks.Callback):
