@@ -226,7 +226,7 @@ def load_pretraining_model(path: str, action: str = "load") -> BertPretrainingMo
     Loaded uncompiled; every loader of kbert goes through here, so the errors are the same.
 
     Args:
-        path: a run directory or a `.keras` file (any `tf.io.gfile` path).
+        path: a run directory or a `.keras` file (local, `gs://`, any file system gfile reads).
         action: what the model is for, named in the error when there is none ("export", ...).
 
     Raises:
