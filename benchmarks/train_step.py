@@ -46,7 +46,7 @@ VARIANTS = {
     "kbert, XLA off, bf16": ("kbert_bf16", None),
     "kbert, XLA on, bf16": ("kbert_xla_bf16", None),
     "keras-hub composition, JAX backend": ("baseline_jax", None),
-    "kbert, JAX backend": ("kbert_jax", None),
+    "kbert, JAX backend (auto settings)": ("kbert_jax", None),
 }
 QUICK_VARIANTS = (
     "keras-hub composition, Keras defaults",
@@ -83,7 +83,9 @@ KBERT_SETTINGS = {
     "kbert_xla_spe32": {"jit_compile": True, "steps_per_execution": 32},
     "kbert_bf16": {"bf16": True},
     "kbert_xla_bf16": {"jit_compile": True, "bf16": True},
-    "kbert_jax": {},
+    # As `kbert train` runs under JAX: its auto settings (XLA on; jit_compile=False would run
+    # the step op by op, eagerly).
+    "kbert_jax": {"auto": True},
 }
 for _ablation in ("notrackers", "maxacc", "dropout0", "noclip", "sgd"):
     KBERT_SETTINGS[f"kbert_{_ablation}"] = {_ablation: True}
