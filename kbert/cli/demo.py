@@ -36,15 +36,7 @@ FULL = dict(
     dupe_factor=5,
     learning_rate=1e-3,
 )
-QUICK = dict(
-    preset="tiny",
-    steps=20,
-    batch_size=16,
-    max_seq_length=64,
-    vocab_size=2000,
-    dupe_factor=1,
-    learning_rate=1e-3,
-)
+QUICK = dict(FULL, steps=20, batch_size=16, vocab_size=2000, dupe_factor=1)
 QUICK_DOCUMENTS = 120
 
 
