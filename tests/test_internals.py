@@ -127,7 +127,8 @@ INTERNALS = [
         (
             f"keras_hub.layers.MaskedLMHead.{path}",
             "keras-hub",
-            "kbert/checkpoints.py, to map Google's and Hugging Face's MLM head onto kbert's",
+            "kbert/heads.py (TiedMaskedLMHead.call) and kbert/checkpoints/, to map Google's and "
+            "Hugging Face's MLM head onto kbert's",
             lambda: _model().get_layer("mlm_head"),
             path,
         )
