@@ -318,9 +318,13 @@ if keras.backend.backend() == "tensorflow":
             key = tuple(id(v) for v in trainable_variables)
             cached = getattr(self, "_kbert_compiled_update", None)
             if cached is None or cached[0] != key:
-                update = tf.function(
-                    lambda grads: apply(grads, trainable_variables), jit_compile=True
-                )
+
+                @tf.function(jit_compile=True)
+                def update(grads):
+                    # A function graph starts a new name scope: keep the optimizer's.
+                    with tf.name_scope(self.name):
+                        apply(grads, trainable_variables)
+
                 # Not an attribute the optimizer tracks (or saves): a cache of this process.
                 object.__setattr__(self, "_kbert_compiled_update", cached := (key, update))
             cached[1](grads)
