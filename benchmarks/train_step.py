@@ -67,7 +67,7 @@ SUSPECT_VARIANTS = {
     "kbert, XLA off, dropout 0": ("kbert_dropout0", None),
     "kbert, XLA off, no clipping": ("kbert_noclip", None),
     "kbert, XLA off, SGD (no AdamW, no clipping)": ("kbert_sgd", None),
-    "kbert, XLA off, Keras' AdamW (update not XLA-compiled)": ("kbert_kerasadamw", None),
+    "kbert, XLA off, Keras' AdamW (no XLA update)": ("kbert_kerasadamw", None),
     "kbert, XLA off, bf16": ("kbert_bf16", None),
     "kbert, XLA off, bf16, keras-hub MaskedLMHead (fp32 projection)": (
         "kbert_bf16_kerashead",
