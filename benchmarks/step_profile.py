@@ -49,7 +49,9 @@ def classify(op_name: str, op_type: str, optimizer_scope: str = "adam_w", opcode
     name = re.sub(_CALL_PREFIX, "", op_name)
     lower, kind = name.lower(), op_type.lower()
     if "matmul" in kind or kind in ("einsum", "_mkleinsum") or opcode in _MATMUL_OPCODES:
-        if "mlm_head" in lower and "token_embedding" in lower:
+        if "vocab_projection" in lower or (
+            "mlm_head" in lower and "intermediate_dense" not in lower
+        ):
             return "matmul (MLM vocab projection, tied)"
         return "matmul (encoder + heads)"
     if "sparsesoftmaxcrossentropy" in lower.replace("_", ""):

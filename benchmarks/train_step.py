@@ -16,7 +16,9 @@ CPU's peak FLOP/s, measured in the same run with a large matmul of the variant's
 with XLA off (about half the time).
 `--suspects` runs ablations of kbert instead, each a cost to measure: whole-set loss trackers off,
 accuracy as logit[label] >= max(logits), dropout 0, no gradient clipping, SGD instead of AdamW
-(XLA off and on); the table adds CPU ms per step, steadier than seq/s on a shared machine.
+(XLA off and on), Keras' AdamW instead of kbert's (its update not XLA-compiled), and in bf16
+keras-hub's MaskedLMHead (float32 projection) instead of kbert's TiedMaskedLMHead; the table adds
+CPU ms per step, steadier than seq/s on a shared machine.
 `--rounds R` runs the variant list R times, interleaved, and reports each variant's median (the
 machine may be shared: only ratios from one run mean anything). `--profile` traces kbert's
 training steps with TensorFlow's profiler and prints where the time goes, by op group
@@ -65,6 +67,9 @@ SUSPECT_VARIANTS = {
     "kbert, XLA off, dropout 0": ("kbert_dropout0", None),
     "kbert, XLA off, no clipping": ("kbert_noclip", None),
     "kbert, XLA off, SGD (no AdamW, no clipping)": ("kbert_sgd", None),
+    "kbert, XLA off, Keras' AdamW (no XLA update)": ("kbert_kerasadamw", None),
+    "kbert, XLA off, bf16": ("kbert_bf16", None),
+    "kbert, XLA off, bf16, keras-hub MLM head": ("kbert_bf16_kerashead", None),
     "kbert, XLA on": ("kbert_xla", None),
     "kbert, XLA on, no whole-set loss trackers": ("kbert_xla_notrackers", None),
     "kbert, XLA on, accuracy as logit[label] >= max": ("kbert_xla_maxacc", None),
@@ -90,6 +95,8 @@ KBERT_SETTINGS = {
 for _ablation in ("notrackers", "maxacc", "dropout0", "noclip", "sgd"):
     KBERT_SETTINGS[f"kbert_{_ablation}"] = {_ablation: True}
     KBERT_SETTINGS[f"kbert_xla_{_ablation}"] = {"jit_compile": True, _ablation: True}
+KBERT_SETTINGS["kbert_kerasadamw"] = {"kerasadamw": True}
+KBERT_SETTINGS["kbert_bf16_kerashead"] = {"bf16": True, "kerashead": True}
 JAX_VARIANTS = ("baseline_jax", "kbert_jax")
 CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 PEAK_MATMUL_SIZE = 2048
@@ -193,12 +200,20 @@ def kbert_model(settings: dict):
     config = kbert.BertConfig.from_preset(
         "mini", vocab_size=VOCAB, **(dropout if settings.get("dropout0") else {})
     )
-    model = kbert.build_pretraining_model(config, SEQ, PREDICTIONS)
+    if settings.get("kerashead"):
+        model = build_with_keras_hub_head(config)
+    else:
+        model = kbert.build_pretraining_model(config, SEQ, PREDICTIONS)
     if settings.get("sgd"):
         optimizer = keras.optimizers.SGD(1e-4)
     else:
         clip = None if settings.get("noclip") else 1.0
         optimizer = kbert.create_optimizer(1e-4, 10_000, 1_000, clip_global_norm=clip)
+    if settings.get("kerasadamw"):
+        from kbert.optimization import NO_DECAY_VARIABLE_NAMES
+
+        optimizer = keras.optimizers.AdamW.from_config(optimizer.get_config())
+        optimizer.exclude_from_weight_decay(var_names=NO_DECAY_VARIABLE_NAMES)
     jit_compile = settings.get("jit_compile", False)
     steps_per_execution = settings.get("steps_per_execution", 1)
     if settings.get("maxacc"):
@@ -219,6 +234,26 @@ def kbert_model(settings: dict):
         # BertPretrainingModel's whole-set loss trackers run only for a model compiled this way.
         model._logged_loss_weights = None
     return model
+
+
+def build_with_keras_hub_head(config):
+    """kbert's model with keras-hub's own MaskedLMHead, its tied projection in float32 (kbert's
+    head before `TiedMaskedLMHead`)."""
+    import keras_hub
+
+    import kbert
+    import kbert.model
+
+    def keras_hub_head(token_embedding, **kwargs):
+        token_embedding.reverse_dtype = "float32"
+        return keras_hub.layers.MaskedLMHead(token_embedding=token_embedding, **kwargs)
+
+    tied_head = kbert.model.TiedMaskedLMHead
+    kbert.model.TiedMaskedLMHead = keras_hub_head
+    try:
+        return kbert.build_pretraining_model(config, SEQ, PREDICTIONS)
+    finally:
+        kbert.model.TiedMaskedLMHead = tied_head
 
 
 def train_flops_per_sequence() -> float:

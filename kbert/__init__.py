@@ -26,6 +26,7 @@ _EXPORTS = {
     "BertConfig": "kbert.config",
     "build_pretraining_model": "kbert.model",
     "BertPretrainingModel": "kbert.model",
+    "TiedMaskedLMHead": "kbert.heads",
     "compile_for_pretraining": "kbert.losses",
     "WeightedSparseCrossEntropy": "kbert.losses",
     "create_optimizer": "kbert.optimization",

@@ -3,7 +3,7 @@
 TensorFlow: a `tf.distribute` strategy (one device, Mirrored, MultiWorkerMirrored or TPU).
 JAX: a `keras.distribution.DataParallel` over the JAX devices (or one device). The rest of kbert
 (model, losses, metrics, optimizer) is written with `keras.ops` and asks this module for the few
-things that differ: `sum_over_replicas`, the trainer fixes in `TrainerFixes`, and
+things that differ: `sum_over_replicas`, the fixes in `TrainerFixes` and `OptimizerFixes`, and
 `resolve_distribution`, which gives a `Placement` (scope, replicas, input distribution).
 """
 
@@ -302,10 +302,40 @@ if keras.backend.backend() == "tensorflow":
                 for name, value in logs.items()
             }
 
+    class OptimizerFixes:
+        """Keras optimizer speed-up on the TensorFlow backend (mix in before the optimizer class).
+
+        With no distribution strategy, the whole update (clipping, weight decay and the optimizer's
+        step over every variable: dozens of elementwise passes) runs as one XLA computation, even
+        when the train step is not XLA-compiled (kbert's CPU default): about 4 % of a CPU step.
+        Under a strategy the update merges across replicas, which XLA cannot hold: Keras' own.
+        """
+
+        def _backend_apply_gradients(self, grads, trainable_variables):
+            apply = super()._backend_apply_gradients
+            if tf.distribute.has_strategy() or not tf.inside_function():
+                return apply(grads, trainable_variables)
+            key = tuple(id(v) for v in trainable_variables)
+            cached = getattr(self, "_kbert_compiled_update", None)
+            if cached is None or cached[0] != key:
+
+                @tf.function(jit_compile=True)
+                def update(grads):
+                    # A function graph starts a new name scope: keep the optimizer's.
+                    with tf.name_scope(self.name):
+                        apply(grads, trainable_variables)
+
+                # Not an attribute the optimizer tracks (or saves): a cache of this process.
+                object.__setattr__(self, "_kbert_compiled_update", cached := (key, update))
+            cached[1](grads)
+
 else:
 
     class TrainerFixes:
         """Keras trainer fixes for kbert's models: none are needed on this backend."""
+
+    class OptimizerFixes:
+        """Keras optimizer fixes: none are needed on this backend (JAX compiles the update)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ from keras_hub.src.utils.keras_utils import gelu_approximate
 from kbert import features
 from kbert.config import BertConfig, resolve_config
 from kbert.distribute import TrainerFixes
+from kbert.heads import TiedMaskedLMHead
 from kbert.io import check_positive_int, resolve_model_file
 from kbert.losses import (
     WeightedSparseCrossEntropy,
@@ -194,10 +195,9 @@ def _build_graph(
             "padding_mask": inputs[features.INPUT_MASK],
         }
     )
-    # The heads run in float32 under mixed precision: the losses need full-precision logits, and
-    # MaskedLMHead cannot add its float32 bias to bfloat16 logits on the TF backend.
-    encoder.token_embedding.reverse_dtype = "float32"
-    mlm_head = keras_hub.layers.MaskedLMHead(
+    # The heads run in float32 under mixed precision (the losses need full-precision logits); the
+    # MLM head's vocabulary projection runs in the encoder's compute dtype.
+    mlm_head = TiedMaskedLMHead(
         token_embedding=encoder.token_embedding,
         intermediate_activation=gelu_approximate,
         kernel_initializer=initializer,

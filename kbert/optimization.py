@@ -7,6 +7,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from kbert.distribute import OptimizerFixes
+
 # Variable names (Keras' short names) that take no weight decay: LayerNorm gamma/beta and biases.
 NO_DECAY_VARIABLE_NAMES = ["gamma", "beta", "bias"]
 
@@ -65,6 +67,11 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+@keras.saving.register_keras_serializable(package="kbert")
+class BertAdamW(OptimizerFixes, keras.optimizers.AdamW):
+    """Keras' AdamW, its update compiled with XLA on one TensorFlow device (`OptimizerFixes`)."""
+
+
 def create_optimizer(
     learning_rate: float,
     num_train_steps: int,
@@ -75,7 +82,7 @@ def create_optimizer(
     epsilon: float = 1e-6,
     clip_global_norm: float | None = 1.0,
     gradient_accumulation_steps: int | None = None,
-) -> keras.optimizers.AdamW:
+) -> BertAdamW:
     """Keras AdamW set up as Google's BERT pre-training optimiser.
 
     LayerNorm and bias variables take no weight decay; gradients are clipped to a global norm;
@@ -105,7 +112,7 @@ def create_optimizer(
     schedule = WarmupLinearDecay(
         learning_rate, num_train_steps, num_warmup_steps, batches_per_update=accumulation
     )
-    optimizer = keras.optimizers.AdamW(
+    optimizer = BertAdamW(
         learning_rate=schedule,
         weight_decay=weight_decay,
         beta_1=beta_1,

@@ -42,6 +42,12 @@ def _keras_hub_utils():
     return {"keras_utils": keras_utils, "preset_utils": preset_utils}
 
 
+def _keras_adamw():
+    import keras
+
+    return keras.optimizers.AdamW
+
+
 def _model_checkpoint():
     import keras
 
@@ -71,6 +77,13 @@ INTERNALS = [
         "kbert/model.py (compute_loss), to add the layers' own losses as Keras' compute_loss does",
         _keras_model,
         "_aggregate_additional_loss",
+    ),
+    (
+        "keras.optimizers.AdamW._backend_apply_gradients",
+        "keras",
+        "kbert/distribute.py (OptimizerFixes), to run the whole update as one XLA computation",
+        _keras_adamw,
+        "_backend_apply_gradients",
     ),
     (
         "keras.callbacks.ModelCheckpoint._save_model",
@@ -127,7 +140,8 @@ INTERNALS = [
         (
             f"keras_hub.layers.MaskedLMHead.{path}",
             "keras-hub",
-            "kbert/checkpoints.py, to map Google's and Hugging Face's MLM head onto kbert's",
+            "kbert/heads.py (TiedMaskedLMHead.call) and kbert/checkpoints/, to map Google's and "
+            "Hugging Face's MLM head onto kbert's",
             lambda: _model().get_layer("mlm_head"),
             path,
         )

@@ -86,6 +86,86 @@ def test_outputs_are_float32_under_bfloat16_policy():
     assert model.get_layer("encoder").compute_dtype == "bfloat16"
 
 
+def _heads_on_one_table(vocab_size=50, hidden=16, predictions=3, seq=8):
+    """kbert's TiedMaskedLMHead and keras-hub's MaskedLMHead, equal weights, each a small model."""
+    table = keras.layers.ReversibleEmbedding(
+        vocab_size, hidden, embeddings_initializer=keras.initializers.RandomNormal(seed=1)
+    )
+    table.build((None,))
+    models = []
+    for head_class in (kbert.TiedMaskedLMHead, keras_hub.layers.MaskedLMHead):
+        head = head_class(
+            vocab_size, token_embedding=table, intermediate_activation="gelu", dtype="float32"
+        )
+        sequence = keras.Input((seq, hidden))
+        positions = keras.Input((predictions,), dtype="int32")
+        models.append(keras.Model([sequence, positions], head(sequence, positions)))
+    ours, theirs = models
+    for mine, other in zip(ours.layers[-1].weights, theirs.layers[-1].weights):
+        mine.assign(other.numpy() + np.random.default_rng(len(mine.path)).normal(size=mine.shape))
+        other.assign(mine.numpy())
+    rng = np.random.default_rng(0)
+    inputs = [
+        rng.normal(size=(4, seq, hidden)).astype("float32"),
+        rng.integers(0, seq, (4, predictions)).astype("int32"),
+    ]
+    labels = rng.integers(0, vocab_size, (4, predictions)).astype("int32")
+    return ours, theirs, table, inputs, labels
+
+
+def test_tied_mlm_head_gives_keras_hub_logits_and_training_step():
+    ours, theirs, table, inputs, labels = _heads_on_one_table()
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(ours(inputs)),
+        ops.convert_to_numpy(theirs(inputs)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    # One SGD step from equal weights reaches equal weights: the gradients are the same,
+    # the shared table's included.
+    table_before = table.embeddings.numpy()
+    after = []
+    for model in (ours, theirs):
+        table.embeddings.assign(table_before)
+        model.compile(
+            optimizer=keras.optimizers.SGD(1.0),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        model.train_on_batch(inputs, labels)
+        after.append([table.embeddings.numpy()] + [w.numpy() for w in model.layers[-1].weights])
+    assert not np.allclose(after[0][0], table_before)
+    for mine, other in zip(*after):
+        np.testing.assert_allclose(mine, other, rtol=1e-5, atol=1e-6)
+
+
+def test_tied_mlm_head_needs_the_token_embedding():
+    with pytest.raises(ValueError, match="token_embedding"):
+        kbert.TiedMaskedLMHead(50)
+
+
+@pytest.mark.tensorflow_only
+def test_vocab_projection_runs_in_bfloat16_under_mixed_precision():
+    import tensorflow as tf
+
+    vocab_size = 100
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = kbert.build_pretraining_model(tiny_config(vocab_size), 16, 4)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    x, _, _ = random_batch(vocab_size=vocab_size)
+    graph = tf.function(model.call).get_concrete_function(x).graph
+    projections = [
+        op
+        for op in graph.get_operations()
+        if op.type in ("MatMul", "BatchMatMulV2", "Einsum")
+        and op.outputs[0].shape[-1] == vocab_size
+    ]
+    assert [op.outputs[0].dtype for op in projections] == [tf.bfloat16]
+    logits = model(x)["mlm"]
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 import kbert
-from kbert.optimization import WarmupLinearDecay, create_optimizer
+from kbert.optimization import (
+    NO_DECAY_VARIABLE_NAMES,
+    BertAdamW,
+    WarmupLinearDecay,
+    create_optimizer,
+)
 
 
 def test_layer_norm_gamma_and_bias_do_not_decay_but_a_kernel_does():
@@ -95,3 +100,49 @@ def test_bad_schedule_arguments_are_named():
         create_optimizer(1e-4, num_train_steps=10, num_warmup_steps=11)
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         create_optimizer(1e-4, 10, gradient_accumulation_steps=0)
+
+
+def _train_tiny(optimizer, steps=4):
+    """A tiny pre-training model's weights after `steps` batches of `fit`, from seed 0."""
+    from helpers import random_batch, tiny_config
+
+    keras.utils.set_random_seed(0)
+    model = kbert.build_pretraining_model(tiny_config(), 16, 4)
+    kbert.compile_for_pretraining(model, optimizer)
+    batches = [random_batch(seed=s) for s in range(steps)]
+    for x, y, w in batches:
+        model.train_on_batch(x, y, sample_weight=w)
+    return model, [keras.ops.convert_to_numpy(v) for v in model.weights]
+
+
+@pytest.mark.parametrize("accumulation", [None, 2])
+def test_kbert_adamw_trains_exactly_as_keras_adamw(accumulation):
+    def optimizer(cls):
+        settings = dict(
+            learning_rate=WarmupLinearDecay(0.01, 10, 2), weight_decay=0.1, global_clipnorm=0.5
+        )
+        result = cls(**settings, gradient_accumulation_steps=accumulation)
+        result.exclude_from_weight_decay(var_names=NO_DECAY_VARIABLE_NAMES)
+        return result
+
+    _, ours = _train_tiny(optimizer(BertAdamW))
+    _, keras_own = _train_tiny(optimizer(keras.optimizers.AdamW))
+    for mine, other in zip(ours, keras_own):
+        np.testing.assert_allclose(mine, other, rtol=1e-5, atol=1e-6)
+    assert isinstance(create_optimizer(1e-4, 10), BertAdamW)
+
+
+@pytest.mark.tensorflow_only
+def test_kbert_adamw_update_is_one_xla_computation_in_a_non_xla_train_step():
+    import tensorflow as tf
+    from helpers import random_batch
+
+    model, _ = _train_tiny(create_optimizer(1e-3, 10), steps=1)
+    assert not model.jit_compile
+    graph = tf.function(model.train_step).get_concrete_function(random_batch()).graph
+    compiled = [
+        op
+        for op in graph.get_operations()
+        if "_XlaMustCompile" in op.node_def.attr and op.get_attr("_XlaMustCompile")
+    ]
+    assert len(compiled) == 1
