@@ -307,7 +307,7 @@ if keras.backend.backend() == "tensorflow":
 
         With no distribution strategy, the whole update (clipping, weight decay and the optimizer's
         step over every variable: dozens of elementwise passes) runs as one XLA computation, even
-        when the train step is not XLA-compiled (kbert's CPU default): about 4 % of a CPU step.
+        when the train step is not XLA-compiled (kbert's CPU default): 3–4 % of a CPU step.
         Under a strategy the update merges across replicas, which XLA cannot hold: Keras' own.
         """
 

@@ -115,21 +115,35 @@ def _train_tiny(optimizer, steps=4):
     return model, [keras.ops.convert_to_numpy(v) for v in model.weights]
 
 
+def _adamw(cls, accumulation=None):
+    """`cls` (kbert's or Keras' AdamW) with kbert's recipe: schedule, decay exclusions, clipping."""
+    settings = dict(
+        learning_rate=WarmupLinearDecay(0.01, 10, 2), weight_decay=0.1, global_clipnorm=0.5
+    )
+    optimizer = cls(**settings, gradient_accumulation_steps=accumulation)
+    optimizer.exclude_from_weight_decay(var_names=NO_DECAY_VARIABLE_NAMES)
+    return optimizer
+
+
 @pytest.mark.parametrize("accumulation", [None, 2])
 def test_kbert_adamw_trains_exactly_as_keras_adamw(accumulation):
-    def optimizer(cls):
-        settings = dict(
-            learning_rate=WarmupLinearDecay(0.01, 10, 2), weight_decay=0.1, global_clipnorm=0.5
-        )
-        result = cls(**settings, gradient_accumulation_steps=accumulation)
-        result.exclude_from_weight_decay(var_names=NO_DECAY_VARIABLE_NAMES)
-        return result
-
-    _, ours = _train_tiny(optimizer(BertAdamW))
-    _, keras_own = _train_tiny(optimizer(keras.optimizers.AdamW))
+    _, ours = _train_tiny(_adamw(BertAdamW, accumulation))
+    _, keras_own = _train_tiny(_adamw(keras.optimizers.AdamW, accumulation))
     for mine, other in zip(ours, keras_own):
         np.testing.assert_allclose(mine, other, rtol=1e-5, atol=1e-6)
     assert isinstance(create_optimizer(1e-4, 10), BertAdamW)
+
+
+@pytest.mark.tensorflow_only
+def test_kbert_adamw_under_mirrored_strategy_trains_as_keras_adamw(two_cpus):
+    import tensorflow as tf
+
+    trained = []
+    for cls in (BertAdamW, keras.optimizers.AdamW):
+        with tf.distribute.MirroredStrategy(two_cpus).scope():
+            trained.append(_train_tiny(_adamw(cls))[1])
+    for mine, other in zip(*trained):
+        np.testing.assert_allclose(mine, other, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.tensorflow_only
