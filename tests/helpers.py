@@ -129,3 +129,15 @@ def write_pretraining_records(
         num_masked_predictions=num_records * num_predictions,
     )
     return directory
+
+
+def compiled_tiny(optimizer=None, seed=0, **kwargs):
+    """The tiny config's pre-training model from `seed`, compiled by kbert (SGD 0.5 by default)."""
+    import keras
+
+    import kbert
+
+    keras.utils.set_random_seed(seed)
+    model = kbert.build_pretraining_model(tiny_config(), 16, 4)
+    kbert.compile_for_pretraining(model, optimizer or keras.optimizers.SGD(0.5), **kwargs)
+    return model

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import random_batch, tiny_config
+from helpers import compiled_tiny, random_batch, tiny_config
 from keras import ops
 
 import kbert
@@ -60,13 +60,6 @@ def gradients(model, x, loss_of_outputs):
         np.zeros(v.shape, "float32") if g is None else ops.convert_to_numpy(g)
         for g, v in zip(grads, model.trainable_variables)
     ]
-
-
-def compiled_tiny(optimizer=None, seed=0, **kwargs):
-    keras.utils.set_random_seed(seed)
-    model = kbert.build_pretraining_model(tiny_config(), 16, 4)
-    kbert.compile_for_pretraining(model, optimizer or keras.optimizers.SGD(0.5), **kwargs)
-    return model
 
 
 def test_total_loss_is_sum_of_mlm_and_nsp_in_the_logs():

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from helpers import compiled_tiny, random_batch
 
 import kbert
 from kbert.optimization import (
@@ -103,14 +104,10 @@ def test_bad_schedule_arguments_are_named():
 
 
 def _train_tiny(optimizer, steps=4):
-    """A tiny pre-training model's weights after `steps` batches of `fit`, from seed 0."""
-    from helpers import random_batch, tiny_config
-
-    keras.utils.set_random_seed(0)
-    model = kbert.build_pretraining_model(tiny_config(), 16, 4)
-    kbert.compile_for_pretraining(model, optimizer)
-    batches = [random_batch(seed=s) for s in range(steps)]
-    for x, y, w in batches:
+    """The tiny model trained `steps` batches with `optimizer`, and its weights as arrays."""
+    model = compiled_tiny(optimizer)
+    for seed in range(steps):
+        x, y, w = random_batch(seed=seed)
         model.train_on_batch(x, y, sample_weight=w)
     return model, [keras.ops.convert_to_numpy(v) for v in model.weights]
 
@@ -149,7 +146,6 @@ def test_kbert_adamw_under_mirrored_strategy_trains_as_keras_adamw(two_cpus):
 @pytest.mark.tensorflow_only
 def test_kbert_adamw_update_is_one_xla_computation_in_a_non_xla_train_step():
     import tensorflow as tf
-    from helpers import random_batch
 
     model, _ = _train_tiny(create_optimizer(1e-3, 10), steps=1)
     assert not model.jit_compile
