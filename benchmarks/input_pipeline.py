@@ -22,12 +22,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from train_step import BATCH, PREDICTIONS, SEQ, VOCAB, run_variant  # noqa: E402
+from train_step import PREDICTIONS, SEQ, SHAPES, VOCAB, run_variant  # noqa: E402
 
 import kbert  # noqa: E402,F401  (first: kbert's TensorFlow defaults apply before TF starts)
 from kbert import features  # noqa: E402
 from kbert.data import pretraining_dataset  # noqa: E402
 from kbert.masking import DynamicMasking  # noqa: E402
+
+MINI = SHAPES["mini"]
+BATCH = MINI.batch
 
 SHARDS, RECORDS_PER_SHARD = 4, 2_500
 
@@ -111,7 +114,7 @@ def main() -> None:
         cases[name] = pipeline_rate(dataset, args.batches, args.warmup)
 
     training = {
-        label: run_variant(variant, args.train_steps, 3)["sequences_per_second"]
+        label: run_variant(variant, MINI, args.train_steps, 3)["sequences_per_second"]
         for label, variant in (("XLA off", "kbert"), ("XLA on", "kbert_xla"))
     }
     consumed = max(training.values())

@@ -1,7 +1,8 @@
 """Training-step throughput, MFU, peak memory and op profile: kbert vs. a keras-hub composition.
 
-Each variant runs in its own process (so peak RSS is its own) on the `mini` shape: seq 128,
-20 predictions, vocab 30522, batch 32. kbert runs with its defaults (mixed_precision and
+Each variant runs in its own process (so peak RSS is its own) on the `mini` shape (4 layers,
+hidden 256; seq 128, 20 predictions, vocab 30522, batch 32) or, with `--shape base`, on BERT-base
+(12 layers, hidden 768; batch 16). kbert runs with its defaults (mixed_precision and
 jit_compile "auto", resolved for this machine as `kbert train` does), XLA off/on,
 `steps_per_execution` 1 and 32 (at least 3 executions timed: one would be a single sample), fp32
 and bf16 (mixed precision), and on Keras' JAX backend beside the keras-hub composition on JAX.
@@ -10,6 +11,7 @@ baseline, and MFU: the model's training FLOP/s (analytic count, 3x the forward m
 CPU's peak FLOP/s, measured in the same run with a large matmul of the variant's compute dtype.
 
     python benchmarks/train_step.py [--steps 32] [--warmup 3] [--quick | --suspects] [--rounds 1]
+        [--shape mini|base]
     python benchmarks/train_step.py --profile [--steps 8] [--profile-variants kbert,kbert_xla]
 
 `--quick` runs only the baseline, kbert's defaults, kbert fp32 with XLA off and on, and kbert bf16
@@ -28,6 +30,7 @@ training steps with TensorFlow's profiler and prints where the time goes, by op 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -35,7 +38,22 @@ import subprocess
 import sys
 import time
 
-SEQ, PREDICTIONS, VOCAB, BATCH = 128, 20, 30522, 32
+SEQ, PREDICTIONS, VOCAB = 128, 20, 30522
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """An encoder shape to time: a kbert preset's size and the batch it runs at."""
+
+    preset: str
+    layers: int
+    hidden: int
+    heads: int
+    batch: int
+
+
+# mini: where per-element work weighs most against the matmuls; base: BERT-base, what users train.
+SHAPES = {"mini": Shape("mini", 4, 256, 4, 32), "base": Shape("base", 12, 768, 12, 16)}
 # label: (variant, TF_ENABLE_ONEDNN_OPTS for the process; None = TensorFlow's own default)
 VARIANTS = {
     "keras-hub composition, Keras defaults": ("baseline", None),
@@ -100,41 +118,40 @@ KBERT_SETTINGS["kbert_bf16_kerashead"] = {"bf16": True, "kerashead": True}
 JAX_VARIANTS = ("baseline_jax", "kbert_jax")
 CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 PEAK_MATMUL_SIZE = 2048
-MINI_LAYERS, MINI_HIDDEN, MINI_HEADS = 4, 256, 4
 
 
-def synthetic_batch(seed: int = 0):
-    """One batch of the benchmark's shape, as kbert's pipeline yields it."""
+def synthetic_batch(batch: int, seed: int = 0):
+    """One batch of `batch` sequences of the benchmark's length, as kbert's pipeline yields it."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     x = {
-        "input_ids": rng.integers(5, VOCAB, (BATCH, SEQ)).astype("int32"),
-        "segment_ids": (np.arange(SEQ)[None] >= SEQ // 2).repeat(BATCH, 0).astype("int32"),
-        "input_mask": np.ones((BATCH, SEQ), "int32"),
-        "masked_lm_positions": np.sort(rng.integers(1, SEQ, (BATCH, PREDICTIONS)), -1).astype(
+        "input_ids": rng.integers(5, VOCAB, (batch, SEQ)).astype("int32"),
+        "segment_ids": (np.arange(SEQ)[None] >= SEQ // 2).repeat(batch, 0).astype("int32"),
+        "input_mask": np.ones((batch, SEQ), "int32"),
+        "masked_lm_positions": np.sort(rng.integers(1, SEQ, (batch, PREDICTIONS)), -1).astype(
             "int32"
         ),
     }
     y = {
-        "mlm": rng.integers(5, VOCAB, (BATCH, PREDICTIONS)).astype("int32"),
-        "nsp": rng.integers(0, 2, BATCH).astype("int32"),
+        "mlm": rng.integers(5, VOCAB, (batch, PREDICTIONS)).astype("int32"),
+        "nsp": rng.integers(0, 2, batch).astype("int32"),
     }
-    w = {"mlm": np.ones((BATCH, PREDICTIONS), "float32"), "nsp": np.ones(BATCH, "float32")}
+    w = {"mlm": np.ones((batch, PREDICTIONS), "float32"), "nsp": np.ones(batch, "float32")}
     return x, y, w
 
 
-def baseline_model():
+def baseline_model(shape: Shape):
     """The same shape as a user would compose it from keras-hub, compiled with Keras defaults."""
     import keras
     import keras_hub
 
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=VOCAB,
-        num_layers=MINI_LAYERS,
-        num_heads=MINI_HEADS,
-        hidden_dim=MINI_HIDDEN,
-        intermediate_dim=4 * MINI_HIDDEN,
+        num_layers=shape.layers,
+        num_heads=shape.heads,
+        hidden_dim=shape.hidden,
+        intermediate_dim=4 * shape.hidden,
         max_sequence_length=512,
     )
     inputs = {
@@ -181,7 +198,7 @@ def label_is_max_accuracy(y_true, y_pred):
     return ops.cast(at_label >= ops.max(y_pred, axis=-1), "float32")
 
 
-def kbert_model(settings: dict):
+def kbert_model(settings: dict, shape: Shape):
     """kbert's model compiled as `kbert train` does, less what the variant's ablation drops."""
     import keras
 
@@ -198,7 +215,7 @@ def kbert_model(settings: dict):
         keras.config.set_dtype_policy("mixed_bfloat16")
     dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     config = kbert.BertConfig.from_preset(
-        "mini", vocab_size=VOCAB, **(dropout if settings.get("dropout0") else {})
+        shape.preset, vocab_size=VOCAB, **(dropout if settings.get("dropout0") else {})
     )
     if settings.get("kerashead"):
         model = build_with_keras_hub_head(config)
@@ -256,9 +273,9 @@ def build_with_keras_hub_head(config):
         kbert.model.TiedMaskedLMHead = tied_head
 
 
-def train_flops_per_sequence() -> float:
+def train_flops_per_sequence(shape: Shape) -> float:
     """Matmul FLOPs of one training step per sequence: 3x the forward (forward + 2x backward)."""
-    h, layers = MINI_HIDDEN, MINI_LAYERS
+    h, layers = shape.hidden, shape.layers
     per_layer = 24 * SEQ * h * h + 4 * SEQ * SEQ * h  # QKVO + FFN (4H), attention scores/values
     heads = 2 * PREDICTIONS * h * h + 2 * PREDICTIONS * h * VOCAB + 2 * h * h + 4 * h
     return 3.0 * (layers * per_layer + heads)
@@ -283,6 +300,14 @@ def peak_flops(dtype: str, repeats: int = 10) -> dict:
     return {"flops_per_second": 2 * n**3 / best}
 
 
+def describe(shape: Shape) -> str:
+    """The shape in one phrase, for the tables' headers."""
+    return (
+        f"{shape.preset} shape ({shape.layers} layers, hidden {shape.hidden}): seq {SEQ}, "
+        f"P {PREDICTIONS}, vocab {VOCAB}, batch {shape.batch}"
+    )
+
+
 def cpu_description() -> str:
     """The CPU model, core count and the SIMD/matrix flags that decide fp32/bf16 speed."""
     model, flags = "unknown CPU", set()
@@ -300,15 +325,15 @@ def cpu_description() -> str:
     return f"{model}, {os.cpu_count()} cores, flags: {' '.join(shown) or 'none of interest'}"
 
 
-def build_variant(variant: str):
+def build_variant(variant: str, shape: Shape):
     """The compiled model of one variant and its steps per execution."""
     if variant.startswith("baseline"):
-        return baseline_model(), 1
+        return baseline_model(shape), 1
     settings = KBERT_SETTINGS[variant]
-    return kbert_model(settings), settings.get("steps_per_execution", 1)
+    return kbert_model(settings, shape), settings.get("steps_per_execution", 1)
 
 
-def run_variant(variant: str, steps: int, warmup: int) -> dict:
+def run_variant(variant: str, shape: Shape, steps: int, warmup: int) -> dict:
     """Time `steps` training steps of one variant in this process."""
     if not variant.startswith("baseline"):
         import kbert  # noqa: F401  (first: kbert's TensorFlow defaults apply before TF starts)
@@ -316,7 +341,7 @@ def run_variant(variant: str, steps: int, warmup: int) -> dict:
     import tensorflow as tf
 
     try:
-        model, steps_per_execution = build_variant(variant)
+        model, steps_per_execution = build_variant(variant, shape)
     except Exception as error:  # noqa: BLE001  (a backend kbert does not support yet is a result)
         if variant not in JAX_VARIANTS:
             raise
@@ -329,7 +354,7 @@ def run_variant(variant: str, steps: int, warmup: int) -> dict:
     if steps_per_execution > 1:
         executions = max(executions, MIN_TIMED_EXECUTIONS)
     steps = max(executions, 1) * steps_per_execution
-    dataset = tf.data.Dataset.from_tensors(synthetic_batch()).repeat().prefetch(2)
+    dataset = tf.data.Dataset.from_tensors(synthetic_batch(shape.batch)).repeat().prefetch(2)
     # (batch index, wall time, this process's CPU time) at the end of every execution of the
     # train function. CPU time per step is the cost to compare on a shared machine: other
     # processes' load stretches wall time, much less the CPU time this one spends.
@@ -349,7 +374,7 @@ def run_variant(variant: str, steps: int, warmup: int) -> dict:
     last_batch, end, cpu_end = marks[-1]
     steps, seconds = last_batch - first_batch, end - start
     return {
-        "sequences_per_second": steps * BATCH / seconds,
+        "sequences_per_second": steps * shape.batch / seconds,
         "cpu_ms_per_step": (cpu_end - cpu_start) / steps * 1e3,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "bf16": keras.config.dtype_policy().compute_dtype == "bfloat16",
@@ -358,7 +383,7 @@ def run_variant(variant: str, steps: int, warmup: int) -> dict:
     }
 
 
-def profile_variant(variant: str, steps: int, warmup: int) -> dict:
+def profile_variant(variant: str, shape: Shape, steps: int, warmup: int) -> dict:
     """Trace `steps` training steps of one kbert variant; the op-group summary (step_profile)."""
     import kbert  # noqa: F401, I001  (first: kbert's TensorFlow defaults apply before TF starts)
     import tempfile
@@ -366,10 +391,10 @@ def profile_variant(variant: str, steps: int, warmup: int) -> dict:
     import step_profile
     import tensorflow as tf
 
-    model, steps_per_execution = build_variant(variant)
+    model, steps_per_execution = build_variant(variant, shape)
     steps = max(steps // steps_per_execution, 1) * steps_per_execution
     warmup = max(-(-warmup // steps_per_execution), 1) * steps_per_execution
-    dataset = tf.data.Dataset.from_tensors(synthetic_batch()).repeat().prefetch(2)
+    dataset = tf.data.Dataset.from_tensors(synthetic_batch(shape.batch)).repeat().prefetch(2)
     with tempfile.TemporaryDirectory() as logdir, step_profile.named_phases(model):
         trace = step_profile.trace_training_steps(model, dataset, steps, warmup, logdir)
         summary = step_profile.summarise_trace(trace["path"], steps, model.optimizer.name)
@@ -403,19 +428,22 @@ def variant_env(variant: str, onednn: str | None) -> dict:
     return env
 
 
-def print_profiles(variants: list[str], steps: int, warmup: int) -> None:
+def print_profiles(variants: list[str], shape: Shape, steps: int, warmup: int) -> None:
     """Profile each variant in its own process and print its op-group table."""
     import step_profile
 
     print(f"CPU: {cpu_description()}")
     print(
-        f"mini shape: seq {SEQ}, P {PREDICTIONS}, vocab {VOCAB}, batch {BATCH}; {steps} traced "
+        f"{describe(shape)}; {steps} traced "
         "steps per variant. Op times are exclusive, per step, summed over threads (the profiler "
         "adds overhead per op); on a shared machine read the shares, not the totals."
     )
     for variant in variants:
         summary = run_subprocess(
-            ["--variant", variant, "--profile", "--steps", str(steps), "--warmup", str(warmup)],
+            [
+                *("--variant", variant, "--shape", shape.preset, "--profile"),
+                *("--steps", str(steps), "--warmup", str(warmup)),
+            ],
             env=variant_env(variant, None),
         )
         print(step_profile.format_profile(variant, summary, summary["wall_ms"]))
@@ -444,6 +472,9 @@ def main() -> None:
         "--rounds", type=int, default=1, help="run the variant list this many times, interleaved"
     )
     parser.add_argument(
+        "--shape", choices=sorted(SHAPES), default="mini", help="encoder shape to time"
+    )
+    parser.add_argument(
         "--variant",
         choices=sorted(
             set(KBERT_SETTINGS) | {"baseline", "baseline_jax"} | {"peak_float32", "peak_bfloat16"}
@@ -451,13 +482,14 @@ def main() -> None:
         help=argparse.SUPPRESS,
     )
     args = parser.parse_args()
+    shape = SHAPES[args.shape]
     if args.variant:
         if args.variant.startswith("peak_"):
             print(json.dumps(peak_flops(args.variant[len("peak_") :])))
         elif args.profile:
-            print(json.dumps(profile_variant(args.variant, args.steps, args.warmup)))
+            print(json.dumps(profile_variant(args.variant, shape, args.steps, args.warmup)))
         else:
-            print(json.dumps(run_variant(args.variant, args.steps, args.warmup)))
+            print(json.dumps(run_variant(args.variant, shape, args.steps, args.warmup)))
         return
     if args.profile:
         variants = args.profile_variants.split(",")
@@ -466,7 +498,7 @@ def main() -> None:
             parser.error(
                 f"--profile-variants: unknown {unknown}; choose from {sorted(KBERT_SETTINGS)}"
             )
-        print_profiles(variants, args.steps, args.warmup)
+        print_profiles(variants, shape, args.steps, args.warmup)
         return
 
     peaks = {
@@ -479,14 +511,23 @@ def main() -> None:
     runs: dict[str, list[dict]] = {label: [] for label in chosen}
     for _ in range(args.rounds):
         for label, (variant, onednn) in chosen.items():
-            timing = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+            timing = [
+                "--shape",
+                shape.preset,
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+            ]
             runs[label].append(
                 run_subprocess(["--variant", variant, *timing], env=variant_env(variant, onednn))
             )
-    print_results(runs, peaks, args.steps)
+    print_results(runs, peaks, shape, args.steps)
 
 
-def print_results(runs: dict[str, list[dict]], peaks: dict[str, float], steps: int) -> None:
+def print_results(
+    runs: dict[str, list[dict]], peaks: dict[str, float], shape: Shape, steps: int
+) -> None:
     """The throughput table: each variant's median over rounds, MFU, RSS, ratio to the baseline."""
     import statistics
 
@@ -494,11 +535,11 @@ def print_results(runs: dict[str, list[dict]], peaks: dict[str, float], steps: i
         return statistics.median(r[key] for r in runs[label])
 
     base = median("keras-hub composition, Keras defaults")
-    flops = train_flops_per_sequence()
+    flops = train_flops_per_sequence(shape)
     rounds = len(next(iter(runs.values())))
     print(f"CPU: {cpu_description()}")
     print(
-        f"mini shape: seq {SEQ}, P {PREDICTIONS}, vocab {VOCAB}, batch {BATCH}, "
+        f"{describe(shape)}, "
         f"{steps} timed steps, {rounds} interleaved round(s), median shown; "
         f"{flops / 1e9:.2f} training GFLOP per sequence"
     )

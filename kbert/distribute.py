@@ -254,6 +254,36 @@ def sum_over_replicas(value: Any) -> Any:
     return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
+def sparse_cross_entropy(labels: Any, logits: Any) -> Any:
+    """Softmax cross-entropy of integer `labels` under `logits` (any float dtype, computed in
+    float32), one value per label.
+
+    On the TensorFlow backend, inside a traced step that no TPU compiles whole, the softmax, the
+    loss and its gradient run as XLA computations: TensorFlow's own kernel takes 2.3x as long
+    over the B·P×vocab MLM logits (17 against 40 ms a step on 2 CPU cores for `mini`).
+
+    Examples:
+    >>> [round(float(v), 4) for v in sparse_cross_entropy([1, 0], [[0.0, 0.0], [0.0, 2.0]])]
+    [0.6931, 2.1269]
+    """
+    if keras.backend.backend() != "tensorflow" or not tf.inside_function() or _on_tpu():
+        return keras.ops.sparse_categorical_crossentropy(
+            labels, keras.ops.cast(logits, "float32"), from_logits=True
+        )
+    return _compiled_sparse_cross_entropy(labels, logits)
+
+
+@tf.function(jit_compile=True)
+def _compiled_sparse_cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.cast(logits, tf.float32))
+
+
+def _on_tpu() -> bool:
+    return tf.distribute.has_strategy() and isinstance(
+        tf.distribute.get_strategy(), tf.distribute.TPUStrategy
+    )
+
+
 # The trainer's methods differ by backend (TensorFlow's `train_step(data)`, JAX's
 # `train_step(state, data)`), so the fixes exist only where they apply.
 if keras.backend.backend() == "tensorflow":

@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from kbert.distribute import sum_over_replicas
+from kbert.distribute import sparse_cross_entropy, sum_over_replicas
 from kbert.metrics import SparseMaxLogitAccuracy
 
 LOSS_WEIGHTS = {"mlm": 1.0, "nsp": 1.0}
@@ -21,9 +21,8 @@ def per_example_cross_entropy(y_true: Any, logits: Any) -> Any:
     >>> [round(float(v), 4) for v in ce]
     [0.6931, 0.6931]
     """
-    logits = ops.cast(logits, "float32")
     labels = ops.reshape(ops.cast(y_true, "int32"), ops.shape(logits)[:-1])
-    return ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    return sparse_cross_entropy(labels, logits)
 
 
 def example_weights(sample_weight: Any, ce: Any) -> Any:

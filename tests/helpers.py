@@ -141,3 +141,25 @@ def compiled_tiny(optimizer=None, seed=0, **kwargs):
     model = kbert.build_pretraining_model(tiny_config(), 16, 4)
     kbert.compile_for_pretraining(model, optimizer or keras.optimizers.SGD(0.5), **kwargs)
     return model
+
+
+CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
+
+
+def function_op_types(graph_def, name: str) -> list[str]:
+    """The type of every op the graph's library function `name` runs, nested calls included."""
+    library = {f.signature.name: f for f in graph_def.library.function}
+    types = []
+    for node in library[name].node_def:
+        if node.op in CALL_OPS:
+            types += function_op_types(graph_def, node.attr["f"].func.name)
+        else:
+            types.append(node.op)
+    return types
+
+
+def is_xla_call(op) -> bool:
+    """Whether graph op `op` calls a function that XLA compiles."""
+    return op.type in CALL_OPS and (
+        op.get_attr("_XlaMustCompile") if "_XlaMustCompile" in op.node_def.attr else False
+    )
