@@ -275,7 +275,10 @@ def sparse_cross_entropy(labels: Any, logits: Any) -> Any:
 
 @tf.function(jit_compile=True)
 def _compiled_sparse_cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.cast(logits, tf.float32))
+    # As rows: over higher ranks TensorFlow adds a shape Assert, which XLA drops with a warning.
+    rows = tf.reshape(tf.cast(logits, tf.float32), [-1, tf.shape(logits)[-1]])
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.reshape(labels, [-1]), rows)
+    return tf.reshape(ce, tf.shape(labels))
 
 
 def _on_tpu() -> bool:
