@@ -159,8 +159,9 @@ def trace_training_steps(model: Any, dataset: Any, steps: int, warmup: int, logd
     return {"path": path, "wall_ms_per_step": (marks[-1] - marks[0]) / steps * 1e3}
 
 
-def _hlo_instructions(space: Any) -> dict[str, tuple[str, str, str]]:
-    """HLO instruction name -> (TF op name, TF op type, opcode), from the trace's HLO modules."""
+def _hlo_instructions(space: Any) -> dict[tuple[str, str], tuple[str, str, str]]:
+    """(HLO module, instruction name) -> (TF op name, TF op type, opcode), from the trace's HLO
+    modules (instruction names repeat across modules: a step may run several XLA programs)."""
     from tensorflow.compiler.xla.service import hlo_pb2
 
     found = {}
@@ -185,7 +186,7 @@ def _hlo_instructions(space: Any) -> dict[str, tuple[str, str, str]]:
                         metadata = own[instruction.id]
                         if not metadata.op_name:
                             metadata = _neighbour_metadata(instruction, computation, own)
-                        found[instruction.name] = (
+                        found[proto.hlo_module.name, instruction.name] = (
                             metadata.op_name,
                             metadata.op_type,
                             instruction.opcode,
@@ -257,10 +258,13 @@ def summarise_trace(path: str, steps: int, optimizer_scope: str = "adam_w") -> d
             if line.name == "python" and name == "multi_step_on_iterator":
                 calls_ps.append(event.duration_ps)
                 continue
-            stats = {stat_names.get(s.metadata_id) for s in event.stats}
-            if "hlo_op" in stats and name in hlo:
-                op_name, op_type, opcode = hlo[name]
-                key = name
+            stats = {stat_names.get(s.metadata_id): s for s in event.stats}
+            module = stats.get("hlo_module")
+            if module is not None:
+                module = stat_names[module.ref_value] if module.ref_value else module.str_value
+            if "hlo_op" in stats and (module, name) in hlo:
+                op_name, op_type, opcode = hlo[module, name]
+                key = f"{module}/{name}"
             elif name.count(":") == 1 and line.name.startswith(("tf_Compute", "tf_data")):
                 op_name, op_type = name.rsplit(":", 1)
                 opcode, key = "", name
