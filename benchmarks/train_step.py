@@ -19,7 +19,8 @@ with XLA off (about half the time).
 `--suspects` runs ablations of kbert instead, each a cost to measure: whole-set loss trackers off,
 accuracy as logit[label] >= max(logits), dropout 0, no gradient clipping, SGD instead of AdamW
 (XLA off and on), Keras' AdamW instead of kbert's (its update not XLA-compiled), and in bf16
-keras-hub's MaskedLMHead (float32 projection) instead of kbert's TiedMaskedLMHead; the table adds
+keras-hub's MaskedLMHead (float32 projection) instead of kbert's TiedMaskedLMHead, and (fp32,
+bf16) TensorFlow's cross-entropy kernel instead of kbert's XLA-compiled one; the table adds
 CPU ms per step, steadier than seq/s on a shared machine.
 `--rounds R` runs the variant list R times, interleaved, and reports each variant's median (the
 machine may be shared: only ratios from one run mean anything). `--profile` traces kbert's
@@ -88,6 +89,8 @@ SUSPECT_VARIANTS = {
     "kbert, XLA off, Keras' AdamW (no XLA update)": ("kbert_kerasadamw", None),
     "kbert, XLA off, bf16": ("kbert_bf16", None),
     "kbert, XLA off, bf16, keras-hub MLM head": ("kbert_bf16_kerashead", None),
+    "kbert, XLA off, TensorFlow's cross-entropy kernel": ("kbert_tfce", None),
+    "kbert, XLA off, bf16, TensorFlow's cross-entropy kernel": ("kbert_bf16_tfce", None),
     "kbert, XLA on": ("kbert_xla", None),
     "kbert, XLA on, no whole-set loss trackers": ("kbert_xla_notrackers", None),
     "kbert, XLA on, accuracy as logit[label] >= max": ("kbert_xla_maxacc", None),
@@ -115,6 +118,8 @@ for _ablation in ("notrackers", "maxacc", "dropout0", "noclip", "sgd"):
     KBERT_SETTINGS[f"kbert_xla_{_ablation}"] = {"jit_compile": True, _ablation: True}
 KBERT_SETTINGS["kbert_kerasadamw"] = {"kerasadamw": True}
 KBERT_SETTINGS["kbert_bf16_kerashead"] = {"bf16": True, "kerashead": True}
+KBERT_SETTINGS["kbert_tfce"] = {"tfce": True}
+KBERT_SETTINGS["kbert_bf16_tfce"] = {"bf16": True, "tfce": True}
 JAX_VARIANTS = ("baseline_jax", "kbert_jax")
 CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 PEAK_MATMUL_SIZE = 2048
@@ -217,6 +222,9 @@ def kbert_model(settings: dict, shape: Shape):
     config = kbert.BertConfig.from_preset(
         shape.preset, vocab_size=VOCAB, **(dropout if settings.get("dropout0") else {})
     )
+    if settings.get("tfce"):
+        # The loss as before kbert compiled it: TensorFlow's own kernel (in this process only).
+        kbert.losses.sparse_cross_entropy = uncompiled_cross_entropy
     if settings.get("kerashead"):
         model = build_with_keras_hub_head(config)
     else:
@@ -251,6 +259,15 @@ def kbert_model(settings: dict, shape: Shape):
         # BertPretrainingModel's whole-set loss trackers run only for a model compiled this way.
         model._logged_loss_weights = None
     return model
+
+
+def uncompiled_cross_entropy(labels, logits):
+    """Sparse softmax cross-entropy by Keras' op: TensorFlow's kernel, outside XLA."""
+    from keras import ops
+
+    return ops.sparse_categorical_crossentropy(
+        labels, ops.cast(logits, "float32"), from_logits=True
+    )
 
 
 def build_with_keras_hub_head(config):
