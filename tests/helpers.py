@@ -1,4 +1,5 @@
-"""Small fixtures shared by the tests: a tiny BertConfig and one batch as the pipeline yields it."""
+"""Small fixtures shared by the tests: a tiny BertConfig, one batch as the pipeline yields it,
+records on disk, and a walk through a traced step's graph (its function calls and XLA calls)."""
 
 
 def tiny_config(vocab_size: int = 100, dropout: float = 0.0, **overrides):
