@@ -223,8 +223,9 @@ def kbert_model(settings: dict, shape: Shape):
         shape.preset, vocab_size=VOCAB, **(dropout if settings.get("dropout0") else {})
     )
     if settings.get("tfce"):
-        # The loss as before kbert compiled it: TensorFlow's own kernel (in this process only).
-        kbert.losses.sparse_cross_entropy = uncompiled_cross_entropy
+        # The loss as before kbert compiled it: Keras' op, TensorFlow's own kernel (this process
+        # only: the loss is traced during `fit`, so the swap must outlive the build).
+        kbert.losses.sparse_cross_entropy = kbert.distribute._keras_sparse_cross_entropy
     if settings.get("kerashead"):
         model = build_with_keras_hub_head(config)
     else:
@@ -259,15 +260,6 @@ def kbert_model(settings: dict, shape: Shape):
         # BertPretrainingModel's whole-set loss trackers run only for a model compiled this way.
         model._logged_loss_weights = None
     return model
-
-
-def uncompiled_cross_entropy(labels, logits):
-    """Sparse softmax cross-entropy by Keras' op: TensorFlow's kernel, outside XLA."""
-    from keras import ops
-
-    return ops.sparse_categorical_crossentropy(
-        labels, ops.cast(logits, "float32"), from_logits=True
-    )
 
 
 def build_with_keras_hub_head(config):

@@ -267,10 +267,14 @@ def sparse_cross_entropy(labels: Any, logits: Any) -> Any:
     [0.6931, 2.1269]
     """
     if keras.backend.backend() != "tensorflow" or not tf.inside_function() or _on_tpu():
-        return keras.ops.sparse_categorical_crossentropy(
-            labels, keras.ops.cast(logits, "float32"), from_logits=True
-        )
+        return _keras_sparse_cross_entropy(labels, logits)
     return _compiled_sparse_cross_entropy(labels, logits)
+
+
+def _keras_sparse_cross_entropy(labels: Any, logits: Any) -> Any:
+    return keras.ops.sparse_categorical_crossentropy(
+        labels, keras.ops.cast(logits, "float32"), from_logits=True
+    )
 
 
 @tf.function(jit_compile=True)

@@ -150,13 +150,15 @@ CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
 def function_op_types(graph_def, name: str) -> list[str]:
     """The type of every op the graph's library function `name` runs, nested calls included."""
     library = {f.signature.name: f for f in graph_def.library.function}
-    types = []
-    for node in library[name].node_def:
-        if node.op in CALL_OPS:
-            types += function_op_types(graph_def, node.attr["f"].func.name)
-        else:
-            types.append(node.op)
-    return types
+
+    def types(function: str) -> list[str]:
+        return [
+            op
+            for node in library[function].node_def
+            for op in (types(node.attr["f"].func.name) if node.op in CALL_OPS else [node.op])
+        ]
+
+    return types(name)
 
 
 def is_xla_call(op) -> bool:

@@ -265,15 +265,12 @@ def test_a_train_step_computes_one_softmax_cross_entropy_over_the_vocabulary_und
     softmaxes = ("SparseSoftmaxCrossEntropyWithLogits", "Softmax", "LogSoftmax")
     over_vocab, compiled = [], []
     for op in graph.get_operations():
+        runs = function_op_types(graph_def, op.get_attr("f").name) if op.type in CALL_OPS else []
         if is_xla_call(op):
-            compiled += function_op_types(graph_def, op.get_attr("f").name)
-        if not any(t.shape.rank and t.shape[-1] == vocab_size for t in op.inputs):
-            continue
-        if op.type in CALL_OPS:
-            called = function_op_types(graph_def, op.get_attr("f").name)
-            over_vocab += [(t, is_xla_call(op)) for t in called if t in softmaxes]
-        elif op.type in softmaxes:
-            over_vocab.append((op.type, False))
+            compiled += runs
+        if any(t.shape.rank and t.shape[-1] == vocab_size for t in op.inputs):
+            runs = runs or [op.type]
+            over_vocab += [(t, is_xla_call(op)) for t in runs if t in softmaxes]
     # The step itself is not XLA-compiled (kbert's CPU default); its vocabulary softmax is.
     assert not model.jit_compile
     assert over_vocab == [("SparseSoftmaxCrossEntropyWithLogits", True)]
