@@ -27,7 +27,7 @@ GROUPS = (
     "embedding gradient",
     "MLM/NSP softmax + cross-entropy",
     "metrics",
-    "optimizer update (AdamW)",
+    "optimizer update",
     "weight decay",
     "clipping",
     "casts",
@@ -44,7 +44,9 @@ _MATMUL_OPCODES = ("dot", "convolution")
 _CALL_PREFIX = r"^(.*/)?StatefulPartitionedCall/"
 
 
-def classify(op_name: str, op_type: str, optimizer_scope: str = "adam_w", opcode: str = "") -> str:
+def classify(
+    op_name: str, op_type: str, optimizer_scope: str = "adam_weight_decay", opcode: str = ""
+) -> str:
     """The group of one op from its TensorFlow name scope and type (or XLA opcode)."""
     name = re.sub(_CALL_PREFIX, "", op_name)
     lower, kind = name.lower(), op_type.lower()
@@ -62,7 +64,7 @@ def classify(op_name: str, op_type: str, optimizer_scope: str = "adam_w", opcode
     if f"/{WEIGHT_DECAY_SCOPE}/" in f"/{lower}":
         return "weight decay"
     if lower.startswith(f"{optimizer_scope}/"):
-        return "optimizer update (AdamW)"
+        return "optimizer update"
     if lower.startswith(f"{METRICS_SCOPE}/"):
         return "metrics"
     if kind == "cast":
@@ -228,7 +230,7 @@ def _called_metadata(instruction: Any, computations: dict) -> Any:
     return collections.namedtuple("Metadata", "op_name op_type")(op_name, op_type)
 
 
-def summarise_trace(path: str, steps: int, optimizer_scope: str = "adam_w") -> dict:
+def summarise_trace(path: str, steps: int, optimizer_scope: str = "adam_weight_decay") -> dict:
     """Per-step exclusive time of each op and group in a trace of `steps` training steps.
 
     Returns `groups` {group: ms per step}, `ops` [(name, group, ms per step)] (largest first),

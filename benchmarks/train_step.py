@@ -18,7 +18,7 @@ CPU's peak FLOP/s, measured in the same run with a large matmul of the variant's
 with XLA off (about half the time).
 `--suspects` runs ablations of kbert instead, each a cost to measure: whole-set loss trackers off,
 accuracy as logit[label] >= max(logits), dropout 0, no gradient clipping, SGD instead of AdamW
-(XLA off and on), Keras' AdamW instead of kbert's (its update not XLA-compiled), and in bf16
+(XLA off and on), Keras' AdamW instead of kbert's (its update not XLA-compiled), LAMB, and in bf16
 keras-hub's MaskedLMHead (float32 projection) instead of kbert's TiedMaskedLMHead, and (fp32,
 bf16) TensorFlow's cross-entropy kernel instead of kbert's XLA-compiled one; the table adds
 CPU ms per step, steadier than seq/s on a shared machine.
@@ -87,6 +87,7 @@ SUSPECT_VARIANTS = {
     "kbert, XLA off, no clipping": ("kbert_noclip", None),
     "kbert, XLA off, SGD (no AdamW, no clipping)": ("kbert_sgd", None),
     "kbert, XLA off, Keras' AdamW (no XLA update)": ("kbert_kerasadamw", None),
+    "kbert, XLA off, LAMB": ("kbert_lamb", None),
     "kbert, XLA off, bf16": ("kbert_bf16", None),
     "kbert, XLA off, bf16, keras-hub MLM head": ("kbert_bf16_kerashead", None),
     "kbert, XLA off, TensorFlow's cross-entropy kernel": ("kbert_tfce", None),
@@ -117,6 +118,7 @@ for _ablation in ("notrackers", "maxacc", "dropout0", "noclip", "sgd"):
     KBERT_SETTINGS[f"kbert_{_ablation}"] = {_ablation: True}
     KBERT_SETTINGS[f"kbert_xla_{_ablation}"] = {"jit_compile": True, _ablation: True}
 KBERT_SETTINGS["kbert_kerasadamw"] = {"kerasadamw": True}
+KBERT_SETTINGS["kbert_lamb"] = {"lamb": True}
 KBERT_SETTINGS["kbert_bf16_kerashead"] = {"bf16": True, "kerashead": True}
 KBERT_SETTINGS["kbert_tfce"] = {"tfce": True}
 KBERT_SETTINGS["kbert_bf16_tfce"] = {"bf16": True, "tfce": True}
@@ -232,14 +234,17 @@ def kbert_model(settings: dict, shape: Shape):
         model = kbert.build_pretraining_model(config, SEQ, PREDICTIONS)
     if settings.get("sgd"):
         optimizer = keras.optimizers.SGD(1e-4)
-    else:
-        clip = None if settings.get("noclip") else 1.0
-        optimizer = kbert.create_optimizer(1e-4, 10_000, 1_000, clip_global_norm=clip)
-    if settings.get("kerasadamw"):
+    elif settings.get("kerasadamw"):
         from kbert.optimization import NO_DECAY_VARIABLE_NAMES
 
-        optimizer = keras.optimizers.AdamW.from_config(optimizer.get_config())
-        optimizer.exclude_from_weight_decay(var_names=NO_DECAY_VARIABLE_NAMES)
+        optimizer = keras.optimizers.AdamW(1e-4, weight_decay=0.01, global_clipnorm=1.0)
+        optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_VARIABLE_NAMES))
+    else:
+        clip = None if settings.get("noclip") else 1.0
+        name = "lamb" if settings.get("lamb") else "adamw"
+        optimizer = kbert.create_optimizer(
+            1e-4, 10_000, 1_000, optimizer=name, clip_global_norm=clip
+        )
     jit_compile = settings.get("jit_compile", False)
     steps_per_execution = settings.get("steps_per_execution", 1)
     if settings.get("maxacc"):

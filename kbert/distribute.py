@@ -340,17 +340,31 @@ if keras.backend.backend() == "tensorflow":
             }
 
     class OptimizerFixes:
-        """Keras optimizer speed-up on the TensorFlow backend (mix in before the optimizer class).
+        """Keras optimizer fixes on the TensorFlow backend (mix in before the optimizer class).
 
-        With no distribution strategy, the whole update (clipping, weight decay and the optimizer's
-        step over every variable: dozens of elementwise passes) runs as one XLA computation, even
-        when the train step is not XLA-compiled (kbert's CPU default): 3–4 % of a CPU step.
-        Under a strategy the update merges across replicas, which XLA cannot hold: Keras' own.
+        Under a strategy, Keras clips each replica's partial gradient before the all-reduce
+        (`_backend_apply_gradients` clips, `_backend_update_step` then sums): with kbert's
+        global-batch losses each replica holds ~1/R of the gradient, so a global-norm clip would
+        be R times looser than on one device; and under gradient accumulation its sum sits in a
+        `cond`, where MirroredStrategy cannot all-reduce. Here the gradients are summed over the
+        replicas first (every batch), then accumulated, clipped, decayed and applied: the update
+        of the global gradient on every placement.
+
+        With no strategy, the whole update (clipping, weight decay and the optimizer's step over
+        every variable: dozens of elementwise passes) runs as one XLA computation, even when the
+        train step is not XLA-compiled (kbert's CPU default): 3–4 % of a CPU step.
         """
 
         def _backend_apply_gradients(self, grads, trainable_variables):
             apply = super()._backend_apply_gradients
-            if tf.distribute.has_strategy() or not tf.inside_function():
+            if tf.distribute.has_strategy():
+                grads = _sum_gradients_over_replicas(grads)
+                if not self.gradient_accumulation_steps:
+                    return apply(grads, trainable_variables)
+                return tf.distribute.get_replica_context().merge_call(
+                    self._accumulate, args=(grads, trainable_variables)
+                )
+            if not tf.inside_function():
                 return apply(grads, trainable_variables)
             key = tuple(id(v) for v in trainable_variables)
             cached = getattr(self, "_kbert_compiled_update", None)
@@ -365,6 +379,43 @@ if keras.backend.backend() == "tensorflow":
                 # Not an attribute the optimizer tracks (or saves): a cache of this process.
                 object.__setattr__(self, "_kbert_compiled_update", cached := (key, update))
             cached[1](grads)
+
+        def _all_reduce_sum_gradients(self, grads_and_vars):
+            return grads_and_vars  # summed before (`_backend_apply_gradients`)
+
+        def _accumulate(self, strategy, grads, trainable_variables):
+            """Keras' accumulation step with its `cond` taken in cross-replica context (as
+            Keras' LossScaleOptimizer does): MirroredStrategy merges inside neither branch."""
+            steps = self.gradient_accumulation_steps
+            acc_grads = [
+                self._accumulated_gradients[self._get_variable_index(v)]
+                for v in trainable_variables
+            ]
+
+            def update(grads):
+                grads = [(g + acc) / steps for g, acc in zip(grads, acc_grads)]
+                grads = self._clip_gradients(grads)
+                self._apply_weight_decay(trainable_variables)
+                self._backend_update_step(grads, trainable_variables, self.learning_rate)
+                self._backend_reset_gradient_accumulators()
+
+            def increment(grads):
+                self._backend_increment_gradient_accumulators(grads, acc_grads)
+
+            tf.cond(
+                (self._iterations + 1) % steps == 0,
+                lambda: strategy.extended.call_for_each_replica(update, args=(grads,)),
+                lambda: strategy.extended.call_for_each_replica(increment, args=(grads,)),
+            )
+
+    def _sum_gradients_over_replicas(grads: list) -> list:
+        """`grads` summed over the replicas in sync (None entries kept), in replica context."""
+        context = tf.distribute.get_replica_context()
+        present = [g for g in grads if g is not None]
+        if context is None or context.num_replicas_in_sync == 1 or not present:
+            return grads
+        summed = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present))
+        return [None if g is None else next(summed) for g in grads]
 
 else:
 

@@ -220,6 +220,7 @@ def saved_optimizer_step(keras_file: str) -> int | None:
     # Reads one scalar from the archive: rebuilding the saved optimizer would allocate its slot
     # variables, twice the model's size. Keras saves the optimizer's batch counter as its first
     # variable; under gradient accumulation `iterations` divides it by the batches per update.
+    # A LossScaleOptimizer (fp16) counts in its inner optimizer, saved under `inner_optimizer`.
     with tf.io.gfile.GFile(keras_file, "rb") as f:
         try:
             archive = zipfile.ZipFile(f)
@@ -229,11 +230,14 @@ def saved_optimizer_step(keras_file: str) -> int | None:
         with archive:
             config = json.loads(archive.read("config.json"))
             optimizer = (config.get("compile_config") or {}).get("optimizer")
+            group = "optimizer"
+            while optimizer is not None and "inner_optimizer" in optimizer["config"]:
+                optimizer, group = optimizer["config"]["inner_optimizer"], f"{group}/inner_optimizer"
             counter = None
             if optimizer is not None and "model.weights.h5" in archive.namelist():
                 with archive.open("model.weights.h5") as weights, h5py.File(weights, "r") as h5:
-                    if "optimizer/vars/0" in h5:
-                        counter = int(h5["optimizer/vars/0"][()])
+                    if f"{group}/vars/0" in h5:
+                        counter = int(h5[f"{group}/vars/0"][()])
     if counter is None:
         logger.warning(
             "%s: saved without an optimizer (the model was not compiled), so the number of "

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 # kbert.distribute.STRATEGY_KINDS, repeated so that parsing flags needs no TensorFlow import.
 STRATEGIES = ("auto", "cpu", "mirrored", "multi_worker", "tpu")
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "lamb", "adamw_bias_corrected", "sgd")
 MIXED_PRECISION = ("auto", "none", "bf16", "fp16")
 DEFAULT_MAX_CHECKPOINT_INTERVAL = 1000
 # log_interval's default: about this many history rows per run, but a row at least every
@@ -139,12 +139,25 @@ class PretrainConfig:
         resume_invariant=True,
     )
     weight_decay: float = _setting(
-        0.01, help="AdamW's decoupled weight decay", group="optimisation", parse=float
+        0.01,
+        help="weight decay rate, added to the update (LayerNorm and bias variables excluded)",
+        group="optimisation",
+        parse=float,
+        resume_invariant=True,
+    )
+    clip_norm: float = _setting(
+        1.0,
+        help="clip the global gradient (summed over every replica) to this norm; 0: no clipping",
+        group="optimisation",
+        parse=float,
+        resume_invariant=True,
     )
     optimizer: str = _setting(
         "adamw",
-        help="adamw (Google's recipe) or sgd (plain SGD on the same schedule: no momentum, "
-        "clipping or weight decay; a baseline whose updates are easy to check)",
+        help="adamw: google-research/bert's AdamWeightDecayOptimizer (Adam without bias "
+        "correction); lamb: LAMB (You et al. 2019; batches of thousands); adamw_bias_corrected: "
+        "Keras' AdamW; sgd: plain SGD on the same schedule (no momentum, clipping or decay: a "
+        "baseline whose updates are easy to check)",
         group="optimisation",
         choices=OPTIMIZERS,
         resume_invariant=True,
@@ -293,6 +306,9 @@ class PretrainConfig:
                 raise ValueError(
                     f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
                 )
+        for name in ("clip_norm", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         warmup_steps, checkpoint_interval = self._derived()
         if not 0 <= warmup_steps <= self.steps:
             raise ValueError(

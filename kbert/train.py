@@ -55,7 +55,7 @@ from kbert.io import MODEL_FILE, atomic_path, read_json
 from kbert.losses import compile_for_pretraining
 from kbert.masking import DynamicMasking
 from kbert.model import BertPretrainingModel, build_pretraining_model
-from kbert.optimization import WarmupLinearDecay, create_optimizer, optimizer_step
+from kbert.optimization import create_optimizer, optimizer_step
 from kbert.pretrain_config import PretrainConfig
 
 __all__ = [
@@ -309,13 +309,14 @@ def _prepare_run_directory(
 
 def _compile(model: BertPretrainingModel, run: PretrainConfig) -> None:
     """The run's optimizer (with loss scaling under fp16), compiled for pre-training."""
-    optimizer = _build_optimizer(
-        run.optimizer,
+    optimizer = create_optimizer(
         run.learning_rate,
-        run.steps,
-        run.warmup_steps,
-        run.weight_decay,
-        run.gradient_accumulation_steps,
+        num_train_steps=run.steps,
+        num_warmup_steps=run.warmup_steps,
+        optimizer=run.optimizer,
+        weight_decay=run.weight_decay,
+        clip_global_norm=run.clip_norm or None,
+        gradient_accumulation_steps=run.gradient_accumulation_steps,
     )
     if run.mixed_precision == "fp16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -486,31 +487,6 @@ def _without_global_tf_seed() -> Iterator[None]:
         yield
     finally:
         tf.random.set_seed(global_seed)
-
-
-@keras.saving.register_keras_serializable(package="kbert")
-def _build_optimizer(
-    name: str,
-    learning_rate: float,
-    steps: int,
-    warmup_steps: int,
-    weight_decay: float,
-    gradient_accumulation_steps: int,
-) -> keras.optimizers.Optimizer:
-    """Google's AdamW (or plain SGD) on warmup + linear decay counted in updates."""
-    accumulation = gradient_accumulation_steps if gradient_accumulation_steps > 1 else None
-    if name == "sgd":
-        schedule = WarmupLinearDecay(learning_rate, steps, warmup_steps, accumulation or 1)
-        return keras.optimizers.SGD(
-            learning_rate=schedule, gradient_accumulation_steps=accumulation
-        )
-    return create_optimizer(
-        learning_rate,
-        num_train_steps=steps,
-        num_warmup_steps=warmup_steps,
-        weight_decay=weight_decay,
-        gradient_accumulation_steps=accumulation,
-    )
 
 
 def _restored_epoch(backup_dir: str) -> int:

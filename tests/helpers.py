@@ -1,5 +1,6 @@
 """Small fixtures shared by the tests: a tiny BertConfig, one batch as the pipeline yields it,
-records on disk, and a walk through a traced step's graph (its function calls and XLA calls)."""
+records on disk, a walk through a traced step's graph (its function calls and XLA calls), and a
+cluster of processes on 127.0.0.1."""
 
 
 def tiny_config(vocab_size: int = 100, dropout: float = 0.0, **overrides):
@@ -166,3 +167,41 @@ def is_xla_call(op) -> bool:
     return op.type in CALL_OPS and (
         op.get_attr("_XlaMustCompile") if "_XlaMustCompile" in op.node_def.attr else False
     )
+
+
+def free_ports(count):
+    """`count` TCP ports on 127.0.0.1 that were free a moment ago."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def run_cluster(command, workers=2, timeout=300):
+    """Run `command` as every worker of a TF_CONFIG cluster on 127.0.0.1: [(return code,
+    output)]; every worker is killed after `timeout` seconds."""
+    import json
+    import os
+    import subprocess
+
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(workers)]}
+    processes = []
+    for index in range(workers):
+        task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, TF_CONFIG=json.dumps(task), TF_CPP_MIN_LOG_LEVEL="2")
+        processes.append(
+            subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    try:
+        outputs = [process.communicate(timeout=timeout)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    return [(process.returncode, output) for process, output in zip(processes, outputs)]

@@ -3,6 +3,7 @@
 import json
 import logging
 
+import pytest
 from helpers import tiny_config, write_pretraining_records
 
 import kbert
@@ -26,10 +27,18 @@ def train(data, output_dir, steps, **kwargs):
     return output_dir
 
 
-def test_evaluating_a_keras_file_reports_the_updates_it_was_trained_for(tmp_path):
+@pytest.mark.parametrize("mixed_precision", ["none", "fp16"])
+def test_evaluating_a_keras_file_reports_the_updates_it_was_trained_for(tmp_path, mixed_precision):
     data = write_pretraining_records(str(tmp_path / "data"), num_records=16)
-    # 2 updates of 2 accumulated batches: Keras' batch counter reaches 4.
-    run = train(data, tmp_path / "run", steps=2, gradient_accumulation_steps=2)
+    # 2 updates of 2 accumulated batches: Keras' batch counter reaches 4; under fp16 the
+    # LossScaleOptimizer's own counters are saved beside its inner optimizer's.
+    run = train(
+        data,
+        tmp_path / "run",
+        steps=2,
+        gradient_accumulation_steps=2,
+        mixed_precision=mixed_precision,
+    )
     output = tmp_path / "eval_results.json"
 
     evaluate(

@@ -42,10 +42,10 @@ def _keras_hub_utils():
     return {"keras_utils": keras_utils, "preset_utils": preset_utils}
 
 
-def _keras_adamw():
+def _keras_optimizer():
     import keras
 
-    return keras.optimizers.AdamW
+    return keras.optimizers.Optimizer
 
 
 def _model_checkpoint():
@@ -78,12 +78,20 @@ INTERNALS = [
         _keras_model,
         "_aggregate_additional_loss",
     ),
-    (
-        "keras.optimizers.AdamW._backend_apply_gradients",
-        "keras",
-        "kbert/distribute.py (OptimizerFixes), to run the whole update as one XLA computation",
-        _keras_adamw,
-        "_backend_apply_gradients",
+    *(
+        (
+            f"keras.optimizers.Optimizer.{name}",
+            "keras",
+            f"kbert/optimization.py and kbert/distribute.py (OptimizerFixes): {why}",
+            _keras_optimizer,
+            name,
+        )
+        for name, why in (
+            ("_backend_apply_gradients", "the global gradient, and the update as one XLA call"),
+            ("_all_reduce_sum_gradients", "no second sum of the summed gradient"),
+            ("_apply_weight_decay", "the decay as a term of the update (Google's, LAMB's)"),
+            ("_use_weight_decay", "the decay exclusions"),
+        )
     ),
     (
         "keras.callbacks.ModelCheckpoint._save_model",

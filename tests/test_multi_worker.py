@@ -2,8 +2,6 @@
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import textwrap
 
@@ -11,24 +9,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import tiny_config, write_pretraining_records
+from helpers import run_cluster, tiny_config, write_pretraining_records
 
 import kbert
 from kbert.data import pretraining_dataset
 from kbert.distribute import resolve_strategy
-from kbert.train import _build_optimizer, _without_global_tf_seed
+from kbert.optimization import create_optimizer
+from kbert.train import _without_global_tf_seed
 
 STEPS, GLOBAL_BATCH, SEED, LEARNING_RATE = 3, 8, 3, 0.5
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
@@ -73,26 +62,6 @@ def multi_worker_run(tmp_path_factory):
     return work, data
 
 
-def run_cluster(command, workers=2, timeout=300):
-    """Run `command` as every worker of a cluster on 127.0.0.1: [(return code, output)]."""
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(workers)]}
-    processes = []
-    for index in range(workers):
-        task = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        env = dict(os.environ, TF_CONFIG=json.dumps(task), TF_CPP_MIN_LOG_LEVEL="2")
-        processes.append(
-            subprocess.Popen(
-                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-        )
-    try:
-        outputs = [process.communicate(timeout=timeout)[0] for process in processes]
-    finally:
-        for process in processes:
-            process.kill()
-    return [(process.returncode, output) for process, output in zip(processes, outputs)]
-
-
 def one_device_on_joint_batches(data, steps, before=None):
     """The tiny model trained on one device for `steps` SGD updates, each on worker 0's batch of
     4 then worker 1's, as the cluster's pipelines yield them."""
@@ -112,7 +81,7 @@ def one_device_on_joint_batches(data, steps, before=None):
     )
     keras.utils.set_random_seed(SEED)
     model = kbert.build_pretraining_model(tiny_config(), 16, 3)
-    kbert.compile_for_pretraining(model, _build_optimizer("sgd", LEARNING_RATE, steps, 0, 0.01, 1))
+    kbert.compile_for_pretraining(model, create_optimizer(LEARNING_RATE, steps, optimizer="sgd"))
     if before is not None:
         before.extend(w.numpy() for w in model.weights)
     model.fit(joint, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)

@@ -48,7 +48,8 @@ def test_default_log_interval_gives_about_100_rows_and_one_at_least_every_100_up
         (dict(steps=0), "steps must be a positive integer, got 0"),
         (dict(batch_size=True), "batch_size must be a positive integer, got True"),
         (dict(keep_checkpoints=-1), "keep_checkpoints must be a positive integer"),
-        (dict(optimizer="adam"), "optimizer must be one of adamw, sgd, got 'adam'"),
+        (dict(optimizer="adam"), "optimizer must be one of adamw, lamb, .*, got 'adam'"),
+        (dict(clip_norm=-1.0), "clip_norm must be >= 0, got -1.0"),
         (dict(mixed_precision="fp8"), "mixed_precision must be one of auto, none, bf16, fp16"),
         (dict(strategy="gpu"), "strategy must be one of auto, cpu, mirrored"),
         (dict(warmup_steps=101), r"warmup_steps must be between 0 and steps \(100\), got 101"),
@@ -89,7 +90,7 @@ def test_a_run_config_json_with_an_unknown_setting_is_named(tmp_path):
         PretrainConfig.from_json(str(path))
 
 
-def test_the_settings_that_fix_data_order_and_schedule_are_resume_invariants():
+def test_the_settings_that_fix_data_order_schedule_and_update_are_resume_invariants():
     assert set(PretrainConfig.resume_invariants()) == {
         "train_files",
         "batch_size",
@@ -100,6 +101,8 @@ def test_the_settings_that_fix_data_order_and_schedule_are_resume_invariants():
         "gradient_accumulation_steps",
         "seed",
         "optimizer",
+        "weight_decay",
+        "clip_norm",
     }
 
 
