@@ -232,7 +232,10 @@ def saved_optimizer_step(keras_file: str) -> int | None:
             optimizer = (config.get("compile_config") or {}).get("optimizer")
             group = "optimizer"
             while optimizer is not None and "inner_optimizer" in optimizer["config"]:
-                optimizer, group = optimizer["config"]["inner_optimizer"], f"{group}/inner_optimizer"
+                optimizer, group = (
+                    optimizer["config"]["inner_optimizer"],
+                    f"{group}/inner_optimizer",
+                )
             counter = None
             if optimizer is not None and "model.weights.h5" in archive.namelist():
                 with archive.open("model.weights.h5") as weights, h5py.File(weights, "r") as h5:
