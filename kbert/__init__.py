@@ -53,6 +53,7 @@ _EXPORTS = {
     "init_from": "kbert.checkpoints",
     "load_model": "kbert.saving",
     "custom_objects": "kbert.saving",
+    "save_huggingface": "kbert.huggingface",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
