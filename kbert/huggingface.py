@@ -11,10 +11,11 @@ with `BertForPreTraining.from_pretrained(folder)` (or any `Bert*`/`Auto*` class)
     vocab.txt, tokenizer_config.json, special_tokens_map.json
 
 The tensors come from Google's checkpoint layout (`kbert.checkpoints.google.google_slots`, the one
-map from kbert's weights to BERT's names): HF's names are Google's with `/` → `.`, and HF's
-Linear weights are Google's kernels transposed (the NSP weight is [2, H] in both, label 0 = "B is
-the next segment"). Reading such a folder back is keras-hub's converter plus
-`kbert.checkpoints.presets` (`kbert train --init_from FOLDER`).
+map from kbert's weights to BERT's names) through `kbert.checkpoints.hf_layout`, which
+`kbert.checkpoints.presets` reads HF heads with: HF's names are Google's with `/` → `.`, HF's
+Linear weights Google's kernels transposed (the NSP weight is [2, H] in both, index 0 = "B is
+the next segment"). Reading such a folder back is keras-hub's converter plus those heads
+(`kbert train --init_from FOLDER`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import re
 import tempfile
 
 import keras
@@ -31,6 +31,7 @@ import numpy as np
 from kbert import features
 from kbert.checkpoints.detection import detect_source, read_source_config
 from kbert.checkpoints.google import google_slots
+from kbert.checkpoints.hf_layout import hf_is_transposed, hf_name
 from kbert.checkpoints.kbert_model import load_kbert_model
 from kbert.checkpoints.parts import VOCAB_FILENAME, config_from_encoder, encoder_of, head_of
 from kbert.checkpoints.report import KBERT_RUN, KERAS_MODEL, logger
@@ -50,27 +51,6 @@ HF_HIDDEN_ACT = "gelu_new"
 LAYER_NORM_EPS = 1e-12
 # The run's settings file (kbert.train), to find the data the run was trained on.
 RUN_CONFIG_FILE = "run_config.json"
-
-
-def hf_name(google_name: str) -> str:
-    """The Hugging Face tensor name of a variable of Google's BERT checkpoint layout.
-
-    Args:
-        google_name: e.g. `bert/encoder/layer_0/attention/self/query/kernel`.
-
-    Examples:
-    >>> hf_name("bert/encoder/layer_3/attention/output/LayerNorm/gamma")
-    'bert.encoder.layer.3.attention.output.LayerNorm.weight'
-    >>> hf_name("cls/predictions/output_bias"), hf_name("cls/seq_relationship/output_weights")
-    ('cls.predictions.bias', 'cls.seq_relationship.weight')
-    """
-    name = re.sub(r"/layer_(\d+)/", r"/layer.\1/", google_name)
-    name = re.sub(r"/(kernel|gamma|output_weights)$", "/weight", name)
-    name = re.sub(r"/(beta|output_bias)$", "/bias", name)
-    # Google's embedding tables are bare variables; HF's are nn.Embedding weights.
-    if name.startswith("bert/embeddings/") and name.endswith("_embeddings"):
-        name += "/weight"
-    return name.replace("/", ".")
 
 
 def hf_tensors(model: keras.Model) -> dict[str, np.ndarray]:
@@ -96,9 +76,7 @@ def hf_tensors(model: keras.Model) -> dict[str, np.ndarray]:
     tensors = {}
     for slot in google_slots(model):
         value = slot.to_google(np.asarray(keras.ops.convert_to_numpy(slot.variable)))
-        # Google's kernels are [in, out], torch's Linear weights [out, in]; Google's NSP weight
-        # is [2, H] already (torch's layout).
-        if slot.name.endswith("/kernel"):
+        if hf_is_transposed(slot.name):
             value = value.T
         tensors[hf_name(slot.name)] = np.ascontiguousarray(value, dtype=np.float32)
     return tensors
