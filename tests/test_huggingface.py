@@ -211,3 +211,8 @@ def test_casing_is_required_without_a_run_and_the_output_dir_without_a_default(
     command = ["export", "--format", "huggingface", "--model", "run", "--vocab_file", VOCAB]
     assert main(command) == 1
     assert "needs --output_dir" in capsys.readouterr().err
+    assert main([*command, "--output_dir", str(tmp_path / "hf"), "--version", "2"]) == 1
+    assert "--version is for --format savedmodel" in capsys.readouterr().err
+    savedmodel = ["export", "--model", "run", "--vocab_file", VOCAB, "--output_dir", "hf"]
+    assert main(savedmodel) == 1
+    assert "--output_dir is for --format huggingface" in capsys.readouterr().err

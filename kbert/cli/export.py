@@ -63,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.format == HUGGINGFACE:
         return _run_huggingface(args)
+    if args.output_dir is not None:
+        raise ValueError(
+            "--output_dir is for --format huggingface; a SavedModel goes to "
+            "--export_base/--name/--version"
+        )
     from kbert.export import SIGNATURES, export_for_serving
 
     report_devices("export")
@@ -91,6 +96,8 @@ def _run_huggingface(args: argparse.Namespace) -> int:
     """Write the Hugging Face folder and print it, with the lines that load it in PyTorch."""
     if args.output_dir is None:
         raise ValueError("--format huggingface needs --output_dir, the folder to write")
+    if args.version is not None:
+        raise ValueError("--version is for --format savedmodel; --output_dir is the folder")
     from kbert.huggingface import save_huggingface
 
     report_devices("export")
