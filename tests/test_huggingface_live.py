@@ -24,6 +24,7 @@ from kbert.checkpoints import init_from, read_source_config
 from kbert.cli import main
 
 pytestmark = pytest.mark.huggingface
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only: never the Hub
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
