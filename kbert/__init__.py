@@ -2,7 +2,9 @@
 
 Keras' TensorFlow backend is the default; `KERAS_BACKEND=jax`, set before kbert or Keras is
 imported, selects the JAX backend (the TPU route). The public API is imported lazily, so
-`import kbert` (and `kbert --help`) does not start TensorFlow until something that needs it is used.
+`import kbert` (and `kbert --help`) does not start TensorFlow until something that needs it is used;
+it does make kbert's Keras classes known to `keras.saving.load_model` whenever Keras is imported
+(`kbert.saving`), so the `.keras` files kbert writes load in a fresh process.
 
 Direction between the packages: `tfrecords_tools` (the record writer) depends on kbert, never the
 reverse. It may import kbert's shared definitions of the data on disk: `kbert.features` (the
@@ -14,6 +16,8 @@ rules) and `kbert.io` (atomic writes); no kbert module below `kbert.cli` imports
 import importlib
 import os
 
+from kbert import saving as _saving
+
 # TensorFlow leaves oneDNN off on AMD CPUs; on this class of machine it roughly doubles fp32
 # matmul throughput. Set TF_ENABLE_ONEDNN_OPTS=0 before importing kbert to keep it off.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
@@ -21,6 +25,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 __version__ = "0.1.0"
+
+_saving.register_on_keras_import()
 
 _EXPORTS = {
     "BertConfig": "kbert.config",
@@ -47,6 +53,9 @@ _EXPORTS = {
     "init_encoder": "kbert.checkpoints",
     "save_encoder_preset": "kbert.checkpoints",
     "init_from": "kbert.checkpoints",
+    "load_model": "kbert.saving",
+    "custom_objects": "kbert.saving",
+    "save_huggingface": "kbert.huggingface",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -220,14 +220,17 @@ def _reinitialize(encoder: keras.Model, initializer: keras.initializers.Initiali
             variable.assign(initializer(variable.shape, dtype=variable.dtype))
 
 
-def load_pretraining_model(path: str, action: str = "load") -> BertPretrainingModel:
+def load_pretraining_model(
+    path: str, action: str = "load", compile: bool = False
+) -> BertPretrainingModel:
     """The kbert pre-training model saved in a run directory (its `model.keras`) or `.keras` file.
 
-    Loaded uncompiled; every loader of kbert goes through here, so the errors are the same.
+    Every loader of kbert goes through here, so the errors are the same.
 
     Args:
         path: a run directory or a `.keras` file (local, `gs://`, any file system gfile reads).
         action: what the model is for, named in the error when there is none ("export", ...).
+        compile: restore the saved optimizer, losses and metrics (default: the model only).
 
     Raises:
         FileNotFoundError: no model at `path`.
@@ -241,7 +244,7 @@ def load_pretraining_model(path: str, action: str = "load") -> BertPretrainingMo
     """
     model_file = resolve_model_file(path, action)
     try:
-        model = keras.saving.load_model(model_file, compile=False)
+        model = keras.saving.load_model(model_file, compile=compile)
     # Keras says "File not found" for a file that exists but is not a .keras archive.
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise ValueError(f"{model_file}: not a loadable .keras model ({e})") from None

@@ -38,6 +38,11 @@ def pytest_configure(config):
         "markers", "tensorflow_only: needs Keras' TensorFlow backend (tf.distribute, TF graphs)"
     )
     config.addinivalue_line("markers", "jax_only: needs Keras' JAX backend (keras.distribution)")
+    config.addinivalue_line(
+        "markers",
+        "huggingface: checks against transformers itself, needs the huggingface-test extra "
+        "(a stage of its own in .ci/run)",
+    )
     # Keras 3.15 converting tensors for numpy 2: harmless, and thousands of lines of noise.
     config.addinivalue_line(
         "filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword"

@@ -54,6 +54,12 @@ def _model_checkpoint():
     return keras.callbacks.ModelCheckpoint
 
 
+def _keras_object_registration():
+    from keras.src.saving import object_registration
+
+    return object_registration
+
+
 def _mirrored_strategy():
     import tensorflow as tf
 
@@ -154,6 +160,14 @@ INTERNALS = [
             path,
         )
         for path in ("_intermediate_dense.kernel", "_intermediate_layer_norm.gamma", "_bias")
+    ),
+    (
+        "keras.src.saving.object_registration.GLOBAL_CUSTOM_OBJECTS",
+        "keras",
+        "kbert/saving.py (register_on_keras_import), to register kbert's classes on the first "
+        "look-up of a kbert> name, so load_model works after `import kbert` alone",
+        _keras_object_registration,
+        "GLOBAL_CUSTOM_OBJECTS",
     ),
     (
         "tf.distribute.MirroredStrategy._collective_key_base",

@@ -7,6 +7,8 @@
 - `detection`: which kind a source is (`detect_source`) and its config (`read_source_config`).
 - `loading`: `init_from`, the one call behind `kbert train --init-from`.
 - `encoder_preset`: the encoder as a keras-hub preset to fine-tune (`save_encoder_preset`).
+- `hf_layout`: Hugging Face's tensor names and layouts, derived from Google's (read by `presets`,
+  written by `kbert.huggingface`).
 - `report`, `parts`: what every converter shares (`LoadReport`; the model parts a source fills).
 """
 

@@ -12,6 +12,7 @@ from keras_hub.src.utils import preset_utils
 
 from kbert.checkpoints.detection import detect_source
 from kbert.checkpoints.google import google_slots
+from kbert.checkpoints.hf_layout import hf_is_transposed, hf_spellings
 from kbert.checkpoints.parts import BACKBONE_FIELDS, check_backbone_fits, encoder_of, head_of
 from kbert.checkpoints.report import (
     GOOGLE_CHECKPOINT,
@@ -149,33 +150,20 @@ def _hf_heads(
 ) -> dict[str, list[tuple[str, keras.Variable, np.ndarray]]]:
     """The heads a Hugging Face checkpoint holds completely, as (name, kbert variable, value)."""
     tensors = _hf_head_tensors(preset)
-    wanted = {}
-    mlm = head_of(model, "mlm_head")
-    if mlm is not None:
-        dense, norm = "cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm"
-        # Older HF checkpoints spell LayerNorm weights gamma/beta; the bias may sit on the decoder.
-        wanted["MLM head"] = [
-            ((f"{dense}.weight",), mlm._intermediate_dense.kernel, True),
-            ((f"{dense}.bias",), mlm._intermediate_dense.bias, False),
-            ((f"{norm}.weight", f"{norm}.gamma"), mlm._intermediate_layer_norm.gamma, False),
-            ((f"{norm}.bias", f"{norm}.beta"), mlm._intermediate_layer_norm.beta, False),
-            (("cls.predictions.bias", "cls.predictions.decoder.bias"), mlm._bias, False),
-        ]
-    nsp = head_of(model, "nsp")
-    if nsp is not None:
-        # HF linear weights are [out, in]; Keras kernels are [in, out].
-        wanted["NSP head"] = [
-            (("cls.seq_relationship.weight",), nsp.kernel, True),
-            (("cls.seq_relationship.bias",), nsp.bias, False),
-        ]
-    heads = {}
-    for part, entries in wanted.items():
-        names = [next((n for n in spellings if n in tensors), None) for spellings, _, _ in entries]
-        if None not in names:
-            heads[part] = [
-                (name, variable, tensors[name].T if transpose else tensors[name])
-                for name, (_, variable, transpose) in zip(names, entries)
-            ]
+    heads: dict[str, list[tuple[str, keras.Variable, np.ndarray]]] = {}
+    incomplete = set()
+    for slot in google_slots(model):
+        if slot.part == "encoder" or slot.part in incomplete:
+            continue
+        name = next((n for n in hf_spellings(slot.name) if n in tensors), None)
+        if name is None:
+            incomplete.add(slot.part)
+            heads.pop(slot.part, None)
+            continue
+        # HF's Linear weights are [out, in], Keras kernels [in, out]; the NSP weight is [2, H].
+        transpose = hf_is_transposed(slot.name) or slot.transpose
+        value = tensors[name].T if transpose else tensors[name]
+        heads.setdefault(slot.part, []).append((name, slot.variable, value))
     return heads
 
 

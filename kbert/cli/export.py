@@ -1,4 +1,5 @@
-"""`kbert export`: a run's model → a TF Serving SavedModel in `EXPORT_BASE/NAME/VERSION/`."""
+"""`kbert export`: a run's model → a TF Serving SavedModel in `EXPORT_BASE/NAME/VERSION/`, or
+(`--format huggingface`) a Hugging Face BERT folder in `OUTPUT_DIR` that `transformers` loads."""
 
 from __future__ import annotations
 
@@ -8,11 +9,28 @@ import os
 
 from kbert.cli import add_flag, report_devices
 
+SAVEDMODEL, HUGGINGFACE = "savedmodel", "huggingface"
+FORMATS = (SAVEDMODEL, HUGGINGFACE)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `kbert export`, named like `kbert.export.export_for_serving`'s arguments."""
     add_flag(
         parser, "model", required=True, help="a run directory (its model.keras) or a .keras file"
+    )
+    add_flag(
+        parser,
+        "format",
+        choices=FORMATS,
+        default=SAVEDMODEL,
+        help="savedmodel: TF Serving (default); huggingface: a transformers BertForPreTraining "
+        "folder in --output_dir",
+    )
+    add_flag(
+        parser,
+        "output_dir",
+        default=None,
+        help="--format huggingface: the folder to write (replaced if it exists)",
     )
     add_flag(parser, "vocab_file", required=True, help="the vocab.txt the model was trained with")
     add_flag(
@@ -34,14 +52,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "do_lower_case",
         type=bool,
-        default=True,
-        help="lower-case and strip accents in the text signatures (uncased vocab; default)",
+        default=None,
+        help="lower-case and strip accents (uncased vocab); default: true for a SavedModel's "
+        "text signatures, what the run's data recorded (kbert_metadata.json) for huggingface",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Export and print the version directory."""
+    """Export and print where: the version directory, or the Hugging Face folder."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.format == HUGGINGFACE:
+        return _run_huggingface(args)
+    if args.output_dir is not None:
+        raise ValueError(
+            "--output_dir is for --format huggingface; a SavedModel goes to "
+            "--export_base/--name/--version"
+        )
     from kbert.export import SIGNATURES, export_for_serving
 
     report_devices("export")
@@ -52,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         name=args.name,
         version=args.version,
         top_k=args.top_k,
-        do_lower_case=args.do_lower_case,
+        do_lower_case=True if args.do_lower_case is None else args.do_lower_case,
     )
     print(path)
     print(f"signatures: {', '.join(SIGNATURES)}")
@@ -62,5 +88,24 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"serve with: tensorflow_model_server --rest_api_port=8501 --model_name={args.name} "
         f"--model_base_path={model_base_path}"
+    )
+    return 0
+
+
+def _run_huggingface(args: argparse.Namespace) -> int:
+    """Write the Hugging Face folder and print it, with the lines that load it in PyTorch."""
+    if args.output_dir is None:
+        raise ValueError("--format huggingface needs --output_dir, the folder to write")
+    if args.version is not None:
+        raise ValueError("--version is for --format savedmodel; --output_dir is the folder")
+    from kbert.huggingface import save_huggingface
+
+    report_devices("export")
+    path = save_huggingface(args.model, args.output_dir, args.vocab_file, args.do_lower_case)
+    print(path)
+    print(
+        "load with: from transformers import BertForPreTraining, BertTokenizerFast; "
+        f"model = BertForPreTraining.from_pretrained({path!r}); "
+        f"tokenizer = BertTokenizerFast.from_pretrained({path!r})"
     )
     return 0
