@@ -29,7 +29,6 @@ SERIALIZABLE_MODULES = (
     "kbert.metrics",
     "kbert.model",
     "kbert.optimization",
-    "kbert.train",
 )
 PACKAGE_PREFIX = "kbert>"
 # Keras' module that owns the global registry (`GLOBAL_CUSTOM_OBJECTS`).

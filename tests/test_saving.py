@@ -110,11 +110,6 @@ def test_fresh_process_loads_a_kbert_train_model(run_dir, backend, compile, tmp_
     assert loaded["iterations_after_fit"] == 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Keras' AdamW.get_config drops exclude_from_weight_decay: after a reload LayerNorm and "
-    "bias decay (kbert/optimization.py must save its exclusions)",
-)
 def test_a_reloaded_compiled_model_trains_on_as_the_original_would(tmp_path):
     optimizer = kbert.create_optimizer(1e-2, num_train_steps=10, num_warmup_steps=2)
     model = compiled_tiny(optimizer)
