@@ -173,6 +173,13 @@ def pretrain(
     max_seq_length = train_info["max_seq_length"]
     bert_config = _resolve_bert_config(run.config, train_info, run.dropout)
     initial_epoch = _prepare_run_directory(where, run, bert_config, max_seq_length)
+    # Every process resumes from its own backup; one killed while the others wrote theirs lags.
+    where.placement.check_same_on_every_process(
+        initial_epoch * run.checkpoint_interval,
+        "the step their resume backups restore",
+        f"copy {posixpath.join(run.output_dir, BACKUP_DIR)} (process 0's) over every "
+        f"{posixpath.join(run.output_dir, 'workers', 'process-N', BACKUP_DIR)}, then run again",
+    )
 
     keras.utils.set_random_seed(run.seed)
     with _dtype_policy(MIXED_PRECISION_POLICIES[run.mixed_precision]), where.scope():

@@ -10,6 +10,7 @@ Every shard holds half a global batch, so every global step of either run is the
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -242,6 +243,7 @@ def runs(tmp_path_factory):
     killed = sorted(
         str(path.relative_to(work / "resumed")) for path in (work / "resumed").rglob("*")
     )
+    shutil.copytree(work / "resumed" / "workers" / "process-1" / "backup", work / "backup-step-2")
     run_to_the_end(two_processes(work, "rerun", train, work / "resumed"))
     return work, killed
 
@@ -360,6 +362,24 @@ def test_killed_processes_rerun_continue_exactly(runs):
         work / "resumed" / "workers" / "process-1" / "checkpoints" / "ckpt-0000004.weights.h5",
         work / "two" / "checkpoints" / "ckpt-0000004.weights.h5",
     )
+
+
+def test_processes_whose_backups_disagree_stop_with_the_same_clear_error(runs):
+    work, _ = runs
+    # Process 1 stopped before writing its step-4 backup: process 0's is at step 4, its at 2.
+    run = work / "disagree"
+    shutil.copytree(work / "two", run)
+    shutil.rmtree(run / "workers" / "process-1" / "backup")
+    shutil.copytree(work / "backup-step-2", run / "workers" / "process-1" / "backup")
+    group = two_processes(work, "disagree", [sys.executable, "-m", "kbert", "train"], run)
+    try:
+        assert group.wait(time.monotonic() + TIMEOUT_SECONDS) == [1, 1], group.output()
+    finally:
+        group.kill()
+    for log in group.logs:
+        error = log.read_text().strip().splitlines()[-1]
+        assert error.startswith("kbert train: error: the JAX processes disagree on the step"), error
+        assert "(process 0: 4, process 1: 2)" in error, error
 
 
 def test_without_the_variables_nothing_is_initialised(monkeypatch):
