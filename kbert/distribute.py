@@ -690,8 +690,8 @@ def initialize_distribution(
             index.value not in (None, jax.process_index())
         ):
             raise ValueError(
-                f"{names} ask for process {index.value} of {count.value}, but this process "
-                f"already runs as process {jax.process_index()} of {jax.process_count()}"
+                f"{names} do not match this process, which already runs as process "
+                f"{jax.process_index()} of {jax.process_count()}"
             )
         return True
     try:

@@ -15,6 +15,9 @@ A run directory holds everything a run writes:
     model.keras             the final pre-training model (reloads with `keras.saving.load_model`)
     encoder.weights.h5      the final encoder's weights (keras-hub `BertBackbone`)
     eval_results.json       held-out MLM/NSP loss and accuracy, MLM perplexity
+    workers/                TensorFlow workers other than the chief: a run directory each;
+                            JAX processes other than 0: process-<id>/ with their checkpoints/
+                            and backup/ only (`Placement.worker_directory`, `writes_run_files`)
 
 Training runs in "epochs" of `checkpoint_interval` optimizer steps: every epoch end writes a
 weight checkpoint and the resume backup; history rows come every `log_interval` updates

@@ -349,6 +349,50 @@ def test_each_process_opens_only_its_own_shards(runs):
         assert x["input_ids"].shape[0] == GLOBAL_BATCH // 2
 
 
+def shard_rows(shard, count):
+    """`count` records of shard `shard`, each with input ids of its own."""
+    return [
+        {
+            "input_ids": [2, 5 + 10 * shard + i, 4, 3],
+            "input_mask": [1, 1, 1, 1],
+            "segment_ids": [0, 0, 1, 1],
+            "masked_lm_positions": [2],
+            "masked_lm_ids": [9],
+            "masked_lm_weights": [1.0],
+            "next_sentence_labels": [i % 2],
+        }
+        for i in range(count)
+    ]
+
+
+def rows_read(data, process, processes, batches):
+    """The input ids of the rows pipeline `process` of `processes` yields in `batches` steps."""
+    share = tf.distribute.InputContext(processes, process, processes)
+    dataset = pretraining_dataset(str(data), GLOBAL_BATCH, seed=SEED, input_context=share)
+    return {int(x["input_ids"][i, 1]) for x, _, _ in dataset.take(batches) for i in range(4)}
+
+
+def test_three_shards_over_two_processes_are_read_two_and_one(tmp_path):
+    # Each process's view holds its own shards; the others are not TFRecord files.
+    for process, mine in ((0, (0, 2)), (1, (1,))):
+        data = tmp_path / f"process-{process}"
+        data.mkdir()
+        for shard in range(3):
+            path = data / f"shard-{shard}.tfrecord"
+            if shard in mine:
+                write_records(path, shard_rows(shard, 4))
+            else:
+                path.write_text(NOT_A_SHARD)
+        expected = {5 + 10 * shard + i for shard in mine for i in range(4)}
+        assert rows_read(data, process, 2, batches=8) == expected
+
+
+def test_one_shard_over_two_processes_is_split_by_record(tmp_path):
+    write_records(tmp_path / "shard-0.tfrecord", shard_rows(0, 8))
+    read = [rows_read(tmp_path, process, 2, batches=1) for process in (0, 1)]
+    assert read == [{5, 7, 9, 11}, {6, 8, 10, 12}]
+
+
 def test_killed_processes_rerun_continue_exactly(runs):
     work, killed = runs
     # Both were killed after step 2: its checkpoint and backup were written, nothing after.
