@@ -147,7 +147,7 @@ class Processes:
                 process.wait()
 
 
-def two_processes(work, name, command, output_dir, devices=1):
+def two_processes(work, name, command, output_dir, devices=2):
     port = free_port()
     return Processes(
         work,
@@ -208,7 +208,7 @@ def kill_both_after_the_first_interval(work, output_dir):
             (
                 [sys.executable, str(child), str(markers[p])] + train_args(work, output_dir),
                 work / f"process-{p}",
-                environment(1, p, port),
+                environment(2, p, port),
             )
             for p in (0, 1)
         ],
@@ -228,7 +228,7 @@ def kill_both_after_the_first_interval(work, output_dir):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One process over 2 devices ("reference"); 2 processes of 1 device each ("two"); the same
+    """One process over 2 devices ("reference"); 2 processes of 2 devices each ("two"); the same
     2 processes killed after step 2 ("killed": what was on disk then) and rerun ("resumed")."""
     work = tmp_path_factory.mktemp("multi_host_jax")
     write_data(work)
