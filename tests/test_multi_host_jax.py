@@ -426,6 +426,21 @@ def test_processes_whose_backups_disagree_stop_with_the_same_clear_error(runs):
         assert "(process 0: 4, process 1: 2)" in error, error
 
 
+def test_one_device_strategy_over_two_processes_is_a_clear_error(runs):
+    work, _ = runs
+    command = [sys.executable, "-m", "kbert", "train", "--strategy", "cpu"]
+    group = two_processes(work, "cpu", command, work / "cpu")
+    try:
+        assert group.wait(time.monotonic() + TIMEOUT_SECONDS) == [1, 1], group.output()
+    finally:
+        group.kill()
+    for process, log in enumerate(group.logs):
+        error = log.read_text().strip().splitlines()[-1]
+        assert error.startswith(
+            f"kbert train: error: strategy 'cpu' is one device, but this is process {process} of 2"
+        ), error
+
+
 def test_without_the_variables_nothing_is_initialised(monkeypatch):
     for name in VARIABLES:
         monkeypatch.delenv(name, raising=False)
