@@ -1,10 +1,10 @@
 """A JAX run of several processes: two `kbert train` processes on 127.0.0.1 (the multi-host proxy).
 
-Each process sees the same command and `KERAS_DISTRIBUTION_*` variables but its own working
-directory, where the training shard of the other process is not a TFRecord file: a process that
-opened it would fail. The reference is one process over two CPU devices reading both real shards.
-Every shard holds half a global batch, so every global step of either run is the same 8 records
-(in some order; the losses are sums over the batch).
+Each process runs the same command with Keras' `KERAS_DISTRIBUTION_*` variables (its own process
+id) in its own working directory, where the training shard of the other process is not a TFRecord
+file: a process that opened it would fail. The reference is one process over two CPU devices
+reading both real shards. Every shard holds half a global batch, so every global step of either
+run is the same 8 records (in some order; the losses are sums over the batch).
 """
 
 import csv
