@@ -107,31 +107,33 @@ class _MetricRows(keras.callbacks.Callback):
     interval's end (see the module docstring for what a row means).
 
     The step is counted from the batch index, so the model (on JAX: its state) is only read when
-    a row is written.
+    a row is written. Without `output_dir` nothing is written, but the metrics are reset at the
+    same steps (every JAX process must hold the same metric state).
     """
 
     def __init__(
         self,
-        output_dir: str,
+        output_dir: str | None,
         log_interval: int,
         updates_per_interval: int,
         batches_per_update: int,
         skipped_records: SkippedRecords | None,
     ):
         super().__init__()
-        self.path = posixpath.join(output_dir, HISTORY_FILE)
-        self.logs_dir = posixpath.join(output_dir, TENSORBOARD_DIR)
+        self.path = posixpath.join(output_dir, HISTORY_FILE) if output_dir else None
+        self.logs_dir = posixpath.join(output_dir, TENSORBOARD_DIR) if output_dir else None
         self.log_interval = log_interval
         self.updates_per_interval = updates_per_interval
         self.batches_per_update = batches_per_update
         self.skipped_records = skipped_records
         self._file = None
+        self._opened = False
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._interval_start = epoch * self.updates_per_interval
         self._last_row = self._interval_start
-        if self._file is None:  # the first interval of this call: resumed at its start
+        if not self._opened:  # the first interval of this call: resumed at its start
             self._open(self._interval_start)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
@@ -159,6 +161,7 @@ class _MetricRows(keras.callbacks.Callback):
             writer.flush()
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        self._opened = False
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -169,6 +172,10 @@ class _MetricRows(keras.callbacks.Callback):
     def _open(self, restored_step: int) -> None:
         """Keep the rows up to `restored_step` (a killed run may have written later ones), then
         append."""
+        self._opened = True
+        self._skipped_at_row = self._skipped_at_interval = self._skipped_now
+        if self.path is None:
+            return
         kept = []
         if tf.io.gfile.exists(self.path):
             with tf.io.gfile.GFile(self.path, "r") as f:
@@ -184,7 +191,6 @@ class _MetricRows(keras.callbacks.Callback):
         write_atomically(self.path, buffer.getvalue())
         self._file = tf.io.gfile.GFile(self.path, "a")
         self._csv = csv.DictWriter(self._file, ("epoch", *HISTORY_COLUMNS), extrasaction="ignore")
-        self._skipped_at_row = self._skipped_at_interval = self._skipped_now
         for name in ("train", "validation"):
             self._writers[name] = tf.summary.create_file_writer(posixpath.join(self.logs_dir, name))
 
@@ -195,6 +201,9 @@ class _MetricRows(keras.callbacks.Callback):
     def _write(self, step: int, logs: dict) -> None:
         now = self._skipped_now
         skipped, self._skipped_at_row = now - self._skipped_at_row, now
+        self._last_row = step
+        if self.path is None:
+            return
         row = {name: float(logs[name]) for name in HISTORY_COLUMNS if name in logs}
         row["learning_rate"] = float(self.model.optimizer.learning_rate)
         if self.skipped_records is not None:
@@ -208,7 +217,6 @@ class _MetricRows(keras.callbacks.Callback):
         )
         # Flushed row by row: a killed run keeps its rows (a resume drops those past its backup).
         self._file.flush()
-        self._last_row = step
         for name, value in row.items():
             if name == "step":
                 continue
@@ -237,6 +245,7 @@ def training_callbacks(
     updates_per_interval: int = 1,
     batches_per_update: int = 1,
     skipped_records: SkippedRecords | None = None,
+    history: bool = True,
 ) -> list[keras.callbacks.Callback]:
     """kbert's callbacks, in the order they must run at each interval's end.
 
@@ -247,6 +256,8 @@ def training_callbacks(
         updates_per_interval: optimizer updates per Keras epoch (`checkpoint_interval`).
         batches_per_update: batches per optimizer update (gradient accumulation).
         skipped_records: the training pipeline's count of unreadable records, if it skips them.
+        history: write history.csv and TensorBoard scalars (False: a process that does not
+            write the run's files resets the metrics at the same steps, and writes nothing).
 
     Examples:
     >>> [type(c).__name__ for c in training_callbacks("run", 3)][:4]
@@ -256,7 +267,11 @@ def training_callbacks(
         _StopOnNonFiniteLoss(output_dir),
         _StepLogs(),
         _MetricRows(
-            output_dir, log_interval, updates_per_interval, batches_per_update, skipped_records
+            output_dir if history else None,
+            log_interval,
+            updates_per_interval,
+            batches_per_update,
+            skipped_records,
         ),
         # Epoch ends only: a mid-epoch backup restores to the epoch's start (Keras ignores the
         # saved batch), which would replay batches; intervals are epochs for that reason.

@@ -172,6 +172,28 @@ class PretrainConfig:
         group="execution",
         choices=STRATEGIES,
     )
+    job_addresses: str | None = _setting(
+        None,
+        help="JAX run of several processes (hosts): host:port of process 0, which serves the "
+        "coordinator (or every process's, comma-separated); the same on every process "
+        "(default: KERAS_DISTRIBUTION_JOB_ADDRESSES). Process 0 writes output_dir, the others "
+        "keep their checkpoints and backup in output_dir/workers/process-<id>",
+        group="execution",
+    )
+    num_processes: int | None = _setting(
+        None,
+        help="JAX run of several processes: how many (default: KERAS_DISTRIBUTION_NUM_PROCESSES; "
+        "on a Cloud TPU VM slice this alone is enough, JAX finds the address and the id)",
+        group="execution",
+        parse=int,
+    )
+    process_id: int | None = _setting(
+        None,
+        help="JAX run of several processes: this one's id, 0 to num_processes - 1 (default: "
+        "KERAS_DISTRIBUTION_PROCESS_ID)",
+        group="execution",
+        parse=int,
+    )
     tpu: str = _setting(
         "local",
         help="the TPU for strategy tpu/auto: 'local' (Colab / Cloud TPU VM), a name or a "
@@ -320,7 +342,7 @@ class PretrainConfig:
                 f"checkpoint_interval ({checkpoint_interval}) must divide steps ({self.steps}): "
                 "training runs in whole intervals so that every one ends with a checkpoint"
             )
-        for name in ("max_predictions_per_seq", "eval_batch_size", "log_interval"):
+        for name in ("max_predictions_per_seq", "eval_batch_size", "log_interval", "num_processes"):
             if getattr(self, name) is not None:
                 check_positive_int(name, getattr(self, name))
         if self.eval_interval is not None:

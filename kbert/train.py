@@ -15,6 +15,9 @@ A run directory holds everything a run writes:
     model.keras             the final pre-training model (reloads with `keras.saving.load_model`)
     encoder.weights.h5      the final encoder's weights (keras-hub `BertBackbone`)
     eval_results.json       held-out MLM/NSP loss and accuracy, MLM perplexity
+    workers/                TensorFlow workers other than the chief: a run directory each;
+                            JAX processes other than 0: process-<id>/ with their checkpoints/
+                            and backup/ only (`Placement.worker_directory`, `writes_run_files`)
 
 Training runs in "epochs" of `checkpoint_interval` optimizer steps: every epoch end writes a
 weight checkpoint and the resume backup; history rows come every `log_interval` updates
@@ -48,7 +51,7 @@ from kbert.callbacks import (
 from kbert.config import PRESET_SIZES, BertConfig, resolve_config
 from kbert.data import SkippedRecords, describe, pretraining_dataset
 from kbert.device_defaults import resolve_settings
-from kbert.distribute import Placement, as_placement
+from kbert.distribute import Placement, as_placement, initialize_distribution
 from kbert.errors import DamagedRecordsError
 from kbert.evaluation import evaluate, evaluation_dataset, load_model
 from kbert.io import MODEL_FILE, atomic_path, read_json
@@ -166,12 +169,20 @@ def pretrain(
     5
     """
     run, placement = _as_pretrain_config(config, train_files, output_dir, steps, strategy, settings)
-    # First: a multi-worker strategy must exist before TensorFlow runs anything (reading the data).
+    # First: a multi-worker strategy must exist before TensorFlow runs anything (reading the data),
+    # and JAX processes join their run before JAX runs anything.
     where = _distribution(run, placement)
     run, train_info = _resolve_run(run, where)
     max_seq_length = train_info["max_seq_length"]
     bert_config = _resolve_bert_config(run.config, train_info, run.dropout)
     initial_epoch = _prepare_run_directory(where, run, bert_config, max_seq_length)
+    # Every process resumes from its own backup; one killed while the others wrote theirs lags.
+    where.placement.check_same_on_every_process(
+        initial_epoch * run.checkpoint_interval,
+        "the step their resume backups restore",
+        f"copy {posixpath.join(run.output_dir, BACKUP_DIR)} (process 0's) over every "
+        f"{posixpath.join(run.output_dir, 'workers', 'process-N', BACKUP_DIR)}, then run again",
+    )
 
     keras.utils.set_random_seed(run.seed)
     with _dtype_policy(MIXED_PRECISION_POLICIES[run.mixed_precision]), where.scope():
@@ -189,6 +200,7 @@ def pretrain(
         updates_per_interval=run.checkpoint_interval,
         batches_per_update=run.gradient_accumulation_steps,
         skipped_records=skipped,
+        history=where.placement.writes_run_files,
     )
     # Keras' JAX trainer places each batch by the distribution in scope: fit and evaluate in it.
     with where.scope():
@@ -199,7 +211,7 @@ def pretrain(
                 ),
                 epochs=run.steps // run.checkpoint_interval,
                 steps_per_epoch=batches_per_epoch,
-                **_validation(run, model),
+                **_validation(run, model, where.placement),
                 callbacks=kbert_callbacks + list(callbacks),
                 verbose=verbose,
                 shuffle=False,
@@ -208,7 +220,7 @@ def pretrain(
             raise _damaged_training_data(run, where.output_dir, model, e) from None
         if skipped is not None:
             logger.info("%d unreadable record(s) skipped in this run", skipped.total())
-        eval_results = _finish(model, run, where.output_dir, verbose)
+        eval_results = _finish(model, run, where, verbose)
     return PretrainResult(model, history.history, eval_results, where.output_dir)
 
 
@@ -250,6 +262,7 @@ class _Run:
 
 def _distribution(run: PretrainConfig, placement: Placement | None) -> _Run:
     """The placement `run.strategy` names (or the one given) and this worker's run directory."""
+    initialize_distribution(run.job_addresses, run.num_processes, run.process_id)
     placement = placement or as_placement(run.strategy, tpu=run.tpu)
     return _Run(placement, placement.worker_directory(run.output_dir))
 
@@ -260,7 +273,10 @@ def _resolve_run(run: PretrainConfig, where: _Run) -> tuple[PretrainConfig, dict
     where.placement.check_global_batch_size(run.batch_size)
     if run.eval_files:
         where.placement.check_evaluation_batch_size(run.eval_batch_size or run.batch_size)
-    train_info = describe(run.train_files, count_records=False)
+    # Only this process's shards: under JAX each host may hold only its own.
+    train_info = describe(
+        run.train_files, count_records=False, input_context=where.placement.input_context()
+    )
     max_predictions_per_seq = run.max_predictions_per_seq or train_info["max_predictions_per_seq"]
     if not max_predictions_per_seq:
         raise ValueError(
@@ -289,13 +305,15 @@ def _prepare_run_directory(
     backup_dir = posixpath.join(output_dir, BACKUP_DIR)
     initial_epoch = _restored_epoch(backup_dir)
     if initial_epoch:
-        _check_resumable(output_dir, run)
+        _check_resumable(output_dir if where.placement.writes_run_files else run.output_dir, run)
         logger.info(
             "resuming %s from step %d (backup in %s)",
             output_dir,
             initial_epoch * run.checkpoint_interval,
             backup_dir,
         )
+    if not where.placement.writes_run_files:
+        return initial_epoch
     bert_config.to_json_file(posixpath.join(output_dir, BERT_CONFIG_FILE))
     facts = dict(
         backend=where.placement.backend,
@@ -372,7 +390,9 @@ def _training_data(
     )
 
 
-def _validation(run: PretrainConfig, model: BertPretrainingModel) -> dict[str, Any]:
+def _validation(
+    run: PretrainConfig, model: BertPretrainingModel, placement: Placement
+) -> dict[str, Any]:
     """`fit`'s validation arguments: the held-out set every `eval_interval` updates, if any."""
     if not run.eval_interval:
         return {}
@@ -383,23 +403,28 @@ def _validation(run: PretrainConfig, model: BertPretrainingModel) -> dict[str, A
             model,
             run.dynamic_masking_vocab,
             run.skip_corrupt_records,
+            input_context=placement.input_context(),
         ),
         validation_freq=run.eval_interval // run.checkpoint_interval,
     )
 
 
 def _finish(
-    model: BertPretrainingModel, run: PretrainConfig, output_dir: str, verbose: int | str
+    model: BertPretrainingModel, run: PretrainConfig, where: _Run, verbose: int | str
 ) -> dict[str, Any] | None:
-    """Save the final model and encoder, then evaluate on `eval_files` (None without them)."""
-    _save_model(model, output_dir)
+    """Save the final model and encoder, then evaluate on `eval_files` (None without them);
+    every process evaluates, the one that writes the run's files saves."""
+    writes = where.placement.writes_run_files
+    if writes:
+        with where.placement.this_process_only():
+            _save_model(model, where.output_dir)
     if not run.eval_files:
         return None
     return evaluate(
         model,
         run.eval_files,
         batch_size=run.eval_batch_size or run.batch_size,
-        output_path=posixpath.join(output_dir, EVAL_RESULTS_FILE),
+        output_path=posixpath.join(where.output_dir, EVAL_RESULTS_FILE) if writes else None,
         dynamic_masking_vocab=run.dynamic_masking_vocab,
         verbose=verbose,
         skip_corrupt_records=run.skip_corrupt_records,
