@@ -9,7 +9,9 @@ and a weight checkpoint (the newest `keep_checkpoints` are kept).
 A history row holds the means over the updates since the previous row: Keras' logged metrics
 are running means since their last reset, so the metrics are reset after every row (the
 progress bar shows the same window means). Rows are written before the backup: a run resumed from
-the backup drops the rows past its step, so none is written twice.
+the backup drops the rows past its step, and the TensorBoard events past it, so none is written
+twice (a torn last row of a killed run is dropped too). Checkpoints are written under a temporary
+name and renamed when complete (`kbert.io.atomic_path`), so a listed checkpoint is never torn.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import posixpath
 import keras
 import tensorflow as tf
 
+from kbert.backup import ResumeBackup, State
 from kbert.data import SkippedRecords
 from kbert.errors import KbertError
 from kbert.evaluation import METRICS
-from kbert.io import write_atomically
+from kbert.io import atomic_path, write_atomically
 from kbert.optimization import optimizer_step
 
 logger = logging.getLogger(__name__)
@@ -97,7 +100,10 @@ class _LastCheckpoints(keras.callbacks.ModelCheckpoint):
         self.keep = keep
 
     def _save_model(self, epoch, batch, logs):
-        super()._save_model(epoch, batch, logs)
+        # Keras' ModelCheckpoint writes the final name in place: a kill would leave a torn file.
+        tf.io.gfile.makedirs(self.directory)
+        with atomic_path(self._get_file_path(epoch, batch, logs)) as tmp:
+            self.model.save_weights(tmp, overwrite=True)
         for stale in checkpoint_files(self.directory)[: -self.keep]:
             tf.io.gfile.remove(stale)
 
@@ -159,6 +165,11 @@ class _MetricRows(keras.callbacks.Callback):
             writer.flush()
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close history.csv and the TensorBoard writers (also when training stopped by an error,
+        where Keras calls no `on_train_end`), so every row and scalar written is readable."""
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -172,11 +183,16 @@ class _MetricRows(keras.callbacks.Callback):
         kept = []
         if tf.io.gfile.exists(self.path):
             with tf.io.gfile.GFile(self.path, "r") as f:
-                kept = [
-                    row
-                    for row in csv.DictReader(io.StringIO(f.read()))
-                    if row.get("step") and float(row["step"]) <= restored_step
-                ]
+                lines = f.read().splitlines(keepends=True)
+            if lines and not lines[-1].endswith("\n"):
+                lines.pop()  # a row torn by a kill
+            kept = [
+                row
+                for row in csv.DictReader(lines)
+                if None not in row.values()
+                and row.get("step")
+                and float(row["step"]) <= restored_step
+            ]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, ("epoch", *HISTORY_COLUMNS), extrasaction="ignore")
         writer.writeheader()
@@ -186,6 +202,7 @@ class _MetricRows(keras.callbacks.Callback):
         self._csv = csv.DictWriter(self._file, ("epoch", *HISTORY_COLUMNS), extrasaction="ignore")
         self._skipped_at_row = self._skipped_at_interval = self._skipped_now
         for name in ("train", "validation"):
+            _drop_events_after(posixpath.join(self.logs_dir, name), restored_step)
             self._writers[name] = tf.summary.create_file_writer(posixpath.join(self.logs_dir, name))
 
     @property
@@ -217,6 +234,23 @@ class _MetricRows(keras.callbacks.Callback):
                 tf.summary.scalar(name.removeprefix("val_"), value, step=step)
 
 
+def _drop_events_after(directory: str, step: int) -> None:
+    """Rewrite the TensorBoard event files in `directory` without the events past `step`: a
+    resumed run writes those steps again. A record torn by a kill is dropped too."""
+    for path in tf.io.gfile.glob(posixpath.join(directory, "events.out.tfevents.*")):
+        events, torn = [], False
+        try:
+            for record in tf.data.TFRecordDataset(path):
+                events.append(record.numpy())
+        except tf.errors.DataLossError:
+            torn = True
+        kept = [e for e in events if tf.compat.v1.Event.FromString(e).step <= step]
+        if torn or len(kept) < len(events):
+            with atomic_path(path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
+                for event in kept:
+                    writer.write(event)
+
+
 def checkpoint_files(directory: str) -> list[str]:
     """Weight checkpoints in `directory`, oldest first (the step is zero-padded in the name).
 
@@ -237,6 +271,7 @@ def training_callbacks(
     updates_per_interval: int = 1,
     batches_per_update: int = 1,
     skipped_records: SkippedRecords | None = None,
+    resume_state: State | None = None,
 ) -> list[keras.callbacks.Callback]:
     """kbert's callbacks, in the order they must run at each interval's end.
 
@@ -247,10 +282,11 @@ def training_callbacks(
         updates_per_interval: optimizer updates per Keras epoch (`checkpoint_interval`).
         batches_per_update: batches per optimizer update (gradient accumulation).
         skipped_records: the training pipeline's count of unreadable records, if it skips them.
+        resume_state: the backup to restore when training begins (`kbert.backup.find_state`).
 
     Examples:
     >>> [type(c).__name__ for c in training_callbacks("run", 3)][:4]
-    ['_StopOnNonFiniteLoss', '_StepLogs', '_MetricRows', 'BackupAndRestore']
+    ['_StopOnNonFiniteLoss', '_StepLogs', '_MetricRows', 'ResumeBackup']
     """
     return [
         _StopOnNonFiniteLoss(output_dir),
@@ -258,13 +294,7 @@ def training_callbacks(
         _MetricRows(
             output_dir, log_interval, updates_per_interval, batches_per_update, skipped_records
         ),
-        # Epoch ends only: a mid-epoch backup restores to the epoch's start (Keras ignores the
-        # saved batch), which would replay batches; intervals are epochs for that reason.
-        keras.callbacks.BackupAndRestore(
-            posixpath.join(output_dir, BACKUP_DIR),
-            save_freq="epoch",
-            double_checkpoint=True,
-            delete_checkpoint=False,
-        ),
+        # Backups at interval (epoch) ends only: fit resumes at an epoch's start.
+        ResumeBackup(posixpath.join(output_dir, BACKUP_DIR), resume_state),
         _LastCheckpoints(posixpath.join(output_dir, CHECKPOINT_DIR), keep_checkpoints),
     ]

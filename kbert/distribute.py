@@ -460,6 +460,24 @@ class Placement:
 
         return jax.process_index() == 0
 
+    def agree_on_minimum(self, value: int) -> int:
+        """The smallest `value` any worker process passes (each its own), e.g. the newest interval
+        every worker's backup holds; `value` itself in a single process."""
+        if self.strategy is not None:
+            if not is_multi_worker(self.strategy):
+                return value
+            values = self.strategy.experimental_distribute_values_from_function(
+                lambda context: tf.constant([value], tf.int64)
+            )
+            return int(tf.reduce_min(self.strategy.gather(values, axis=0)))
+        import jax
+
+        if jax.process_count() == 1:
+            return value
+        from jax.experimental import multihost_utils
+
+        return int(min(multihost_utils.process_allgather(value)))
+
     def check_global_batch_size(self, global_batch_size: int) -> None:
         """Raise a clear error unless `global_batch_size` splits evenly across the replicas."""
         if global_batch_size % self.num_replicas:

@@ -139,7 +139,11 @@ class PretrainConfig:
         resume_invariant=True,
     )
     weight_decay: float = _setting(
-        0.01, help="AdamW's decoupled weight decay", group="optimisation", parse=float
+        0.01,
+        help="AdamW's decoupled weight decay",
+        group="optimisation",
+        parse=float,
+        resume_invariant=True,
     )
     optimizer: str = _setting(
         "adamw",
@@ -190,6 +194,7 @@ class PretrainConfig:
         "fp16 (with loss scaling, for GPUs)",
         group="execution",
         choices=MIXED_PRECISION,
+        resume_invariant=True,
     )
     gradient_accumulation_steps: int = _setting(
         1,
@@ -238,6 +243,7 @@ class PretrainConfig:
         help="masked positions per sequence for records without masks (default: the metadata's)",
         group="model and data",
         parse=int,
+        resume_invariant=True,
     )
     dynamic_masking_vocab: str | None = _setting(
         None,
@@ -245,6 +251,7 @@ class PretrainConfig:
         "records written without masks)",
         group="model and data",
         metavar="VOCAB_TXT",
+        resume_invariant=True,
     )
     eval_batch_size: int | None = _setting(
         None,

@@ -89,8 +89,12 @@ def test_a_run_config_json_with_an_unknown_setting_is_named(tmp_path):
         PretrainConfig.from_json(str(path))
 
 
-def test_the_settings_that_fix_data_order_and_schedule_are_resume_invariants():
+def test_the_settings_that_fix_data_order_schedule_and_numbers_are_resume_invariants():
     assert set(PretrainConfig.resume_invariants()) == {
+        "weight_decay",
+        "mixed_precision",
+        "max_predictions_per_seq",
+        "dynamic_masking_vocab",
         "train_files",
         "batch_size",
         "steps",

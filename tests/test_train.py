@@ -187,10 +187,11 @@ def test_nan_loss_stops_training_clearly_and_keeps_the_last_good_checkpoint(data
     model.load_weights(str(run / "checkpoints" / "ckpt-0000005.weights.h5"))
     assert all(np.isfinite(w.numpy()).all() for w in model.weights)
     # The resume backup is the one of step 5 too, not the diverged state.
-    with open(run / "backup" / "training_metadata.json") as f:
-        assert json.load(f)["epoch"] == 1
+    with open(run / "backup" / "current.json") as f:
+        current = json.load(f)
+    assert (current["epoch"], current["step"]) == (1, 5)
     backup = kbert.build_pretraining_model(tiny_config(), 16, 3)
-    backup.load_weights(str(run / "backup" / "latest.weights.h5"))
+    backup.load_weights(str(run / "backup" / current["state"] / "model.weights.h5"))
     assert_same_weights(model, backup, atol=0)
 
 
