@@ -554,7 +554,9 @@ def _check_resumable(output_dir: str, run: PretrainConfig, bert_config: BertConf
     path = posixpath.join(output_dir, BERT_CONFIG_FILE)
     if tf.io.gfile.exists(path):
         previous, now = BertConfig.from_json_file(path).to_dict(), bert_config.to_dict()
-        changed = [f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in now.items() if previous.get(k) != v]
+        changed = [
+            f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in now.items() if previous.get(k) != v
+        ]
         if changed:
             raise ResumeMismatchError(
                 f"{output_dir} holds a run to resume, but the model's config changed "
