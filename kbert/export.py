@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from kbert import features
-from kbert.io import temporary_path
+from kbert.io import sweep_temporaries, temporary_path
 from kbert.model import BertPretrainingModel, load_pretraining_model
 from kbert.serving_tokenizer import MASK, ServingTextEncoder, read_vocab, write_vocab
 
@@ -130,6 +130,9 @@ def export_for_serving(
     _check_free(export_dir)
 
     tf.io.gfile.makedirs(model_dir)
+    # A killed export's temporary folder (one export of a name at a time: it may be large).
+    for path in sweep_temporaries(model_dir):
+        logger.info("removed %s, left by an interrupted export", path)
     # TF Serving only loads directories named by an integer, so it ignores this one.
     tmp_dir = temporary_path(export_dir)
     try:
