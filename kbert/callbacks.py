@@ -87,6 +87,24 @@ class _StopOnNonFiniteLoss(keras.callbacks.TerminateOnNaN):
         )
 
 
+class _StopAtLastStep(keras.callbacks.Callback):
+    """Ends training after `total_steps` updates: the last interval is shorter when the
+    checkpoint interval does not divide the steps (Keras' epochs are all the same length)."""
+
+    def __init__(self, total_steps: int, updates_per_interval: int, batches_per_update: int):
+        super().__init__()
+        self.total_steps = total_steps
+        self.batches_per_interval = updates_per_interval * batches_per_update
+        self.batches_per_update = batches_per_update
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._first_batch = epoch * self.batches_per_interval
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if (self._first_batch + batch + 1) // self.batches_per_update >= self.total_steps:
+            self.model.stop_training = True
+
+
 class _LastCheckpoints(keras.callbacks.ModelCheckpoint):
     """ModelCheckpoint of weights that keeps only the newest `keep` files."""
 
@@ -123,8 +141,10 @@ class _MetricRows(keras.callbacks.Callback):
         updates_per_interval: int,
         batches_per_update: int,
         skipped_records: SkippedRecords | None,
+        total_steps: int | None = None,
     ):
         super().__init__()
+        self.total_steps = total_steps
         self.path = posixpath.join(output_dir, HISTORY_FILE)
         self.logs_dir = posixpath.join(output_dir, TENSORBOARD_DIR)
         self.log_interval = log_interval
@@ -146,17 +166,17 @@ class _MetricRows(keras.callbacks.Callback):
         step = self._interval_start + (batch + 1) // self.batches_per_update
         if step // self.log_interval == self._last_row // self.log_interval:
             return
-        if step == self._interval_start + self.updates_per_interval:
+        if step == self._interval_end(self._interval_start // self.updates_per_interval):
             return  # the interval's end writes this row, with its evaluation
         self._write(step, logs or {})
         self.model.reset_metrics()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self._write((epoch + 1) * self.updates_per_interval, logs or {})
+        self._write(self._interval_end(epoch), logs or {})
         if self.skipped_records is not None:
             logger.info(
                 "step %d: %d unreadable record(s) skipped in this interval, %d in total",
-                (epoch + 1) * self.updates_per_interval,
+                self._interval_end(epoch),
                 self._skipped_at_row - self._skipped_at_interval,
                 self._skipped_at_row,
             )
@@ -166,6 +186,11 @@ class _MetricRows(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self.close()
+
+    def _interval_end(self, epoch: int) -> int:
+        """The step interval `epoch` ends at (the last interval may be shorter)."""
+        end = (epoch + 1) * self.updates_per_interval
+        return min(end, self.total_steps) if self.total_steps else end
 
     def close(self) -> None:
         """Close history.csv and the TensorBoard writers (also when training stopped by an error,
@@ -272,6 +297,7 @@ def training_callbacks(
     batches_per_update: int = 1,
     skipped_records: SkippedRecords | None = None,
     resume_state: State | None = None,
+    total_steps: int | None = None,
 ) -> list[keras.callbacks.Callback]:
     """kbert's callbacks, in the order they must run at each interval's end.
 
@@ -283,6 +309,7 @@ def training_callbacks(
         batches_per_update: batches per optimizer update (gradient accumulation).
         skipped_records: the training pipeline's count of unreadable records, if it skips them.
         resume_state: the backup to restore when training begins (`kbert.backup.find_state`).
+        total_steps: the run's updates, when the last interval is shorter than the others.
 
     Examples:
     >>> [type(c).__name__ for c in training_callbacks("run", 3)][:4]
@@ -292,9 +319,18 @@ def training_callbacks(
         _StopOnNonFiniteLoss(output_dir),
         _StepLogs(),
         _MetricRows(
-            output_dir, log_interval, updates_per_interval, batches_per_update, skipped_records
+            output_dir,
+            log_interval,
+            updates_per_interval,
+            batches_per_update,
+            skipped_records,
+            total_steps,
         ),
         # Backups at interval (epoch) ends only: fit resumes at an epoch's start.
         ResumeBackup(posixpath.join(output_dir, BACKUP_DIR), resume_state),
         _LastCheckpoints(posixpath.join(output_dir, CHECKPOINT_DIR), keep_checkpoints),
-    ]
+    ] + (
+        [_StopAtLastStep(total_steps, updates_per_interval, batches_per_update)]
+        if total_steps and total_steps % updates_per_interval
+        else []
+    )

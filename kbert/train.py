@@ -16,7 +16,8 @@ A run directory holds everything a run writes:
     encoder.weights.h5      the final encoder's weights (keras-hub `BertBackbone`)
     eval_results.json       held-out MLM/NSP loss and accuracy, MLM perplexity
 
-Training runs in "epochs" of `checkpoint_interval` optimizer steps: every epoch end writes a
+Training runs in "epochs" of `checkpoint_interval` optimizer steps (the last one shorter when the
+interval does not divide `steps`): every epoch end writes a
 weight checkpoint and the resume backup; history rows come every `log_interval` updates
 (`kbert.callbacks`). The backup restores the weights, the optimizer (its step, hence the learning
 rate) and the interval; the training dataset starts where the restored step left off (`skip` over
@@ -197,6 +198,7 @@ def pretrain(
         batches_per_update=run.gradient_accumulation_steps,
         skipped_records=skipped,
         resume_state=resume_state,
+        total_steps=run.steps,
     )
     # Keras' JAX trainer places each batch by the distribution in scope: fit and evaluate in it.
     with where.scope():
@@ -205,7 +207,7 @@ def pretrain(
                 _training_data(
                     run, where, initial_epoch * batches_per_epoch, max_seq_length, skipped
                 ),
-                epochs=run.steps // run.checkpoint_interval,
+                epochs=-(-run.steps // run.checkpoint_interval),  # the last may be shorter
                 initial_epoch=initial_epoch,
                 steps_per_epoch=batches_per_epoch,
                 **_validation(run, model),
