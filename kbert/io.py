@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import posixpath
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -269,6 +270,8 @@ def publish_directory(local_dir: str, destination: str) -> None:
 
     The copy is written to a temporary sibling; an existing `destination` is moved aside to
     another, the copy renamed into place, then the old one deleted (or put back on failure).
+    What a killed publish of the same destination left is cleared first (its old version put
+    back if the kill came between the renames), so one publisher per destination at a time.
 
     Args:
         local_dir: a complete local directory.
@@ -284,6 +287,21 @@ def publish_directory(local_dir: str, destination: str) -> None:
     # gfile throughout: destinations are often gs://, and a directory rename needs its semantics.
     gfile = _gfile()
     destination = destination.rstrip("/")
+    parent, name = posixpath.split(destination)
+    # What a killed publish left: its copy, and the previous version moved aside (put back when
+    # the kill came between the two renames).
+    own = re.compile(rf"({re.escape(TEMPORARY_PREFIX)}|{re.escape(OLD_PREFIX)})[0-9a-f]{{8}}-")
+    entries = gfile.listdir(parent) if parent and gfile.isdir(parent) else []
+    for entry in sorted(entries, key=lambda e: not e.startswith(OLD_PREFIX)):
+        entry = entry.rstrip("/")
+        match = own.match(entry)
+        if not match or entry[match.end() :] != name:
+            continue
+        leftover = posixpath.join(parent, entry)
+        if match.group(1) == OLD_PREFIX and not gfile.exists(destination):
+            gfile.rename(leftover, destination)
+        else:
+            gfile.rmtree(leftover)
     new = temporary_path(destination)
     old = posixpath.join(
         posixpath.dirname(new), OLD_PREFIX + posixpath.basename(new)[len(TEMPORARY_PREFIX) :]

@@ -27,7 +27,9 @@ import pytest
 import tensorflow as tf
 from helpers import tiny_config
 
+import kbert
 import kbert.train  # noqa: F401  (registers kbert's classes for keras.saving.load_model)
+from kbert.callbacks import checkpoint_files
 from kbert.serving_tokenizer import SPECIAL_TOKENS, write_vocab
 
 pytestmark = pytest.mark.tensorflow_only  # every backend runs in the subprocesses
@@ -256,11 +258,12 @@ def at_random_instant(run, rng):
     return due
 
 
-def kill_then_finish(command, env, triggers):
+def kill_then_finish(command, env, triggers, after_kill=lambda: None):
     """Kill `command` once at each trigger (a fresh process each time), then let it finish."""
     for make_trigger in triggers:
         code, output = run_until(command, env, make_trigger())
         assert code == -signal.SIGKILL, output[-3000:]
+        after_kill()
     code, output = run_until(command, env)
     assert code == 0, output[-3000:]
     return len(triggers)
@@ -275,7 +278,19 @@ def test_train_killed_at_each_write_of_the_resume_state_ends_as_an_uninterrupted
         lambda: new_manifest(run),
         lambda: pointer_moved(run),  # before the older states are deleted
     ]
-    kill_then_finish(train_command(work, data, run, "tensorflow"), environment(), triggers)
+    model = kbert.build_pretraining_model(tiny_config(), 16, 3)
+
+    def listed_checkpoints_are_whole():
+        # What `--init_from RUN` and the "last good checkpoint" message pick from.
+        for path in checkpoint_files(str(run / "checkpoints")):
+            model.load_weights(path)
+
+    kill_then_finish(
+        train_command(work, data, run, "tensorflow"),
+        environment(),
+        triggers,
+        listed_checkpoints_are_whole,
+    )
     assert_same_as_reference(run, reference_run)
 
 
