@@ -48,7 +48,7 @@ BACKENDS = {
 }
 
 
-def kbert(*args):
+def kbert_command(*args):
     return [sys.executable, "-m", "kbert", *map(str, args)]
 
 
@@ -107,7 +107,7 @@ def work(tmp_path_factory):
 
 
 def create_data_command(work, out):
-    return kbert(
+    return kbert_command(
         "create-data",
         "--input_file", work / "corpus.txt",
         "--output_file", out / "train",
@@ -137,7 +137,7 @@ def data(work):
 
 
 def train_command(work, data, run, backend):
-    return kbert(
+    return kbert_command(
         "train",
         "--config", work / "bert_config.json",
         "--train_files", data,
@@ -396,7 +396,7 @@ def test_create_data_killed_while_writing_shards_reruns_to_the_same_bytes(work, 
 def test_export_killed_while_writing_leaves_the_version_complete_or_absent(work, data):
     reference_run = reference(work, data, "tensorflow")
     base = work / "saved_models"
-    command = kbert(
+    command = kbert_command(
         "export", "--model", reference_run, "--vocab_file", work / "vocab.txt",
         "--export_base", base, "--name", "bert",
     )  # fmt: skip
