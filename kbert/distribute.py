@@ -555,27 +555,23 @@ class Placement:
 
         return jax.process_index() == 0
 
-    def check_same_on_every_process(self, value: int, what: str, advice: str) -> None:
-        """Raise the same ValueError on every JAX process unless they all hold the same `value`
-        (a collective: every process must call it). Nothing to check on one process or under
-        TensorFlow.
-
-        Args:
-            value: this process's value.
-            what: what the value is, for the message, e.g. "the step their backups restore".
-            advice: what to do about a disagreement.
-        """
+    def agree_on_minimum(self, value: int) -> int:
+        """The smallest `value` any worker process passes (each its own), e.g. the newest interval
+        every worker's backup holds; `value` itself in a single process."""
         if self.strategy is not None:
-            return
+            if not is_multi_worker(self.strategy):
+                return value
+            values = self.strategy.experimental_distribute_values_from_function(
+                lambda context: tf.constant([value], tf.int64)
+            )
+            return int(tf.reduce_min(self.strategy.gather(values, axis=0)))
         import jax
-        from jax.experimental import multihost_utils
 
         if jax.process_count() == 1:
-            return
-        values = [int(v) for v in multihost_utils.process_allgather(value)]
-        if len(set(values)) > 1:
-            held = ", ".join(f"process {i}: {v}" for i, v in enumerate(values))
-            raise ValueError(f"the JAX processes disagree on {what} ({held}); {advice}")
+            return value
+        from jax.experimental import multihost_utils
+
+        return int(min(multihost_utils.process_allgather(value)))
 
     def check_global_batch_size(self, global_batch_size: int) -> None:
         """Raise a clear error unless `global_batch_size` splits evenly across the replicas."""
