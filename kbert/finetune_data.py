@@ -37,6 +37,7 @@ DEFAULT_TEXT_COLUMN = "sentence"
 DEFAULT_TEXT_PAIR_COLUMN = "sentence2"
 DEFAULT_PAIR_TEXT_COLUMN = "sentence1"
 DEFAULT_LABEL_COLUMN = "label"
+_TOKENIZE_BATCH = 256
 
 
 @dataclasses.dataclass
@@ -186,8 +187,8 @@ def _columns(
             )
         return column
 
+    # A missing label column is the caller's to judge (a test set has none).
     label = label_column or DEFAULT_LABEL_COLUMN
-    label = check(label, "--label_column") if label_column else label
     if text_column or text_pair_column:
         text = check(text_column or DEFAULT_TEXT_COLUMN, "--text_column")
         pair = check(text_pair_column, "--text_pair_column") if text_pair_column else None
@@ -307,16 +308,20 @@ class TextPairEncoder:
             shuffle_seed: shuffle the rows with this seed (training).
         """
         pair = examples.text_pair if examples.text_pair is not None else [""] * len(examples)
-        columns: tuple = (examples.text, pair)
+        # Tokenized once, in large batches (the in-graph tokenizer's cost is per call), then
+        # cached: every epoch reads the same ids.
+        inputs = (
+            tf.data.Dataset.from_tensor_slices((examples.text, pair))
+            .batch(_TOKENIZE_BATCH)
+            .map(self, num_parallel_calls=tf.data.AUTOTUNE)
+            .unbatch()
+        )
         if labels is not None:
-            columns += (list(labels),)
-        dataset = tf.data.Dataset.from_tensor_slices(columns)
+            inputs = tf.data.Dataset.zip(inputs, tf.data.Dataset.from_tensor_slices(list(labels)))
+        dataset = inputs.cache()
         if shuffle_seed is not None:
             dataset = dataset.shuffle(len(examples), seed=shuffle_seed)
-        dataset = dataset.batch(batch_size)
-        if labels is None:
-            return dataset.map(self, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
-        return dataset.map(
-            lambda text, pair, label: (self(text, pair), label),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        ).prefetch(2)
+        dataset = dataset.batch(batch_size).prefetch(2)
+        return dataset.apply(
+            tf.data.experimental.assert_cardinality(math.ceil(len(examples) / batch_size))
+        )

@@ -29,7 +29,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from kbert import glue_metrics
+from kbert import features, glue_metrics
 from kbert.checkpoints import (
     GOOGLE_CHECKPOINT,
     HF_FOLDER,
@@ -55,6 +55,8 @@ from kbert.finetune_data import (
 from kbert.io import atomic_path, check_positive_int, read_json, write_atomically, write_json
 from kbert.model import build_pretraining_model
 from kbert.optimization import create_optimizer
+from kbert.records import match_files
+from kbert.vocabulary import read_vocab, vocab_sha256
 
 RESULTS_FILE = "finetune_results.json"
 TABLE_FILE = "finetune_results.txt"
@@ -367,12 +369,13 @@ class _Task:
 
     def compile(self, model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
         if self.labels is None:
-            model.compile(optimizer=optimizer, loss="mean_squared_error")
+            model.compile(optimizer=optimizer, loss="mean_squared_error", jit_compile=False)
         else:
             model.compile(
                 optimizer=optimizer,
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                jit_compile=False,
             )
 
 
@@ -416,8 +419,6 @@ class _EncoderSource:
                     "fine-tuning needs an encoder to start from (init_from, --init_from) or, for "
                     "random init, a config and a vocab_file (--config, --vocab_file)"
                 )
-            from kbert.vocabulary import read_vocab
-
             size = len(read_vocab(vocab_file))
             resolved = resolve_config(config, vocab_size=size)
             lower = True if do_lower_case is None else do_lower_case
@@ -429,11 +430,36 @@ class _EncoderSource:
         vocab_file = vocab_file or found_vocab
         if vocab_file is None:
             raise KbertError(
-                f"{source}: no {VOCAB_FILENAME} found with this {kind}; pass its vocabulary "
-                "(--vocab_file)"
+                f"{source}: no {VOCAB_FILENAME} found with this {kind} (a kbert run does not "
+                "keep one); pass the vocabulary it was trained with (--vocab_file)"
             )
+        if kind == KBERT_RUN:
+            found_lower = _run_do_lower_case(location, vocab_file, found_lower)
         lower = do_lower_case if do_lower_case is not None else found_lower
         return cls(read_source_config(source), source, vocab_file, lower, kind)
+
+
+def _run_do_lower_case(run_dir: str, vocab_file: str, default: bool) -> bool:
+    """`do_lower_case` of the records a kbert run trained on, after checking that `vocab_file`
+    is the vocabulary they were made with (their metadata holds its sha256)."""
+    run_config = posixpath.join(run_dir, "run_config.json")
+    if not tf.io.gfile.exists(run_config):
+        return default
+    try:
+        shards = match_files(read_json(run_config, "run_config.json").get("train_files"))
+    except (FileNotFoundError, ValueError, TypeError):
+        return default  # the training data moved: nothing to check against
+    for directory in sorted({posixpath.dirname(shard) for shard in shards}):
+        meta = features.read_metadata(directory)
+        if meta is None:
+            continue
+        if meta.vocab_sha256 != vocab_sha256(vocab_file):
+            raise KbertError(
+                f"{vocab_file}: not the vocabulary {run_dir} was trained with (its records in "
+                f"{directory} were made with a vocab.txt of sha256 {meta.vocab_sha256[:12]}...)"
+            )
+        return meta.do_lower_case
+    return default
 
 
 def _source_vocab(kind: str, location: str) -> tuple[str | None, bool]:
