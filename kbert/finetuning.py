@@ -53,6 +53,7 @@ from kbert.finetune_data import (
     read_examples,
 )
 from kbert.io import atomic_path, check_positive_int, read_json, write_atomically, write_json
+from kbert.losses import GlobalMeanSquaredError, WeightedSparseCrossEntropy
 from kbert.model import build_pretraining_model
 from kbert.optimization import create_optimizer
 from kbert.records import match_files
@@ -124,7 +125,7 @@ def finetune(
     seed: int | str | Sequence[int] = 0,
     warmup_proportion: float = 0.1,
     dropout: float | None = None,
-    strategy: str = "auto",
+    strategy: str | Placement = "auto",
     verbose: int = 0,
 ) -> FinetuneResult:
     """Fine-tune an encoder on a labelled train file, score it on the dev file, keep the best.
@@ -147,7 +148,8 @@ def finetune(
         learning_rate, batch_size, epochs, seed: one value or a comma-separated list each.
         warmup_proportion: the fraction of updates with linear warmup.
         dropout: overrides the encoder's and the head's dropout rate.
-        strategy: where to train (`kbert.distribute.resolve_distribution`).
+        strategy: where to train: a `kbert.distribute.resolve_distribution` kind, or a
+            `Placement` (e.g. `Placement.from_strategy(tf.distribute.MirroredStrategy(...))`).
         verbose: Keras' progress display (0 silent).
 
     Returns:
@@ -199,7 +201,7 @@ def finetune(
             f"{encoder_source.vocab_file}: {len(text_encoder.tokens)} tokens, but the encoder's "
             f"vocab_size is {encoder_source.config.vocab_size} (pass its vocab.txt: --vocab_file)"
         )
-    placement = resolve_distribution(strategy)
+    placement = strategy if isinstance(strategy, Placement) else resolve_distribution(strategy)
     tf.io.gfile.makedirs(output_dir)
 
     baseline = task.baseline(train, dev)
@@ -368,12 +370,14 @@ class _Task:
         return [self.labels[i] for i in np.argmax(outputs, axis=-1)]
 
     def compile(self, model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
+        # kbert's losses divide by the global batch: the same gradients on any number of
+        # replicas (Keras' mean per replica, summed by the strategy, would scale them).
         if self.labels is None:
-            model.compile(optimizer=optimizer, loss="mean_squared_error", jit_compile=False)
+            model.compile(optimizer=optimizer, loss=GlobalMeanSquaredError(), jit_compile=False)
         else:
             model.compile(
                 optimizer=optimizer,
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                loss=WeightedSparseCrossEntropy(),
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
                 jit_compile=False,
             )
@@ -503,6 +507,9 @@ def _train_cell(
         pretraining = build_pretraining_model(source.config, text_encoder.max_seq_length, 1)
         if source.source is not None:
             source.description = init_from(pretraining, source.source)
+            # Loaders draw random numbers (building models) as they please: seeding again makes
+            # the head's initial weights depend on the seed alone, whatever the source's kind.
+            keras.utils.set_random_seed(settings["seed"])
         model = keras_hub.models.BertTextClassifier(
             encoder_of(pretraining),
             num_classes=task.num_outputs,
