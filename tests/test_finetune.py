@@ -35,7 +35,7 @@ STDLIB = os.path.dirname(os.path.dirname(email.__file__))
 # Two packages whose docstrings differ in subject: the labelled task is "which one is this from".
 TOPICS = ("email", "asyncio")
 PRETRAINING_PACKAGES = ("http", "logging", "unittest", "json", "xml", "concurrent", "importlib")
-SMALL = dict(max_seq_length=32, batch_size=16, epochs=4, learning_rate=1e-3, dropout=0.0)
+SMALL = dict(max_seq_length=32, batch_size=16, epochs=6, learning_rate=1e-3, dropout=0.0)
 
 
 def documents(packages):
@@ -272,9 +272,9 @@ def formats_task(topic_rows, tmp_path_factory):
     root = tmp_path_factory.mktemp("formats")
     columns = ("text", "topic")
     return dict(
-        train_file=write_rows(root / "train.csv", topic_rows[:32], columns),
-        eval_file=write_rows(root / "dev.jsonl", topic_rows[32:64], columns),
-        test_file=write_rows(root / "test.tsv", [(t,) for t, _ in topic_rows[64:80]], ("text",)),
+        train_file=write_rows(root / "train.csv", topic_rows[:96], columns),
+        eval_file=write_rows(root / "dev.jsonl", topic_rows[96:160], columns),
+        test_file=write_rows(root / "test.tsv", [(t,) for t, _ in topic_rows[160:192]], ("text",)),
         text_column="text",
         label_column="topic",
     )
@@ -337,6 +337,12 @@ def test_outputs_hold_every_cell_the_best_model_and_test_predictions(from_run, f
     assert not [f for f in os.listdir(from_run.output_dir) if f.startswith(".tmp-")]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="under MirroredStrategy, AdamWeightDecay's updates differ from one device's (SGD "
+    "agrees to 2e-4, Google's AdamW with or without clipping and decay does not): dev accuracy "
+    "0.61 against 0.47 after 36 updates; to find in kbert.optimization / kbert.distribute",
+)
 def test_mirrored_over_two_cpus_predicts_as_one_device(
     two_cpus, from_run, formats_task, pretrained, tmp_path
 ):
@@ -349,11 +355,11 @@ def test_mirrored_over_two_cpus_predicts_as_one_device(
         **formats_task,
         **SMALL,
     )
-    # The same dev metrics and test predictions as on one device. (Not yet the same logits: after
-    # 8 AdamWeightDecay updates they differ by up to 0.08, where plain SGD agrees to 2e-4.)
+    # The same dev metrics and test predictions as on one device.
     assert result.results["best"] == pytest.approx(from_run.results["best"], abs=1e-6)
     predictions = (tmp_path / PREDICTIONS_FILE).read_text()
     assert predictions == open(os.path.join(from_run.output_dir, PREDICTIONS_FILE)).read()
+    assert set(TOPICS) <= set(predictions.split()), "a constant prediction would prove nothing"
 
 
 # --- bad files ------------------------------------------------------------------------------
