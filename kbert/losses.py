@@ -151,6 +151,7 @@ class GlobalMeanSquaredError(keras.losses.Loss):
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         with keras.name_scope(self.name):
-            error = ops.square(ops.cast(y_true, y_pred.dtype) - y_pred)
+            y_pred = ops.cast(y_pred, "float32")
+            error = ops.square(ops.cast(y_true, "float32") - y_pred)
             error = ops.reshape(error, ops.shape(error)[:1])
             return global_weighted_mean(error, example_weights(sample_weight, error))

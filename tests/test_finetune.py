@@ -362,6 +362,34 @@ def test_mirrored_over_two_cpus_predicts_as_one_device(
     assert set(TOPICS) <= set(predictions.split()), "a constant prediction would prove nothing"
 
 
+def test_regression_reports_scipys_correlations_of_the_best_models_predictions(
+    pretrained, topic_rows, tmp_path
+):
+    # STS-B's layout; the score (a sentence's length in words, 0-5) is a number, so regression.
+    rows = [(s, "", f"{min(len(s.split()), 50) / 10:.1f}") for s, _ in topic_rows[:160]]
+    columns = ("sentence1", "sentence2", "score")
+    train = write_rows(tmp_path / "train.tsv", rows[:96], columns)
+    dev = write_rows(tmp_path / "dev.tsv", rows[96:], columns)
+    result = finetune(
+        train,
+        dev,
+        str(tmp_path / "out"),
+        init_from=pretrained["run"],
+        vocab_file=pretrained["vocab"],
+        test_file=dev,
+        **SMALL,
+    )
+    assert result.results["task"] == "regression"
+    predicted = [
+        float(line.split("\t")[1])
+        for line in (tmp_path / "out" / PREDICTIONS_FILE).read_text().splitlines()[1:]
+    ]
+    labels = [float(score) for _, _, score in rows[96:]]
+    best = result.results["best"]
+    assert best["pearson"] == pytest.approx(scipy.stats.pearsonr(labels, predicted)[0], abs=1e-4)
+    assert best["spearman"] == pytest.approx(scipy.stats.spearmanr(labels, predicted)[0], abs=1e-4)
+
+
 # --- bad files ------------------------------------------------------------------------------
 
 
