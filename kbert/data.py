@@ -80,8 +80,9 @@ def pretraining_dataset(
         is_training: training pipeline (shuffled, repeated) or evaluation pipeline.
         seed: seeds file order, record shuffling and dynamic masks; None draws one.
         input_context: `tf.distribute.InputContext` from
-            `strategy.distribute_datasets_from_function`: this pipeline reads its own shards
-            (its own records when there are fewer shards than pipelines) and batches of
+            `strategy.distribute_datasets_from_function`: a training pipeline opens and reads
+            only its own shards (all of them, keeping its own records, when there are fewer
+            shards than pipelines); an evaluation pipeline keeps its own records; batches of
             `input_context.get_per_replica_batch_size(global_batch_size)`.
         dynamic_masking: draw masks in the pipeline (RoBERTa-style, new every epoch). Needed
             for unmasked records; on masked records their masks are undone and drawn anew.
@@ -129,8 +130,16 @@ def pretraining_dataset(
     ):
         if value is not None:
             check_positive_int(name, value)
+    num_pipelines = input_context.num_input_pipelines if input_context else 1
+    pipeline_id = input_context.input_pipeline_id if input_context else 0
+    # Training opens only this pipeline's shards; evaluation splits records, so that every
+    # pipeline runs the same number of batches.
     records = on_disk.find_records(
-        file_pattern, max_seq_length, max_predictions_per_seq, compression_type
+        file_pattern,
+        max_seq_length,
+        max_predictions_per_seq,
+        compression_type,
+        share=(pipeline_id, num_pipelines) if is_training else (0, 1),
     )
     _check_masking(records, dynamic_masking)
     # Evaluation is deterministic, its dynamic masks included.
@@ -138,14 +147,11 @@ def pretraining_dataset(
     if seed is None:
         seed = random.SystemRandom().randrange(2**31) if is_training else 0
 
-    num_pipelines = input_context.num_input_pipelines if input_context else 1
-    pipeline_id = input_context.input_pipeline_id if input_context else 0
     batch_size = (
         input_context.get_per_replica_batch_size(global_batch_size)
         if input_context
         else global_batch_size
     )
-    shard_files = len(records.files) >= num_pipelines
     if is_training:
         if skip_corrupt_records and skipped_records is None:
             skipped_records = SkippedRecords()
@@ -154,7 +160,6 @@ def pretraining_dataset(
             seed,
             num_pipelines,
             pipeline_id,
-            shard_files,
             shuffle_buffer_size,
             num_epochs,
             skipped_records if skip_corrupt_records else None,
@@ -239,7 +244,11 @@ def name_damaged_shards(file_pattern: str | Sequence[str]) -> Iterator[None]:
         ) from None
 
 
-def describe(file_pattern: str | Sequence[str], count_records: bool = True) -> dict[str, Any]:
+def describe(
+    file_pattern: str | Sequence[str],
+    count_records: bool = True,
+    input_context: tf.distribute.InputContext | None = None,
+) -> dict[str, Any]:
     """Counts and lengths of a set of pre-training shards, from their metadata and records.
 
     Per-shard counts come from `kbert_metadata.json`; shards it does not list are counted by
@@ -248,6 +257,7 @@ def describe(file_pattern: str | Sequence[str], count_records: bool = True) -> d
     Args:
         file_pattern: as for `pretraining_dataset`.
         count_records: read shards whose count the metadata does not give.
+        input_context: describe (and open) only the shards this training input pipeline reads.
 
     Returns:
         A JSON-able dict: `files`, `num_files`, `compression`, `masked`, `max_seq_length`,
@@ -270,7 +280,12 @@ def describe(file_pattern: str | Sequence[str], count_records: bool = True) -> d
     >>> info["num_records"], info["max_seq_length"], info["masked"]
     (3, 3, False)
     """
-    records = on_disk.find_records(file_pattern)
+    share = (
+        (input_context.input_pipeline_id, input_context.num_input_pipelines)
+        if input_context
+        else (0, 1)
+    )
+    records = on_disk.find_records(file_pattern, share=share)
     counts = (
         on_disk.count_records(records)
         if count_records
@@ -317,25 +332,23 @@ def _training_records(
     seed: int,
     num_pipelines: int,
     pipeline_id: int,
-    shard_files: bool,
     shuffle_buffer_size: int,
     num_epochs: int | None,
     skipped_records: SkippedRecords | None,
 ) -> tuple[tf.data.Dataset, int | None]:
-    """Serialized records of this pipeline, shuffled and repeated; their count when needed.
-    With `skipped_records`, damaged shards are read up to their damage and counted there."""
-    indices = list(range(len(records.files)))
-    if shard_files:
-        indices = indices[pipeline_id::num_pipelines]
-    files = [records.files[i] for i in indices]
-    compression = [records.compression[i] for i in indices]
-    if not shard_files:
-        logger.warning(
-            "%d shard(s) for %d input pipelines: every pipeline reads all shards and keeps "
-            "every %d-th record",
-            len(records.files),
+    """Serialized records of this pipeline (`records` holds its shards), shuffled and repeated;
+    their count when needed. With `skipped_records`, damaged shards are read up to their damage
+    and counted there."""
+    files, compression = list(records.files), list(records.compression)
+    shard_files = not records.split_records
+    if num_pipelines > 1 and shard_files:
+        logger.info(
+            "input pipeline %d of %d reads %d shard(s): %s%s",
+            pipeline_id,
             num_pipelines,
-            num_pipelines,
+            len(files),
+            ", ".join(files[:3]),
+            ", ..." if len(files) > 3 else "",
         )
 
     # -1: the metadata does not count the shard.

@@ -26,6 +26,10 @@ import tensorflow as tf
 logger = logging.getLogger(__name__)
 
 STRATEGY_KINDS = ("auto", "cpu", "mirrored", "multi_worker", "tpu")
+# Keras' own variables for `keras.distribution.initialize` (a JAX run of several processes).
+JOB_ADDRESSES_ENV = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
+NUM_PROCESSES_ENV = "KERAS_DISTRIBUTION_NUM_PROCESSES"
+PROCESS_ID_ENV = "KERAS_DISTRIBUTION_PROCESS_ID"
 # Connecting to a remote TPU can block for minutes when the address is wrong; give up sooner.
 TPU_CONNECT_TIMEOUT_SECONDS = 120
 
@@ -480,6 +484,31 @@ class Placement:
 
         return posixpath.join(output_dir, "workers", f"process-{jax.process_index()}")
 
+    @property
+    def writes_run_files(self) -> bool:
+        """Whether this process writes the run's own files (configs, history, TensorBoard, model,
+        evaluation) in its `worker_directory`: every TensorFlow worker (each must save; the
+        chief's go to `output_dir`); under JAX only process 0, the others keep just their
+        checkpoints and resume backup."""
+        return self.strategy is not None or self.is_chief
+
+    def input_context(self) -> tf.distribute.InputContext | None:
+        """This process's input pipeline under JAX: one per process, each building its share of
+        every global batch (`distribute_dataset`); None under TensorFlow, whose strategy hands
+        out input contexts itself.
+
+        Examples:
+        >>> resolve_distribution("cpu").input_context() is None  # TensorFlow: one device
+        True
+        """
+        if self.strategy is not None:
+            return None
+        import jax
+
+        processes = jax.process_count()
+        # A "replica" of the input context is a process: each builds its own batches.
+        return tf.distribute.InputContext(processes, jax.process_index(), processes)
+
     def check_evaluation_batch_size(self, batch_size: int) -> None:
         """Raise a clear error for an evaluation batch the devices cannot share: JAX shards
         every batch evenly (evaluation pads the last one to a whole batch); `tf.distribute`
@@ -502,6 +531,21 @@ class Placement:
             with jax.default_device(self.device):
                 yield
 
+    @contextlib.contextmanager
+    def this_process_only(self) -> Iterator[None]:
+        """Work that only this process does (saving the run's files). Under JAX no distribution
+        is in scope: a variable placed across the processes' devices is first checked equal on
+        every process (a collective), which would wait for processes that never make it."""
+        if self.distribution is None:
+            yield
+            return
+        previous = keras.distribution.distribution()
+        keras.distribution.set_distribution(None)
+        try:
+            yield
+        finally:
+            keras.distribution.set_distribution(previous)
+
     @property
     def is_chief(self) -> bool:
         """Whether this process writes the run's files (see `is_chief`; JAX: process 0)."""
@@ -510,6 +554,24 @@ class Placement:
         import jax
 
         return jax.process_index() == 0
+
+    def agree_on_minimum(self, value: int) -> int:
+        """The smallest `value` any worker process passes (each its own), e.g. the newest interval
+        every worker's backup holds; `value` itself in a single process."""
+        if self.strategy is not None:
+            if not is_multi_worker(self.strategy):
+                return value
+            values = self.strategy.experimental_distribute_values_from_function(
+                lambda context: tf.constant([value], tf.int64)
+            )
+            return int(tf.reduce_min(self.strategy.gather(values, axis=0)))
+        import jax
+
+        if jax.process_count() == 1:
+            return value
+        from jax.experimental import multihost_utils
+
+        return int(min(multihost_utils.process_allgather(value)))
 
     def check_global_batch_size(self, global_batch_size: int) -> None:
         """Raise a clear error unless `global_batch_size` splits evenly across the replicas."""
@@ -534,11 +596,7 @@ class Placement:
         self.check_global_batch_size(global_batch_size)
         if self.strategy is not None:
             return self.strategy.distribute_datasets_from_function(dataset_fn)
-        import jax
-
-        processes = jax.process_count()
-        # A "replica" of the input context is a process: each builds its own batches.
-        return dataset_fn(tf.distribute.InputContext(processes, jax.process_index(), processes))
+        return dataset_fn(self.input_context())
 
 
 JAX_STRATEGY_KINDS = ("auto", "cpu", "tpu")
@@ -557,10 +615,10 @@ def resolve_distribution(
     `XLA_FLAGS=--xla_force_host_platform_device_count=N` creates — and one device when there is
     only one; `tpu` is data parallel over `jax.devices("tpu")` (an error when there is none);
     `cpu` is one CPU device. `mirrored` and `multi_worker` are TensorFlow strategies: an error
-    under JAX. On a multi-host TPU slice call `keras.distribution.initialize()` (which runs
-    `jax.distributed.initialize`) first thing on every host; `jax.devices()` then lists every
+    under JAX. On several hosts (a multi-host TPU slice) call `initialize_distribution` (Keras'
+    `keras.distribution.initialize`) first thing on every host; `jax.devices()` then lists every
     chip of the slice, `auto` spans them all and each host feeds its share of each global batch
-    (`Placement.distribute_dataset`).
+    from its share of the files (`Placement.distribute_dataset`).
 
     Args:
         kind: "auto", "cpu", "mirrored", "multi_worker" or "tpu" (JAX: "auto", "cpu", "tpu").
@@ -617,6 +675,117 @@ def as_placement(
     return Placement("jax", len(devices), description, distribution=distribution)
 
 
+def initialize_distribution(
+    job_addresses: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
+    """Join a JAX run of several processes (`keras.distribution.initialize`) when the arguments
+    or Keras' variables KERAS_DISTRIBUTION_JOB_ADDRESSES, _NUM_PROCESSES, _PROCESS_ID ask for one.
+
+    Call it before anything uses a JAX device (`kbert.pretrain` and `kbert train` do). An argument
+    wins over its variable; with neither, nothing happens. Every process runs the same program;
+    process 0 serves the coordinator at the (first) job address. On a Cloud TPU VM slice
+    `num_processes` alone is enough: JAX finds the coordinator and this host's id. Calling again
+    with the same settings does nothing.
+
+    Args:
+        job_addresses: "host:port" of process 0, or of every process, comma-separated.
+        num_processes: the processes of the run.
+        process_id: this process, from 0 to num_processes - 1.
+
+    Returns:
+        Whether this process is one of a JAX run of several processes.
+
+    Examples:
+    >>> initialize_distribution()  # no arguments and no KERAS_DISTRIBUTION_* variables
+    False
+    """
+    addresses = _setting("job_addresses", job_addresses, JOB_ADDRESSES_ENV, str)
+    count = _setting("num_processes", num_processes, NUM_PROCESSES_ENV, int)
+    index = _setting("process_id", process_id, PROCESS_ID_ENV, int)
+    given = [setting for setting in (addresses, count, index) if setting.value is not None]
+    if not given:
+        return False
+    names = ", ".join(setting.name for setting in given)
+    if addresses.value is not None and not addresses.value.strip():
+        raise ValueError(f"{addresses.name} is empty: expected host:port of process 0")
+    if count.value is not None and count.value < 1:
+        raise ValueError(f"{count.name} must be at least 1, got {count.value}")
+    if index.value is not None and index.value < 0:
+        raise ValueError(f"{index.name} must be 0 or more, got {index.value}")
+    if count.value is not None and index.value is not None and index.value >= count.value:
+        raise ValueError(
+            f"{index.name} ({index.value}) must be below {count.name} ({count.value}): "
+            f"processes are numbered 0 to {count.value - 1}"
+        )
+    listed = addresses.value.split(",") if addresses.value and "," in addresses.value else None
+    if listed is not None and count.value is not None and len(listed) != count.value:
+        raise ValueError(
+            f"{addresses.name} lists {len(listed)} addresses but {count.name} is {count.value}"
+        )
+    if keras.backend.backend() != "jax":
+        raise ValueError(
+            f"{names} set up a JAX run of several processes, but Keras' backend is "
+            f"{keras.backend.backend()!r}: set KERAS_BACKEND=jax (a TensorFlow cluster is "
+            "--strategy multi_worker with TF_CONFIG)"
+        )
+    import jax
+
+    if jax.distributed.is_initialized():
+        if (count.value not in (None, jax.process_count())) or (
+            index.value not in (None, jax.process_index())
+        ):
+            raise ValueError(
+                f"{names} do not match this process, which already runs as process "
+                f"{jax.process_index()} of {jax.process_count()}"
+            )
+        return True
+    try:
+        keras.distribution.initialize(addresses.value, count.value, index.value)
+    except RuntimeError as e:
+        raise ValueError(
+            f"{names}: JAX already runs in this process, too late to join several processes "
+            f"({e}); initialise first thing (kbert.distribute.initialize_distribution)"
+        ) from None
+    except ValueError as e:
+        raise ValueError(
+            f"{names}: JAX cannot join the run ({e}); give the job address, the number of "
+            "processes and this process's id (only on a Cloud TPU VM does JAX find the address "
+            "and the id itself)"
+        ) from None
+    logger.info(
+        "distribution: JAX process %d of %d (%s), %d of %d devices on this host",
+        jax.process_index(),
+        jax.process_count(),
+        f"coordinator {addresses.value.split(',')[0]}" if addresses.value else "found by JAX",
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setting:
+    """A setting's value and the name the user gave it by (argument or environment variable)."""
+
+    name: str
+    value: Any
+
+
+def _setting(name: str, value: Any, variable: str, parse: Callable[[str], Any]) -> _Setting:
+    """The argument when given, else the environment variable (empty: unset), parsed."""
+    if value is not None:
+        return _Setting(name, value)
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return _Setting(variable, None)
+    try:
+        return _Setting(variable, parse(raw))
+    except ValueError:
+        raise ValueError(f"{variable} must be an integer, got {raw!r}") from None
+
+
 def _jax_placement(kind: str, tpu: str, devices: Sequence[str] | None) -> Placement:
     import jax
 
@@ -637,6 +806,11 @@ def _jax_placement(kind: str, tpu: str, devices: Sequence[str] | None) -> Placem
         raise ValueError(
             f"tpu={tpu!r}: a remote TPU by name or address is TensorFlow's TPUStrategy; under "
             "KERAS_BACKEND=jax run on the TPU VM itself (tpu='local')"
+        )
+    if kind == "cpu" and jax.process_count() > 1:
+        raise ValueError(
+            f"strategy 'cpu' is one device, but this is process {jax.process_index()} of "
+            f"{jax.process_count()} JAX processes: use 'auto' (every process's devices) or 'tpu'"
         )
     if kind == "cpu":
         chosen, why = jax.devices("cpu")[:1], "requested"

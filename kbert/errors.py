@@ -31,3 +31,13 @@ class DamagedRecordsError(KbertError, ValueError):
     def __init__(self, message: str, damaged: list[str]):
         super().__init__(message)
         self.damaged = list(damaged)
+
+
+class ModelFileError(KbertError, ValueError):
+    """A model file that cannot be loaded as a kbert model (not a `.keras` archive, an unknown
+    class, another kind of model); the message names the file.
+
+    Examples:
+    >>> str(ModelFileError("run/model.keras: not a loadable .keras model"))
+    'run/model.keras: not a loadable .keras model'
+    """

@@ -109,7 +109,12 @@ def evaluate(
     else:
         counts = on_disk.count_records(records)
     dataset = evaluation_dataset(
-        eval_files, batch_size, model, dynamic_masking_vocab, skip_corrupt_records
+        eval_files,
+        batch_size,
+        model,
+        dynamic_masking_vocab,
+        skip_corrupt_records,
+        input_context=placement.input_context(),
     )
     try:
         # Keras' JAX trainer places each batch by the distribution in scope.
@@ -151,9 +156,10 @@ def evaluation_dataset(
     model: BertPretrainingModel,
     dynamic_masking_vocab: str | None,
     skip_corrupt_records: bool = False,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """One deterministic pass over every (readable) record of `eval_files`, at the model's
-    lengths."""
+    lengths; with an `input_context` (a JAX process), this pipeline's share of every batch."""
     return pretraining_dataset(
         eval_files,
         batch_size,
@@ -164,6 +170,7 @@ def evaluation_dataset(
             DynamicMasking.from_vocab_file(dynamic_masking_vocab) if dynamic_masking_vocab else None
         ),
         skip_corrupt_records=skip_corrupt_records,
+        input_context=input_context,
     )
 
 

@@ -48,7 +48,8 @@ import numpy as np
 import tensorflow as tf
 
 from kbert import features
-from kbert.io import temporary_path
+from kbert.errors import KbertError
+from kbert.io import sweep_temporaries, temporary_path
 from kbert.model import BertPretrainingModel, load_pretraining_model
 from kbert.serving_tokenizer import MASK, ServingTextEncoder, read_vocab, write_vocab
 
@@ -130,6 +131,9 @@ def export_for_serving(
     _check_free(export_dir)
 
     tf.io.gfile.makedirs(model_dir)
+    # A killed export's temporary folder (one export of a name at a time: it may be large).
+    for path in sweep_temporaries(model_dir):
+        logger.info("removed %s, left by an interrupted export", path)
     # TF Serving only loads directories named by an integer, so it ignores this one.
     tmp_dir = temporary_path(export_dir)
     try:
@@ -192,22 +196,37 @@ def _export_in_tensorflow_process(
         if version is not None:
             command.append(f"--version={version}")
         logger.info("exporting with the TensorFlow backend in a subprocess: %s", " ".join(command))
-        result = subprocess.run(
-            command,
-            env=dict(os.environ, KERAS_BACKEND="tensorflow"),
-            capture_output=True,
-            text=True,
-            timeout=EXPORT_SUBPROCESS_TIMEOUT_SECONDS,
-        )
+        try:
+            result = subprocess.run(
+                command,
+                env=dict(os.environ, KERAS_BACKEND="tensorflow"),
+                capture_output=True,
+                text=True,
+                timeout=EXPORT_SUBPROCESS_TIMEOUT_SECONDS,
+            )
+        except subprocess.TimeoutExpired:
+            raise ExportError(
+                f"the export (KERAS_BACKEND=tensorflow in a subprocess) did not finish in "
+                f"{EXPORT_SUBPROCESS_TIMEOUT_SECONDS} s and was stopped: {' '.join(command)}"
+            ) from None
     if result.returncode != 0:
         errors = [
             line.split("error: ", 1)[1] for line in result.stderr.splitlines() if "error: " in line
         ]
-        raise ValueError(
+        raise ExportError(
             (errors[-1] if errors else result.stderr.strip()[-2000:])
             + " (export ran with KERAS_BACKEND=tensorflow in a subprocess)"
         )
+    if not result.stdout.strip():
+        raise ExportError(
+            "the export (KERAS_BACKEND=tensorflow in a subprocess) exited without naming the "
+            f"version it wrote; its stderr: {result.stderr.strip()[-2000:] or '(empty)'}"
+        )
     return result.stdout.splitlines()[0]
+
+
+class ExportError(KbertError, ValueError):
+    """The export in a TensorFlow-backend subprocess failed, stalled or said nothing."""
 
 
 def next_version(model_dir: str) -> int:

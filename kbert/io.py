@@ -4,7 +4,10 @@ positive-integer checks and resolving a model file.
 Every output is written under a temporary sibling name, `.tmp-<random>-<name>`, then renamed into
 place, so a reader never sees half a file and an interrupted write leaves no file under the final
 name. The name keeps its extension (Keras checks `.keras` and `.weights.h5`) and a leading dot, and
-the random part keeps two concurrent writers apart. Local paths use Python's file I/O (writing a
+the random part keeps two concurrent writers apart. On local disk the data is flushed (`fsync`)
+before the rename and the rename before the write returns, so a power cut cannot publish an empty
+file either. A killed writer leaves its `.tmp-*` sibling behind: `sweep_temporaries` removes them
+when the next run starts. Local paths use Python's file I/O (writing a
 vocabulary starts no TensorFlow); any other path (`gs://...`) goes through `tf.io.gfile`.
 
 Like `kbert.features`, this module sits at the bottom: it imports no other kbert module, and
@@ -17,6 +20,7 @@ import contextlib
 import json
 import os
 import posixpath
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +28,8 @@ from typing import Any
 # A run directory's final pre-training model (`kbert.train`), found by `resolve_model_file`.
 MODEL_FILE = "model.keras"
 TEMPORARY_PREFIX = ".tmp-"
+# An existing directory moved aside while `publish_directory` replaces it.
+OLD_PREFIX = ".old-"
 
 
 def _is_remote(path: str) -> bool:
@@ -64,6 +70,24 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
+def fsync(path: str) -> None:
+    """Flush a local file or directory to the disk (object stores such as gs:// need nothing).
+
+    Args:
+        path: the file or directory.
+
+    Examples:
+    >>> fsync(write_atomically("synced.txt", "kept"))
+    """
+    if _is_remote(path):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def temporary_path(path: str) -> str:
     """The temporary sibling a write to `path` goes through: `<dir>/.tmp-<random>-<name>`.
 
@@ -98,7 +122,10 @@ def atomic_path(path: str) -> Iterator[str]:
     tmp = temporary_path(path)
     try:
         yield tmp
+        if not isdir(tmp):
+            fsync(tmp)
         _rename(tmp, path)
+        fsync(posixpath.dirname(path) or ".")
     finally:
         if exists(tmp):
             _remove(tmp)
@@ -208,11 +235,43 @@ def resolve_model_file(path: str, action: str = "load") -> str:
     return model_file
 
 
+def sweep_temporaries(directory: str) -> list[str]:
+    """Remove the temporaries (`.tmp-*`, `.old-*`) killed writers left in `directory`; returns them.
+
+    Only for a directory no other process is writing to (a run's own directory at its start).
+
+    Args:
+        directory: the directory to clean (any `tf.io.gfile` path; absent is fine).
+
+    Examples:
+    >>> os.makedirs("swept", exist_ok=True)
+    >>> _ = open(temporary_path("swept/model.keras"), "w").write("half")
+    >>> [p.split("-")[-1] for p in sweep_temporaries("swept")], os.listdir("swept")
+    (['model.keras'], [])
+    """
+    if not isdir(directory):
+        return []
+    gfile = _gfile()
+    swept = []
+    for name in sorted(gfile.listdir(directory)):
+        name = name.rstrip("/")
+        if name.startswith((TEMPORARY_PREFIX, OLD_PREFIX)):
+            path = posixpath.join(directory, name)
+            if gfile.isdir(path):
+                gfile.rmtree(path)
+            else:
+                gfile.remove(path)
+            swept.append(path)
+    return swept
+
+
 def publish_directory(local_dir: str, destination: str) -> None:
     """Copy a local directory to `destination`, replacing it without a moment where it is absent.
 
     The copy is written to a temporary sibling; an existing `destination` is moved aside to
     another, the copy renamed into place, then the old one deleted (or put back on failure).
+    What a killed publish of the same destination left is cleared first (its old version put
+    back if the kill came between the renames), so one publisher per destination at a time.
 
     Args:
         local_dir: a complete local directory.
@@ -228,9 +287,24 @@ def publish_directory(local_dir: str, destination: str) -> None:
     # gfile throughout: destinations are often gs://, and a directory rename needs its semantics.
     gfile = _gfile()
     destination = destination.rstrip("/")
+    parent, name = posixpath.split(destination)
+    # What a killed publish left: its copy, and the previous version moved aside (put back when
+    # the kill came between the two renames).
+    own = re.compile(rf"({re.escape(TEMPORARY_PREFIX)}|{re.escape(OLD_PREFIX)})[0-9a-f]{{8}}-")
+    entries = gfile.listdir(parent) if parent and gfile.isdir(parent) else []
+    for entry in sorted(entries, key=lambda e: not e.startswith(OLD_PREFIX)):
+        entry = entry.rstrip("/")
+        match = own.match(entry)
+        if not match or entry[match.end() :] != name:
+            continue
+        leftover = posixpath.join(parent, entry)
+        if match.group(1) == OLD_PREFIX and not gfile.exists(destination):
+            gfile.rename(leftover, destination)
+        else:
+            gfile.rmtree(leftover)
     new = temporary_path(destination)
     old = posixpath.join(
-        posixpath.dirname(new), ".old-" + posixpath.basename(new)[len(TEMPORARY_PREFIX) :]
+        posixpath.dirname(new), OLD_PREFIX + posixpath.basename(new)[len(TEMPORARY_PREFIX) :]
     )
     replacing = gfile.exists(destination)
     try:

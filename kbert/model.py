@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import zipfile
 from typing import Any
 
@@ -13,6 +14,7 @@ from keras_hub.src.utils.keras_utils import gelu_approximate
 from kbert import features
 from kbert.config import BertConfig, resolve_config
 from kbert.distribute import TrainerFixes
+from kbert.errors import ModelFileError
 from kbert.heads import TiedMaskedLMHead
 from kbert.io import check_positive_int, resolve_model_file
 from kbert.losses import (
@@ -247,9 +249,17 @@ def load_pretraining_model(
         model = keras.saving.load_model(model_file, compile=compile)
     # Keras says "File not found" for a file that exists but is not a .keras archive.
     except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{model_file}: not a loadable .keras model ({e})") from None
+        raise ModelFileError(f"{model_file}: not a loadable .keras model ({e})") from None
+    except TypeError as e:
+        unknown = re.search(r"Could not locate \w+ '([^']+)'", str(e))
+        if unknown is None:
+            raise
+        raise ModelFileError(
+            f"{model_file}: holds {unknown.group(1)}, a class Keras cannot find (only Keras', "
+            "keras-hub's and kbert's classes load; expected a model kbert saved)"
+        ) from None
     if not isinstance(model, BertPretrainingModel):
-        raise ValueError(
+        raise ModelFileError(
             f"{model_file}: not a kbert pre-training model ({type(model).__name__}); "
             "expected kbert.build_pretraining_model's model"
         )

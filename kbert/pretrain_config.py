@@ -25,6 +25,8 @@ STRATEGIES = ("auto", "cpu", "mirrored", "multi_worker", "tpu")
 OPTIMIZERS = ("adamw", "lamb", "adamw_bias_corrected", "sgd")
 MIXED_PRECISION = ("auto", "none", "bf16", "fp16")
 DEFAULT_MAX_CHECKPOINT_INTERVAL = 1000
+# Below this, the default interval does not divide steps: the last interval is shorter instead.
+DEFAULT_MIN_CHECKPOINT_INTERVAL = 100
 # log_interval's default: about this many history rows per run, but a row at least every
 # DEFAULT_MAX_LOG_INTERVAL updates.
 DEFAULT_LOG_POINTS = 100
@@ -85,10 +87,10 @@ class PretrainConfig:
     (20, 200)
     >>> PretrainConfig.help("warmup_steps")
     'linear warmup updates before the linear decay to 0 (default: 10 % of steps)'
-    >>> PretrainConfig("tiny", "data/", "run/", steps=10, checkpoint_interval=3)
+    >>> PretrainConfig("tiny", "data/", "run/", steps=10, checkpoint_interval=30)
     Traceback (most recent call last):
     ...
-    ValueError: checkpoint_interval (3) must divide steps (10): training runs in whole intervals ...
+    ValueError: checkpoint_interval (30) must be at most steps (10)
     """
 
     config: BertConfig | str = _setting(
@@ -172,6 +174,28 @@ class PretrainConfig:
         group="execution",
         choices=STRATEGIES,
     )
+    job_addresses: str | None = _setting(
+        None,
+        help="JAX run of several processes (hosts): host:port of process 0, which serves the "
+        "coordinator (or every process's, comma-separated); the same on every process "
+        "(default: KERAS_DISTRIBUTION_JOB_ADDRESSES). Process 0 writes output_dir, the others "
+        "keep their checkpoints and backup in output_dir/workers/process-<id>",
+        group="execution",
+    )
+    num_processes: int | None = _setting(
+        None,
+        help="JAX run of several processes: how many (default: KERAS_DISTRIBUTION_NUM_PROCESSES; "
+        "on a Cloud TPU VM slice this alone is enough, JAX finds the address and the id)",
+        group="execution",
+        parse=int,
+    )
+    process_id: int | None = _setting(
+        None,
+        help="JAX run of several processes: this one's id, 0 to num_processes - 1 (default: "
+        "KERAS_DISTRIBUTION_PROCESS_ID)",
+        group="execution",
+        parse=int,
+    )
     tpu: str = _setting(
         "local",
         help="the TPU for strategy tpu/auto: 'local' (Colab / Cloud TPU VM), a name or a "
@@ -203,6 +227,7 @@ class PretrainConfig:
         "fp16 (with loss scaling, for GPUs)",
         group="execution",
         choices=MIXED_PRECISION,
+        resume_invariant=True,
     )
     gradient_accumulation_steps: int = _setting(
         1,
@@ -214,8 +239,9 @@ class PretrainConfig:
     checkpoint_interval: int | None = _setting(
         None,
         help="updates between weight checkpoints and resume backups (history rows: log_interval); "
-        "must divide steps (default: the largest divisor of steps up to "
-        f"{DEFAULT_MAX_CHECKPOINT_INTERVAL})",
+        "when it does not divide steps the last interval is shorter (default: the largest "
+        f"divisor of steps from {DEFAULT_MIN_CHECKPOINT_INTERVAL} to "
+        f"{DEFAULT_MAX_CHECKPOINT_INTERVAL}, else {DEFAULT_MAX_CHECKPOINT_INTERVAL})",
         group="checkpoints and logs",
         parse=int,
         resume_invariant=True,
@@ -251,6 +277,7 @@ class PretrainConfig:
         help="masked positions per sequence for records without masks (default: the metadata's)",
         group="model and data",
         parse=int,
+        resume_invariant=True,
     )
     dynamic_masking_vocab: str | None = _setting(
         None,
@@ -258,6 +285,7 @@ class PretrainConfig:
         "records written without masks)",
         group="model and data",
         metavar="VOCAB_TXT",
+        resume_invariant=True,
     )
     eval_batch_size: int | None = _setting(
         None,
@@ -315,12 +343,11 @@ class PretrainConfig:
                 f"warmup_steps must be between 0 and steps ({self.steps}), got {warmup_steps}"
             )
         check_positive_int("checkpoint_interval", checkpoint_interval)
-        if self.steps % checkpoint_interval:
+        if checkpoint_interval > self.steps:
             raise ValueError(
-                f"checkpoint_interval ({checkpoint_interval}) must divide steps ({self.steps}): "
-                "training runs in whole intervals so that every one ends with a checkpoint"
+                f"checkpoint_interval ({checkpoint_interval}) must be at most steps ({self.steps})"
             )
-        for name in ("max_predictions_per_seq", "eval_batch_size", "log_interval"):
+        for name in ("max_predictions_per_seq", "eval_batch_size", "log_interval", "num_processes"):
             if getattr(self, name) is not None:
                 check_positive_int(name, getattr(self, name))
         if self.eval_interval is not None:
@@ -340,6 +367,8 @@ class PretrainConfig:
         if checkpoint_interval is None:
             limit = min(self.steps, DEFAULT_MAX_CHECKPOINT_INTERVAL)
             checkpoint_interval = max(d for d in range(1, limit + 1) if self.steps % d == 0)
+            if checkpoint_interval < DEFAULT_MIN_CHECKPOINT_INTERVAL:
+                checkpoint_interval = limit  # e.g. a prime number of steps: a shorter last interval
         return warmup_steps, checkpoint_interval
 
     def with_defaults(self) -> PretrainConfig:

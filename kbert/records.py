@@ -45,6 +45,8 @@ class RecordSet:
         masked: the records carry Google's masked-LM features.
         known_counts: records per file, for the files the metadata lists.
         metadata: `kbert_metadata.json` per directory that has one.
+        split_records: `files` are every matched shard although `find_records` was asked for a
+            share of them (fewer shards than shares): each share must keep its own records.
     """
 
     files: tuple[str, ...]
@@ -54,6 +56,7 @@ class RecordSet:
     masked: bool
     known_counts: dict[str, int]
     metadata: dict[str, features.Metadata]
+    split_records: bool = False
 
     def metadata_of(self, path: str) -> features.Metadata | None:
         """The metadata beside shard `path`, or None."""
@@ -65,6 +68,7 @@ def find_records(
     max_seq_length: int | None = None,
     max_predictions_per_seq: int | None = None,
     compression_type: str | None = None,
+    share: tuple[int, int] = (0, 1),
 ) -> RecordSet:
     """Match the shards, read their metadata and first records, and settle the lengths.
 
@@ -78,6 +82,9 @@ def find_records(
             metadata (it is the length dynamic masking pads to).
         compression_type: "", "GZIP" or "ZLIB" for every shard; None detects GZIP per shard by
             its first bytes.
+        share: `(index, count)`: open and keep only this share of the matched shards, every
+            `count`-th from `index` (one input pipeline's, e.g. one JAX process's); with fewer
+            shards than `count`, every shard (`RecordSet.split_records`).
 
     Raises:
         FileNotFoundError: nothing matches.
@@ -97,7 +104,7 @@ def find_records(
     """
     if compression_type not in (None, "", "GZIP", "ZLIB"):
         raise ValueError(f'compression_type must be "", "GZIP" or "ZLIB", got {compression_type!r}')
-    files = match_files(file_pattern)
+    files, split_records = _share_of(match_files(file_pattern), *share)
     with concurrent.futures.ThreadPoolExecutor(min(len(files), _PARALLEL_FILE_CHECKS)) as pool:
         inspected = list(pool.map(lambda f: _first_record_lengths(f, compression_type), files))
     compression = tuple(c for c, _ in inspected)
@@ -134,7 +141,39 @@ def find_records(
         masked=masked,
         known_counts=known_counts,
         metadata=metadata,
+        split_records=split_records,
     )
+
+
+def _share_of(files: list[str], index: int, count: int) -> tuple[list[str], bool]:
+    """Share `index` of `count` of `files`, and whether it had to be all of them."""
+    if not 0 <= index < count:
+        raise ValueError(
+            f"share must be (index, count) with 0 <= index < count, got {index, count}"
+        )
+    if count == 1:
+        return files, False
+    if len(files) < count:
+        logger.warning(
+            "%d shard(s) for %d input pipelines: every pipeline reads all shards and keeps "
+            "every %d-th record (with at least %d shards each reads only its own)",
+            len(files),
+            count,
+            count,
+            count,
+        )
+        return files, True
+    if len(files) % count:
+        logger.warning(
+            "%d shards for %d input pipelines: some read %d shards, the others %d, so their "
+            "records come round at different rates (a multiple of %d shards shares them evenly)",
+            len(files),
+            count,
+            len(files) // count + 1,
+            len(files) // count,
+            count,
+        )
+    return files[index::count], False
 
 
 def match_files(file_pattern: str | Sequence[str]) -> list[str]:

@@ -5,7 +5,7 @@ A run directory holds everything a run writes:
     bert_config.json        the encoder's config (Google's layout)
     run_config.json         the run's `PretrainConfig` (checked again on resume), and under "run"
                             what it resolved: backend, strategy, replicas, sequence length
-    backup/                 keras BackupAndRestore state: weights, optimizer, epoch (exact resume)
+    backup/                 the resume state: weights, optimizer, interval (`kbert.backup`)
     checkpoints/            ckpt-<step>.weights.h5, the last `keep_checkpoints` intervals
     history.csv             a row every `log_interval` updates and at every interval's end:
                             step, the means of the losses and accuracies since the previous row,
@@ -15,13 +15,21 @@ A run directory holds everything a run writes:
     model.keras             the final pre-training model (reloads with `keras.saving.load_model`)
     encoder.weights.h5      the final encoder's weights (keras-hub `BertBackbone`)
     eval_results.json       held-out MLM/NSP loss and accuracy, MLM perplexity
+    workers/                TensorFlow workers other than the chief: a run directory each;
+                            JAX processes other than 0: process-<id>/ with their checkpoints/
+                            and backup/ only (`Placement.worker_directory`, `writes_run_files`)
 
-Training runs in "epochs" of `checkpoint_interval` optimizer steps: every epoch end writes a
+Training runs in "epochs" of `checkpoint_interval` optimizer steps (the last one shorter when the
+interval does not divide `steps`): every epoch end writes a
 weight checkpoint and the resume backup; history rows come every `log_interval` updates
-(`kbert.callbacks`). Keras'
-BackupAndRestore restores the weights, the optimizer (its step, hence the learning rate) and the
-epoch, but not the position in an infinite dataset, so the training dataset starts where the
-restored step left off (`skip` over a seeded, deterministic pipeline).
+(`kbert.callbacks`). The backup restores the weights, the optimizer (its step, hence the learning
+rate) and the interval; the training dataset starts where the restored step left off (`skip` over
+a seeded, deterministic pipeline), and the rows and TensorBoard events past it are dropped.
+
+Every file is written under a temporary name and renamed when complete; a rerun first checks that
+the run can resume (same settings, a usable backup) and writes nothing if not, then removes the
+temporaries a killed run left. On several workers each writes its own directory, and all resume
+from the newest interval every worker's backup holds.
 """
 
 from __future__ import annotations
@@ -38,9 +46,11 @@ import tensorflow as tf
 
 from kbert import checkpoints
 from kbert import records as on_disk
+from kbert.backup import State, find_state
 from kbert.callbacks import (
     BACKUP_DIR,
     CHECKPOINT_DIR,
+    TENSORBOARD_DIR,
     TrainingDivergedError,
     checkpoint_files,
     training_callbacks,
@@ -48,10 +58,10 @@ from kbert.callbacks import (
 from kbert.config import PRESET_SIZES, BertConfig, resolve_config
 from kbert.data import SkippedRecords, describe, pretraining_dataset
 from kbert.device_defaults import resolve_settings
-from kbert.distribute import Placement, as_placement
-from kbert.errors import DamagedRecordsError
+from kbert.distribute import Placement, as_placement, initialize_distribution
+from kbert.errors import DamagedRecordsError, KbertError
 from kbert.evaluation import evaluate, evaluation_dataset, load_model
-from kbert.io import MODEL_FILE, atomic_path, read_json
+from kbert.io import MODEL_FILE, atomic_path, read_json, sweep_temporaries
 from kbert.losses import compile_for_pretraining
 from kbert.masking import DynamicMasking
 from kbert.model import BertPretrainingModel, build_pretraining_model
@@ -166,12 +176,14 @@ def pretrain(
     5
     """
     run, placement = _as_pretrain_config(config, train_files, output_dir, steps, strategy, settings)
-    # First: a multi-worker strategy must exist before TensorFlow runs anything (reading the data).
+    # First: a multi-worker strategy must exist before TensorFlow runs anything (reading the data),
+    # and JAX processes join their run before JAX runs anything.
     where = _distribution(run, placement)
     run, train_info = _resolve_run(run, where)
     max_seq_length = train_info["max_seq_length"]
     bert_config = _resolve_bert_config(run.config, train_info, run.dropout)
-    initial_epoch = _prepare_run_directory(where, run, bert_config, max_seq_length)
+    resume_state = _prepare_run_directory(where, run, bert_config, max_seq_length)
+    initial_epoch = resume_state.epoch if resume_state else 0
 
     keras.utils.set_random_seed(run.seed)
     with _dtype_policy(MIXED_PRECISION_POLICIES[run.mixed_precision]), where.scope():
@@ -189,6 +201,9 @@ def pretrain(
         updates_per_interval=run.checkpoint_interval,
         batches_per_update=run.gradient_accumulation_steps,
         skipped_records=skipped,
+        history=where.placement.writes_run_files,
+        resume_state=resume_state,
+        total_steps=run.steps,
     )
     # Keras' JAX trainer places each batch by the distribution in scope: fit and evaluate in it.
     with where.scope():
@@ -197,18 +212,23 @@ def pretrain(
                 _training_data(
                     run, where, initial_epoch * batches_per_epoch, max_seq_length, skipped
                 ),
-                epochs=run.steps // run.checkpoint_interval,
+                epochs=-(-run.steps // run.checkpoint_interval),  # the last may be shorter
+                initial_epoch=initial_epoch,
                 steps_per_epoch=batches_per_epoch,
-                **_validation(run, model),
+                **_validation(run, model, where.placement),
                 callbacks=kbert_callbacks + list(callbacks),
                 verbose=verbose,
                 shuffle=False,
             )
         except tf.errors.DataLossError as e:
             raise _damaged_training_data(run, where.output_dir, model, e) from None
+        finally:
+            for callback in kbert_callbacks:
+                if hasattr(callback, "close"):
+                    callback.close()  # a stop by an error skips Keras' on_train_end
         if skipped is not None:
             logger.info("%d unreadable record(s) skipped in this run", skipped.total())
-        eval_results = _finish(model, run, where.output_dir, verbose)
+        eval_results = _finish(model, run, where, verbose)
     return PretrainResult(model, history.history, eval_results, where.output_dir)
 
 
@@ -250,6 +270,7 @@ class _Run:
 
 def _distribution(run: PretrainConfig, placement: Placement | None) -> _Run:
     """The placement `run.strategy` names (or the one given) and this worker's run directory."""
+    initialize_distribution(run.job_addresses, run.num_processes, run.process_id)
     placement = placement or as_placement(run.strategy, tpu=run.tpu)
     return _Run(placement, placement.worker_directory(run.output_dir))
 
@@ -260,7 +281,10 @@ def _resolve_run(run: PretrainConfig, where: _Run) -> tuple[PretrainConfig, dict
     where.placement.check_global_batch_size(run.batch_size)
     if run.eval_files:
         where.placement.check_evaluation_batch_size(run.eval_batch_size or run.batch_size)
-    train_info = describe(run.train_files, count_records=False)
+    # Only this process's shards: under JAX each host may hold only its own.
+    train_info = describe(
+        run.train_files, count_records=False, input_context=where.placement.input_context()
+    )
     max_predictions_per_seq = run.max_predictions_per_seq or train_info["max_predictions_per_seq"]
     if not max_predictions_per_seq:
         raise ValueError(
@@ -282,20 +306,36 @@ def _resolve_run(run: PretrainConfig, where: _Run) -> tuple[PretrainConfig, dict
 
 def _prepare_run_directory(
     where: _Run, run: PretrainConfig, bert_config: BertConfig, max_seq_length: int
-) -> int:
-    """Create or check the run directory, write its configs; returns the epoch to resume from."""
+) -> State | None:
+    """Check the run directory (nothing is written unless the run can start or resume), clear
+    what a killed run left, write the configs; returns the backup to resume from, if any."""
     output_dir = where.output_dir
-    tf.io.gfile.makedirs(output_dir)
     backup_dir = posixpath.join(output_dir, BACKUP_DIR)
-    initial_epoch = _restored_epoch(backup_dir)
-    if initial_epoch:
-        _check_resumable(output_dir, run)
-        logger.info(
-            "resuming %s from step %d (backup in %s)",
-            output_dir,
-            initial_epoch * run.checkpoint_interval,
-            backup_dir,
+    if tf.io.gfile.exists(posixpath.join(backup_dir, "training_metadata.json")):
+        raise ResumeMismatchError(
+            f"{backup_dir} holds a Keras BackupAndRestore backup of an older kbert, which this "
+            "one cannot resume; resume it with the kbert that started it, or use a new output_dir"
         )
+    state = find_state(backup_dir)
+    agreed = where.placement.agree_on_minimum(state.epoch if state else 0)
+    if state and agreed != state.epoch:
+        state = find_state(backup_dir, epoch=agreed) if agreed else None
+        if agreed and state is None:
+            raise ResumeMismatchError(
+                f"{backup_dir} holds no backup of interval {agreed}, the newest every worker "
+                "finished; remove every worker's backup to start again"
+            )
+    if state:
+        _check_resumable(
+            output_dir if where.placement.writes_run_files else run.output_dir, run, bert_config
+        )
+        logger.info("resuming %s from step %d (backup %s)", output_dir, state.step, state.path)
+    tf.io.gfile.makedirs(output_dir)
+    for directory in ("", CHECKPOINT_DIR, BACKUP_DIR, *_TENSORBOARD_SUBDIRS):
+        for path in sweep_temporaries(posixpath.join(output_dir, directory)):
+            logger.info("removed %s, left by an interrupted write", path)
+    if not where.placement.writes_run_files:
+        return state
     bert_config.to_json_file(posixpath.join(output_dir, BERT_CONFIG_FILE))
     facts = dict(
         backend=where.placement.backend,
@@ -304,7 +344,17 @@ def _prepare_run_directory(
         max_seq_length=max_seq_length,
     )
     run.to_json(posixpath.join(output_dir, RUN_CONFIG_FILE), run=facts)
-    return initial_epoch
+    return state
+
+
+_TENSORBOARD_SUBDIRS = (
+    posixpath.join(TENSORBOARD_DIR, "train"),
+    posixpath.join(TENSORBOARD_DIR, "validation"),
+)
+
+
+class ResumeMismatchError(KbertError, ValueError):
+    """A run directory cannot be resumed with these settings (a changed model or schedule)."""
 
 
 def _compile(model: BertPretrainingModel, run: PretrainConfig) -> None:
@@ -372,7 +422,9 @@ def _training_data(
     )
 
 
-def _validation(run: PretrainConfig, model: BertPretrainingModel) -> dict[str, Any]:
+def _validation(
+    run: PretrainConfig, model: BertPretrainingModel, placement: Placement
+) -> dict[str, Any]:
     """`fit`'s validation arguments: the held-out set every `eval_interval` updates, if any."""
     if not run.eval_interval:
         return {}
@@ -383,23 +435,28 @@ def _validation(run: PretrainConfig, model: BertPretrainingModel) -> dict[str, A
             model,
             run.dynamic_masking_vocab,
             run.skip_corrupt_records,
+            input_context=placement.input_context(),
         ),
         validation_freq=run.eval_interval // run.checkpoint_interval,
     )
 
 
 def _finish(
-    model: BertPretrainingModel, run: PretrainConfig, output_dir: str, verbose: int | str
+    model: BertPretrainingModel, run: PretrainConfig, where: _Run, verbose: int | str
 ) -> dict[str, Any] | None:
-    """Save the final model and encoder, then evaluate on `eval_files` (None without them)."""
-    _save_model(model, output_dir)
+    """Save the final model and encoder, then evaluate on `eval_files` (None without them);
+    every process evaluates, the one that writes the run's files saves."""
+    writes = where.placement.writes_run_files
+    if writes:
+        with where.placement.this_process_only():
+            _save_model(model, where.output_dir)
     if not run.eval_files:
         return None
     return evaluate(
         model,
         run.eval_files,
         batch_size=run.eval_batch_size or run.batch_size,
-        output_path=posixpath.join(output_dir, EVAL_RESULTS_FILE),
+        output_path=posixpath.join(where.output_dir, EVAL_RESULTS_FILE) if writes else None,
         dynamic_masking_vocab=run.dynamic_masking_vocab,
         verbose=verbose,
         skip_corrupt_records=run.skip_corrupt_records,
@@ -489,23 +546,27 @@ def _without_global_tf_seed() -> Iterator[None]:
         tf.random.set_seed(global_seed)
 
 
-def _restored_epoch(backup_dir: str) -> int:
-    """The epoch BackupAndRestore will restore (its metadata file), 0 when there is no backup."""
-    path = posixpath.join(backup_dir, "training_metadata.json")
-    if not tf.io.gfile.exists(path):
-        return 0
-    return int(read_json(path, "backup metadata")["epoch"])
-
-
-def _check_resumable(output_dir: str, run: PretrainConfig) -> None:
-    """A ValueError naming the resume-invariant settings that differ from the run's last ones."""
+def _check_resumable(output_dir: str, run: PretrainConfig, bert_config: BertConfig) -> None:
+    """A ResumeMismatchError naming the resume-invariant settings, or the encoder's config, that
+    differ from the run's last ones."""
+    path = posixpath.join(output_dir, BERT_CONFIG_FILE)
+    if tf.io.gfile.exists(path):
+        previous, now = BertConfig.from_json_file(path).to_dict(), bert_config.to_dict()
+        changed = [
+            f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in now.items() if previous.get(k) != v
+        ]
+        if changed:
+            raise ResumeMismatchError(
+                f"{output_dir} holds a run to resume, but the model's config changed "
+                f"({', '.join(changed)}); use the same config or a new output_dir"
+            )
     path = posixpath.join(output_dir, RUN_CONFIG_FILE)
     if not tf.io.gfile.exists(path):
         return
     previous, run_config = read_json(path, RUN_CONFIG_FILE), run.to_dict()
     changed = [k for k in run.resume_invariants() if k in previous and previous[k] != run_config[k]]
     if changed:
-        raise ValueError(
+        raise ResumeMismatchError(
             f"{output_dir} holds a run to resume, but {', '.join(changed)} changed "
             f"({', '.join(f'{k}: {previous[k]!r} -> {run_config[k]!r}' for k in changed)}); "
             "use the same arguments or a new output_dir"

@@ -70,3 +70,19 @@ def test_publishing_replaces_a_directory_and_leaves_no_sibling(tmp_path):
 
     assert sorted(os.listdir(tmp_path)) == ["published", "staging"]
     assert os.listdir(published) == ["sub"] and (published / "sub" / "new.txt").read_text() == "new"
+
+
+def test_a_publish_killed_between_its_renames_is_repaired_by_the_next(tmp_path):
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "v.txt").write_text("new")
+    # What a kill between the two renames leaves: the old version aside, the new copy unrenamed,
+    # and no preset under its name. Another destination's temporary is not ours to touch.
+    old = tmp_path / ".old-0123abcd-preset"
+    old.mkdir()
+    (old / "v.txt").write_text("old")
+    (tmp_path / ".tmp-89abcdef-preset").mkdir()
+    (tmp_path / ".tmp-01234567-my-preset").mkdir()
+    io.publish_directory(str(staging), str(tmp_path / "preset"))
+    assert (tmp_path / "preset" / "v.txt").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == [".tmp-01234567-my-preset", "preset", "staging"]

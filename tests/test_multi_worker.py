@@ -197,3 +197,67 @@ def test_auto_picks_multi_worker_only_for_a_cluster_of_workers(monkeypatch, capl
     # This process has run TensorFlow already: too late for collectives, and the error says so.
     with pytest.raises(ValueError, match="before TensorFlow runs anything"):
         resolve_strategy("auto")
+
+
+UNEVEN_CHILD = textwrap.dedent("""
+    import json, logging, os, signal, sys
+    import keras
+    sys.path.insert(0, {tests!r})
+    from helpers import tiny_config
+    from kbert.train import pretrain
+
+    logging.basicConfig(level=logging.INFO)
+    data, run_dir, markers = sys.argv[1:4]
+    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+
+    class KillAfterStep4(keras.callbacks.Callback):
+        # Runs after kbert's callbacks: both workers' step-4 backups are current. Worker 1 then
+        # puts its pointer back on its step-2 state, as a kill between its step-4 manifest and
+        # pointer would have left it: the workers stop one interval apart.
+        def on_epoch_end(self, epoch, logs=None):
+            marker = os.path.join(markers, f"uneven-{{index}}")
+            if int(self.model.optimizer.iterations.numpy()) != 4 or os.path.exists(marker):
+                return
+            open(marker, "w").close()
+            if index == 1:
+                backup = os.path.join(run_dir, "workers", "worker-1", "backup")
+                pointer = os.path.join(backup, "current.json")
+                with open(pointer) as f:
+                    current = json.load(f)
+                [previous] = [n for n in os.listdir(backup)
+                              if n.startswith("interval-") and n != current["state"]]
+                with open(pointer, "w") as f:
+                    json.dump({{"format": 1, "state": previous, "epoch": 1, "step": 2}}, f)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    pretrain(tiny_config(), data, run_dir, steps=6, checkpoint_interval=2, batch_size={batch},
+             seed={seed}, optimizer="sgd", learning_rate={learning_rate}, warmup_steps=0,
+             strategy="multi_worker", callbacks=[KillAfterStep4()], verbose=0)
+""")
+
+
+def test_workers_killed_at_different_intervals_resume_from_the_one_both_finished(
+    multi_worker_run, tmp_path
+):
+    _, data = multi_worker_run
+    child = tmp_path / "child.py"
+    child.write_text(
+        UNEVEN_CHILD.format(
+            tests=os.path.dirname(__file__),
+            batch=GLOBAL_BATCH,
+            seed=SEED,
+            learning_rate=LEARNING_RATE,
+        )
+    )
+    command = [sys.executable, str(child), data, str(tmp_path / "run"), str(tmp_path)]
+    for returncode, output in run_cluster(command):
+        assert returncode == -9, output[-3000:]
+    results = run_cluster(command)
+    for returncode, output in results:
+        assert returncode == 0, output[-3000:]
+        assert "from step 2 " in output, output[-3000:]  # worker 0 too, from its previous state
+    resumed = keras.saving.load_model(str(tmp_path / "run" / "model.keras"))
+    assert int(resumed.optimizer.iterations.numpy()) == 6
+    reference = one_device_on_joint_batches(data, 6)
+    for a, b in zip(resumed.weights, reference.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)

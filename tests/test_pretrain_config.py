@@ -26,7 +26,10 @@ def test_defaults_derived_from_steps_are_filled_in_once():
     assert settings(steps=2500).with_defaults().warmup_steps == 250
     # The largest divisor of steps up to 1000, so every interval ends with a checkpoint.
     assert settings(steps=2500).with_defaults().checkpoint_interval == 625  # 1250 > 1000
-    assert settings(steps=1009).with_defaults().checkpoint_interval == 1  # a prime
+    # A prime: no divisor from 100 to 1000, so intervals of 1000 and a last one of 9.
+    assert settings(steps=1009).with_defaults().checkpoint_interval == 1000
+    assert settings(steps=2018).with_defaults().checkpoint_interval == 1000  # 2 x 1009
+    assert settings(steps=99).with_defaults().checkpoint_interval == 99
     assert settings(steps=40).with_defaults().checkpoint_interval == 40
     given = settings(steps=40, warmup_steps=0, checkpoint_interval=8).with_defaults()
     assert (given.warmup_steps, given.checkpoint_interval) == (0, 8)
@@ -53,7 +56,10 @@ def test_default_log_interval_gives_about_100_rows_and_one_at_least_every_100_up
         (dict(mixed_precision="fp8"), "mixed_precision must be one of auto, none, bf16, fp16"),
         (dict(strategy="gpu"), "strategy must be one of auto, cpu, mirrored"),
         (dict(warmup_steps=101), r"warmup_steps must be between 0 and steps \(100\), got 101"),
-        (dict(checkpoint_interval=3), r"checkpoint_interval \(3\) must divide steps \(100\)"),
+        (
+            dict(checkpoint_interval=300),
+            r"checkpoint_interval \(300\) must be at most steps \(100\)",
+        ),
         (dict(eval_interval=10), "eval_interval needs eval_files"),
         (
             dict(eval_files="heldout/", checkpoint_interval=20, eval_interval=30),
@@ -90,8 +96,12 @@ def test_a_run_config_json_with_an_unknown_setting_is_named(tmp_path):
         PretrainConfig.from_json(str(path))
 
 
-def test_the_settings_that_fix_data_order_schedule_and_update_are_resume_invariants():
+def test_the_settings_that_fix_data_order_schedule_and_numbers_are_resume_invariants():
     assert set(PretrainConfig.resume_invariants()) == {
+        "weight_decay",
+        "mixed_precision",
+        "max_predictions_per_seq",
+        "dynamic_masking_vocab",
         "train_files",
         "batch_size",
         "steps",
@@ -101,7 +111,6 @@ def test_the_settings_that_fix_data_order_schedule_and_update_are_resume_invaria
         "gradient_accumulation_steps",
         "seed",
         "optimizer",
-        "weight_decay",
         "clip_norm",
     }
 

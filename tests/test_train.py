@@ -178,7 +178,10 @@ class _PoisonWeightsAt(keras.callbacks.Callback):
 
 def test_nan_loss_stops_training_clearly_and_keeps_the_last_good_checkpoint(data, tmp_path):
     run = tmp_path / "nan"
-    with pytest.raises(TrainingDivergedError, match=r"loss became nan by step 7.*ckpt-0000005"):
+    # `stopped` keeps the error's frames, so the callbacks, alive while the files are read.
+    with pytest.raises(
+        TrainingDivergedError, match=r"loss became nan by step 7.*ckpt-0000005"
+    ) as stopped:
         quick(data, run, steps=20, checkpoint_interval=5, callbacks=[_PoisonWeightsAt(6)])
     assert [os.path.basename(p) for p in glob.glob(str(run / "checkpoints" / "*"))] == [
         "ckpt-0000005.weights.h5"
@@ -188,11 +191,23 @@ def test_nan_loss_stops_training_clearly_and_keeps_the_last_good_checkpoint(data
     model.load_weights(str(run / "checkpoints" / "ckpt-0000005.weights.h5"))
     assert all(np.isfinite(w.numpy()).all() for w in model.weights)
     # The resume backup is the one of step 5 too, not the diverged state.
-    with open(run / "backup" / "training_metadata.json") as f:
-        assert json.load(f)["epoch"] == 1
+    with open(run / "backup" / "current.json") as f:
+        current = json.load(f)
+    assert (current["epoch"], current["step"]) == (1, 5)
     backup = kbert.build_pretraining_model(tiny_config(), 16, 3)
-    backup.load_weights(str(run / "backup" / "latest.weights.h5"))
+    backup.load_weights(str(run / "backup" / current["state"] / "model.weights.h5"))
     assert_same_weights(model, backup, atol=0)
+    # TensorBoard holds the scalars of every row written, up to the one before the NaN.
+    steps = [
+        event.step
+        for path in glob.glob(str(run / "logs" / "train" / "events.out.tfevents.*"))
+        for event in map(
+            tf.compat.v1.Event.FromString, tf.data.TFRecordDataset(path).as_numpy_iterator()
+        )
+        for value in event.summary.value
+        if value.tag == "loss"
+    ]
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6], stopped
 
 
 def numpy_evaluation(model, files):
@@ -300,9 +315,25 @@ def test_rerunning_a_finished_run_trains_nothing_and_changed_arguments_are_refus
     assert again.eval_results["mlm_loss"] == pytest.approx(first.eval_results["mlm_loss"], abs=1e-6)
 
 
+def test_an_interval_that_does_not_divide_the_steps_ends_with_a_shorter_one(data, tmp_path):
+    run = tmp_path / "uneven"
+    uneven = quick(data, run, steps=10, checkpoint_interval=4, **SGD)
+    assert int(uneven.model.optimizer.iterations.numpy()) == 10
+    assert sorted(os.listdir(run / "checkpoints")) == [
+        f"ckpt-{step:07d}.weights.h5" for step in (4, 8, 10)
+    ]
+    with open(run / "history.csv") as f:
+        assert [int(row["step"]) for row in csv.DictReader(f)] == list(range(1, 11))
+    # The intervals do not change the numbers: the weights of intervals of 5.
+    even = quick(data, tmp_path / "even", steps=10, checkpoint_interval=5, **SGD)
+    assert_same_weights(uneven.model, even.model, atol=1e-6)
+
+
 def test_bad_arguments_are_named(data, tmp_path):
-    with pytest.raises(ValueError, match=r"checkpoint_interval \(3\) must divide steps \(10\)"):
-        quick(data, tmp_path / "a", steps=10, checkpoint_interval=3)
+    with pytest.raises(
+        ValueError, match=r"checkpoint_interval \(30\) must be at most steps \(10\)"
+    ):
+        quick(data, tmp_path / "a", steps=10, checkpoint_interval=30)
     with pytest.raises(ValueError, match="config vocab_size 50 does not match"):
         quick(data, tmp_path / "b", config=tiny_config(vocab_size=50))
     with pytest.raises(ValueError, match="mixed_precision must be one of"):

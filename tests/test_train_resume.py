@@ -118,3 +118,27 @@ def test_run_killed_mid_interval_resumes_with_the_losses_and_history_of_a_straig
             atol=1e-4,
             err_msg=name,
         )
+
+
+def test_a_torn_last_history_row_and_rows_past_the_backup_are_dropped_on_resume(tmp_path):
+    data = write_pretraining_records(str(tmp_path / "data"), num_records=40)
+    settings = dict(RUN, steps=8, checkpoint_interval=4)
+    run = tmp_path / "run"
+    pretrain(tiny_config(), data, str(run), **settings)
+    straight = read_history(run / "history.csv")
+    # What a kill can leave: the step-8 state written but not yet current (the pointer still
+    # names step 4's), and a row cut short by the kill: "1,1" of a step-1x row reads as step 1.
+    backup = run / "backup"
+    current = json.loads((backup / "current.json").read_text())
+    [previous] = [p.name for p in backup.glob("interval-*") if p.name != current["state"]]
+    pointer = {"format": 1, "state": previous, "epoch": 1, "step": 4}
+    (backup / "current.json").write_text(json.dumps(pointer))
+    with open(run / "history.csv", "a") as f:
+        f.write("1,1")
+    pretrain(tiny_config(), data, str(run), **settings)
+    history = read_history(run / "history.csv")
+    assert [int(r["step"]) for r in history] == list(range(1, 9))
+    for name in ("loss", "mlm_loss", "nsp_loss", "learning_rate"):
+        np.testing.assert_allclose(
+            [float(r[name]) for r in history], [float(r[name]) for r in straight], atol=1e-4
+        )

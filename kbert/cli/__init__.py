@@ -335,22 +335,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 def is_expected_failure(error: BaseException) -> bool:
     """Whether `error` is the input's or the setting's fault (reported in one line), not a bug.
 
+    Expected: kbert's own errors (`KbertError`), TensorFlow's errors of missing or unreadable
+    data, and a `ValueError` or `OSError` that kbert's code raised itself. The same types raised
+    inside Keras, TensorFlow or another library keep their traceback: they may be bugs.
+
     Args:
         error: the exception a command raised.
 
     Examples:
-    >>> is_expected_failure(FileNotFoundError("vocab.txt")), is_expected_failure(KeyError("x"))
+    >>> from kbert.errors import KbertError
+    >>> is_expected_failure(KbertError("vocab.txt: empty")), is_expected_failure(KeyError("x"))
     (True, False)
     """
     from kbert.errors import KbertError
 
-    if isinstance(error, (KbertError, ValueError, OSError)):
+    if isinstance(error, KbertError):
         return True
+    if isinstance(error, (ValueError, OSError)):
+        return _raised_by_own_code(error)
     tf = sys.modules.get("tensorflow")  # a TensorFlow error implies TensorFlow is loaded
     errors = getattr(tf, "errors", None)
     return errors is not None and isinstance(
         error, tuple(getattr(errors, name) for name in _EXPECTED_TF_ERRORS)
     )
+
+
+# kbert's and tfrecords_tools' source folders: an error raised in them is kbert's own message.
+_OWN_CODE = tuple(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), d)
+    + os.sep
+    for d in ("kbert", "tfrecords_tools")
+)
+
+
+def _raised_by_own_code(error: BaseException) -> bool:
+    frames = traceback.extract_tb(error.__traceback__)
+    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(_OWN_CODE)
 
 
 def _one_line(error: BaseException) -> str:

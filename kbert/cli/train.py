@@ -89,8 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train, then print the evaluation. A diverged run or damaged data raises a
     `KbertError`, which `kbert.cli.main` reports on one line."""
-    report_devices("train")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from kbert.distribute import initialize_distribution
+
+    # Before anything (the device report) starts JAX: a run of several processes joins first.
+    initialize_distribution(args.job_addresses, args.num_processes, args.process_id)
+    report_devices("train")
     from kbert.train import pretrain
 
     settings = {k: v for k, v in vars(args).items() if k not in ("command", "verbose")}
