@@ -21,7 +21,6 @@ import tensorflow as tf
 
 import kbert
 from kbert import glue_metrics
-from kbert.checkpoints import read_source_config
 from kbert.cli import main
 from kbert.distribute import Placement
 from kbert.finetune_data import TextPairEncoder, read_examples
@@ -209,38 +208,6 @@ def test_pairs_are_truncated_longest_first_as_googles_run_classifier(tmp_path, l
 
 
 # --- fine-tuning ----------------------------------------------------------------------------
-
-
-@pytest.mark.skip(
-    reason="not reliable at CI size: after 400 (or 1500) pre-training steps of this tiny encoder "
-    "the pre-trained run scored 0.746 (0.644) against the random-init twin's 0.715; the margin "
-    "needs a longer pre-training than a CI test affords (issue #24)"
-)
-def test_pretrained_encoder_scores_above_its_random_init_twin(pretrained, topic_rows, tmp_path):
-    train = write_rows(tmp_path / "train.tsv", topic_rows[:96], ("sentence", "label"))
-    dev = write_rows(tmp_path / "dev.tsv", topic_rows[96:496], ("sentence", "label"))
-    settings = dict(SMALL, epochs=8, seed="0,1")
-    trained = finetune(
-        train,
-        dev,
-        str(tmp_path / "pretrained"),
-        init_from=pretrained["run"],
-        vocab_file=pretrained["vocab"],
-        **settings,
-    )
-    twin = finetune(
-        train,
-        dev,
-        str(tmp_path / "random"),
-        config=read_source_config(pretrained["run"]),
-        vocab_file=pretrained["vocab"],
-        **settings,
-    )
-    for result in (trained, twin):  # every grid cell is reported
-        assert [(c["seed"], c["epochs"]) for c in result.results["cells"]] == [(0, 8), (1, 8)]
-    scores = [np.mean([c["accuracy"] for c in r.results["cells"]]) for r in (trained, twin)]
-    assert scores[0] > scores[1] + 0.05, (trained.table, twin.table)
-    assert not trained.warnings, trained.table
 
 
 @pytest.fixture(scope="module")
