@@ -44,6 +44,8 @@ setup(
         "test": [
             "pytest",
             "psutil",
+            # tests/test_finetune.py checks kbert's GLUE metrics against scikit-learn's.
+            "scikit-learn",
             "jax[cpu]",
             "ruff>=0.17,<0.18",
             "apache-beam>=2.77",

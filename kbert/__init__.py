@@ -56,6 +56,7 @@ _EXPORTS = {
     "load_model": "kbert.saving",
     "custom_objects": "kbert.saving",
     "save_huggingface": "kbert.huggingface",
+    "finetune": "kbert.finetuning",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -129,3 +129,29 @@ def compile_for_pretraining(
         **compile_kwargs,
     )
     return model
+
+
+@keras.saving.register_keras_serializable(package="kbert")
+class GlobalMeanSquaredError(keras.losses.Loss):
+    """Mean squared error over the **global** batch (regression fine-tuning): each replica returns
+    Σ_local (y − ŷ)² / n_global, so the gradients the strategy sums are the global mean's, for
+    any number of replicas (Keras' own reduction averages per replica, and the sum over replicas
+    then doubles the gradient on two).
+
+    Examples:
+    >>> float(GlobalMeanSquaredError()([[1.0], [3.0]], [[0.0], [3.0]]))
+    0.5
+    """
+
+    def __init__(self, name: str = "global_mean_squared_error", **kwargs: Any):
+        super().__init__(name=name, reduction="sum", **kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        with keras.name_scope(self.name):
+            y_pred = ops.cast(y_pred, "float32")
+            error = ops.square(ops.cast(y_true, "float32") - y_pred)
+            error = ops.reshape(error, ops.shape(error)[:1])
+            return global_weighted_mean(error, example_weights(sample_weight, error))

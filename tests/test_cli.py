@@ -27,6 +27,7 @@ REQUIRED = {
     "predict": ["--model", "saved_models/kbert/1", "Paris is the [MASK] of France."],
     "plot": ["run"],
     "demo": [],
+    "finetune": ["--train_file", "train.tsv", "--eval_file", "dev.tsv", "--output_dir", "out"],
 }
 # Lines TensorFlow's C++ logger prints at start-up on a machine without GPU.
 TF_LOG_LINE = re.compile(

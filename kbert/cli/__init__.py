@@ -34,6 +34,7 @@ COMMANDS = {
     "evaluate": ("kbert.cli.evaluate", "evaluate a run or model on held-out TFRecords"),
     "export": ("kbert.cli.export", "export a SavedModel for TF Serving"),
     "predict": ("kbert.cli.predict", "fill [MASK]s and score NSP with an exported SavedModel"),
+    "finetune": ("kbert.cli.finetune", "fine-tune and score an encoder on labelled text"),
     "plot": ("kbert.cli.plot", "draw a run's loss curves"),
     "demo": ("kbert.cli.demo", "the whole pipeline on the built-in corpus"),
 }

@@ -1,0 +1,390 @@
+"""`kbert finetune` / `kbert.finetune`: GLUE-style fine-tuning from any encoder kbert loads.
+
+The metrics are checked against scikit-learn's and scipy's, the tokenization against Google's
+`truncate_seq_pair`, the encoder sources against each other and against a random-init twin.
+Everything is tiny: one pre-training run of a few hundred steps on docstrings of Python's standard
+library (real prose, as `kbert demo` uses), fine-tuning sets of tens of sentences.
+"""
+
+import csv
+import email
+import json
+import os
+import random
+
+import keras
+import numpy as np
+import pytest
+import scipy.stats
+import sklearn.metrics
+import tensorflow as tf
+
+import kbert
+from kbert import glue_metrics
+from kbert.cli import main
+from kbert.distribute import Placement
+from kbert.finetune_data import TextPairEncoder, read_examples
+from kbert.finetuning import BEST_MODEL_FILE, PREDICTIONS_FILE, RESULTS_FILE, finetune
+from tfrecords_tools import corpora, vocab
+from tfrecords_tools.create_pretraining_data import create_pretraining_data
+
+pytestmark = pytest.mark.tensorflow_only
+
+STDLIB = os.path.dirname(os.path.dirname(email.__file__))
+# Two packages whose docstrings differ in subject: the labelled task is "which one is this from".
+TOPICS = ("email", "asyncio")
+PRETRAINING_PACKAGES = ("http", "logging", "unittest", "json", "xml", "concurrent", "importlib")
+SMALL = dict(max_seq_length=32, batch_size=16, epochs=6, learning_rate=1e-3, dropout=0.0)
+
+
+def documents(packages):
+    """The docstring documents of the standard-library packages, as `kbert demo` reads them."""
+    found = []
+    for package in packages:
+        found += corpora.python_docstring_documents([os.path.join(STDLIB, package)])
+    return [d for d in found if len(d) >= 2]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A short kbert pre-training run (its directory, vocab.txt and BertConfig)."""
+    root = tmp_path_factory.mktemp("pretraining")
+    docs = documents(PRETRAINING_PACKAGES + TOPICS)
+    random.Random(0).shuffle(docs)
+    corpora.write_google_layout(docs, str(root / "corpus.txt"))
+    vocab_file = str(root / "vocab.txt")
+    vocab.learn_vocab(corpora.sentences_of(docs), vocab_file, 2000)
+    create_pretraining_data(
+        str(root / "corpus.txt"),
+        str(root / "records" / "records.tfrecord"),
+        vocab_file,
+        max_seq_length=32,
+        max_predictions_per_seq=5,
+        dupe_factor=2,
+        random_seed=0,
+    )
+    config = kbert.BertConfig(
+        vocab_size=len(open(vocab_file).read().splitlines()),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
+    run_dir = str(root / "run")
+    kbert.pretrain(
+        config,
+        str(root / "records"),
+        run_dir,
+        steps=400,
+        batch_size=32,
+        learning_rate=2e-3,
+        warmup_steps=40,
+        seed=0,
+        verbose=0,
+    )
+    return {"run": run_dir, "vocab": vocab_file, "config": config, "root": root}
+
+
+def write_rows(path, rows, columns):
+    """rows (tuples in `columns` order) as TSV (GLUE's: tabs, no quoting), CSV or JSONL."""
+    path = str(path)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        if path.endswith(".jsonl"):
+            f.writelines(json.dumps(dict(zip(columns, row))) + "\n" for row in rows)
+        elif path.endswith(".csv"):
+            writer = csv.writer(f)
+            writer.writerow(columns)
+            writer.writerows(rows)
+        else:
+            f.write("\t".join(columns) + "\n")
+            f.writelines("\t".join(str(v) for v in row) + "\n" for row in rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def topic_rows():
+    """(sentence, package) rows of the two topics, shuffled with a fixed seed."""
+    rows = [
+        (" ".join(sentence.split()), package)
+        for package in TOPICS
+        for document in documents([package])
+        for sentence in document
+    ]
+    random.Random(1).shuffle(rows)
+    return rows
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_classification_metrics_equal_scikit_learns(num_classes):
+    rng = np.random.default_rng(num_classes)
+    labels = rng.integers(0, num_classes, 200)
+    predictions = np.where(rng.random(200) < 0.6, labels, rng.integers(0, num_classes, 200))
+    ours = glue_metrics.classification_metrics(labels, predictions, num_classes)
+    assert ours["accuracy"] == pytest.approx(sklearn.metrics.accuracy_score(labels, predictions))
+    assert ours["mcc"] == pytest.approx(sklearn.metrics.matthews_corrcoef(labels, predictions))
+    if num_classes == 2:
+        assert ours["f1"] == pytest.approx(sklearn.metrics.f1_score(labels, predictions))
+    else:
+        assert "f1" not in ours
+
+
+def test_metrics_of_a_constant_prediction_equal_scikit_learns():
+    labels = np.array([0, 1, 1, 0, 1])
+    for constant in (0, 1):
+        predictions = np.full(5, constant)
+        ours = glue_metrics.classification_metrics(labels, predictions, 2)
+        assert ours["mcc"] == sklearn.metrics.matthews_corrcoef(labels, predictions)
+        assert ours["f1"] == sklearn.metrics.f1_score(labels, predictions, zero_division=0)
+
+
+def test_regression_metrics_equal_scipys_with_ties():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 6, 100).astype(float)  # STS-B-like scores, many ties
+    predictions = labels + rng.normal(0, 1.5, 100)
+    predictions[:10] = 2.0  # tied predictions too
+    ours = glue_metrics.regression_metrics(labels, predictions)
+    assert ours["pearson"] == pytest.approx(scipy.stats.pearsonr(labels, predictions)[0])
+    assert ours["spearman"] == pytest.approx(scipy.stats.spearmanr(labels, predictions)[0])
+
+
+# --- input ----------------------------------------------------------------------------------
+
+
+def test_every_format_reads_the_same_rows(tmp_path):
+    rows = [
+        ("1", 'He said, "yes".', "It's 'quoted', with commas."),
+        ("0", "Tabs never appear in GLUE's text.", "Ünïcödé stays."),
+    ]
+    mrpc = ("Quality", "#1 String", "#2 String")
+    glue = read_examples(write_rows(tmp_path / "dev.tsv", rows, mrpc))
+    named = ("label", "sentence1", "sentence2")
+    for name in ("dev.csv", "dev.jsonl"):
+        examples = read_examples(write_rows(tmp_path / name, rows, named))
+        assert (examples.text, examples.text_pair, examples.labels) == (
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            [r[0] for r in rows],
+        )
+        assert (examples.text, examples.text_pair, examples.labels) == (
+            glue.text,
+            glue.text_pair,
+            glue.labels,
+        )
+
+
+def google_truncate_seq_pair(tokens_a, tokens_b, max_length):
+    """google-research/bert run_classifier.py's `_truncate_seq_pair`, verbatim."""
+    while True:
+        total_length = len(tokens_a) + len(tokens_b)
+        if total_length <= max_length:
+            break
+        if len(tokens_a) > len(tokens_b):
+            tokens_a.pop()
+        else:
+            tokens_b.pop()
+
+
+@pytest.mark.parametrize("lengths", [(3, 2), (12, 3), (3, 12), (9, 9), (20, 0)])
+def test_pairs_are_truncated_longest_first_as_googles_run_classifier(tmp_path, lengths):
+    words = [f"w{i}" for i in range(40)]
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    a, b = words[: lengths[0]], words[20 : 20 + lengths[1]]
+    length = 16
+    kept_a, kept_b = list(a), list(b)
+    google_truncate_seq_pair(kept_a, kept_b, length - (3 if b else 2))
+    tokens = ["[CLS]", *kept_a, "[SEP]"] + ([*kept_b, "[SEP]"] if b else [])
+    ids = [5 + words.index(t) if t.startswith("w") else {"[CLS]": 2, "[SEP]": 3}[t] for t in tokens]
+    encoder = TextPairEncoder(str(vocab_file), length)
+    packed = encoder(np.array([" ".join(a)]), np.array([" ".join(b)]))
+    assert packed["token_ids"].numpy()[0].tolist() == ids + [0] * (length - len(ids))
+    segments = [0] * (len(kept_a) + 2) + [1] * (len(tokens) - len(kept_a) - 2)
+    assert packed["segment_ids"].numpy()[0].tolist() == segments + [0] * (length - len(ids))
+    assert packed["padding_mask"].numpy()[0].tolist() == [1] * len(ids) + [0] * (length - len(ids))
+
+
+# --- fine-tuning ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(pretrained):
+    """The pre-trained run's encoder in every other form `--init_from` takes."""
+    model = kbert.load_model(pretrained["run"] + "/model.keras")
+    root, vocab_file = pretrained["root"], pretrained["vocab"]
+    return {
+        "google": kbert.save_google_checkpoint(
+            model, str(root / "google" / "bert_model.ckpt"), vocab_file
+        ),
+        "huggingface": kbert.save_huggingface(
+            pretrained["run"], str(root / "hf"), vocab_file, do_lower_case=True
+        ),
+        "keras-hub preset": kbert.save_encoder_preset(model, str(root / "preset"), vocab_file),
+    }
+
+
+DESCRIPTIONS = {
+    "google": "Google TF1 checkpoint",
+    "huggingface": "Hugging Face BERT folder",
+    "keras-hub preset": "keras-hub preset",
+}
+
+
+@pytest.fixture(scope="module")
+def formats_task(topic_rows, tmp_path_factory):
+    """Train as CSV, dev as JSONL, test as GLUE-style TSV without labels."""
+    root = tmp_path_factory.mktemp("formats")
+    columns = ("text", "topic")
+    return dict(
+        train_file=write_rows(root / "train.csv", topic_rows[:96], columns),
+        eval_file=write_rows(root / "dev.jsonl", topic_rows[96:160], columns),
+        test_file=write_rows(root / "test.tsv", [(t,) for t, _ in topic_rows[160:192]], ("text",)),
+        text_column="text",
+        label_column="topic",
+    )
+
+
+@pytest.fixture(scope="module")
+def from_run(pretrained, formats_task, tmp_path_factory):
+    output_dir = str(tmp_path_factory.mktemp("from_run"))
+    return finetune(
+        output_dir=output_dir,
+        init_from=pretrained["run"],
+        vocab_file=pretrained["vocab"],
+        **formats_task,
+        **SMALL,
+    )
+
+
+@pytest.mark.parametrize("kind", ["google", "huggingface", "keras-hub preset"])
+def test_every_init_from_kind_fine_tunes_as_the_kbert_run(
+    kind, exported, from_run, formats_task, pretrained, tmp_path
+):
+    source = exported[kind]
+    result = finetune(output_dir=str(tmp_path), init_from=source, **formats_task, **SMALL)
+    # The same encoder weights, head seed and batches: the same dev metrics and the same model.
+    assert result.results["encoder"].startswith(DESCRIPTIONS[kind]), result.results["encoder"]
+    assert result.results["best"] == pytest.approx(from_run.results["best"], abs=1e-6)
+    predictions = (tmp_path / PREDICTIONS_FILE).read_text()
+    assert predictions == open(os.path.join(from_run.output_dir, PREDICTIONS_FILE)).read()
+    np.testing.assert_allclose(
+        best_logits(str(tmp_path), formats_task, pretrained["vocab"]),
+        best_logits(from_run.output_dir, formats_task, pretrained["vocab"]),
+        atol=1e-5,
+    )
+
+
+def best_logits(output_dir, task, vocab_file):
+    """The saved best model's logits on the test file, as Keras reloads it."""
+    model = keras.saving.load_model(os.path.join(output_dir, BEST_MODEL_FILE))
+    test = read_examples(task["test_file"], text_column="text", require_labels=False)
+    inputs = TextPairEncoder(vocab_file, SMALL["max_seq_length"]).dataset(test, 16)
+    return model.predict(inputs, verbose=0)
+
+
+def test_outputs_hold_every_cell_the_best_model_and_test_predictions(from_run, formats_task):
+    results = json.load(open(os.path.join(from_run.output_dir, RESULTS_FILE)))
+    assert results["best"]["accuracy"] == results["cells"][0]["accuracy"]
+    assert results["labels"] == sorted(TOPICS)
+    assert sorted(results["baseline"]) == ["accuracy", "f1", "mcc"]
+    assert (
+        "majority-class baseline"
+        in open(os.path.join(from_run.output_dir, "finetune_results.txt")).read()
+    )
+    # The saved best model, reloaded by Keras, predicts what test_predictions.tsv says.
+    model = keras.saving.load_model(os.path.join(from_run.output_dir, BEST_MODEL_FILE))
+    test = read_examples(formats_task["test_file"], text_column="text", require_labels=False)
+    encoder = TextPairEncoder(results["vocab_file"], SMALL["max_seq_length"])
+    logits = model.predict(encoder.dataset(test, 16), verbose=0)
+    lines = open(os.path.join(from_run.output_dir, PREDICTIONS_FILE)).read().splitlines()
+    assert lines[1:] == [f"{i}\t{results['labels'][k]}" for i, k in enumerate(logits.argmax(-1))]
+    assert not [f for f in os.listdir(from_run.output_dir) if f.startswith(".tmp-")]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="under MirroredStrategy, AdamWeightDecay's updates differ from one device's (SGD "
+    "agrees to 2e-4, Google's AdamW with or without clipping and decay does not): dev accuracy "
+    "0.61 against 0.47 after 36 updates; to find in kbert.optimization / kbert.distribute",
+)
+def test_mirrored_over_two_cpus_predicts_as_one_device(
+    two_cpus, from_run, formats_task, pretrained, tmp_path
+):
+    strategy = tf.distribute.MirroredStrategy(two_cpus)
+    result = finetune(
+        output_dir=str(tmp_path),
+        init_from=pretrained["run"],
+        vocab_file=pretrained["vocab"],
+        strategy=Placement.from_strategy(strategy),
+        **formats_task,
+        **SMALL,
+    )
+    # The same dev metrics and test predictions as on one device.
+    assert result.results["best"] == pytest.approx(from_run.results["best"], abs=1e-6)
+    predictions = (tmp_path / PREDICTIONS_FILE).read_text()
+    assert predictions == open(os.path.join(from_run.output_dir, PREDICTIONS_FILE)).read()
+    assert set(TOPICS) <= set(predictions.split()), "a constant prediction would prove nothing"
+
+
+def test_regression_reports_scipys_correlations_of_the_best_models_predictions(
+    pretrained, topic_rows, tmp_path
+):
+    # STS-B's layout; the score (a sentence's length in words, 0-5) is a number, so regression.
+    rows = [(s, "", f"{min(len(s.split()), 50) / 10:.1f}") for s, _ in topic_rows[:160]]
+    columns = ("sentence1", "sentence2", "score")
+    train = write_rows(tmp_path / "train.tsv", rows[:96], columns)
+    dev = write_rows(tmp_path / "dev.tsv", rows[96:], columns)
+    result = finetune(
+        train,
+        dev,
+        str(tmp_path / "out"),
+        init_from=pretrained["run"],
+        vocab_file=pretrained["vocab"],
+        test_file=dev,
+        **SMALL,
+    )
+    assert result.results["task"] == "regression"
+    predicted = [
+        float(line.split("\t")[1])
+        for line in (tmp_path / "out" / PREDICTIONS_FILE).read_text().splitlines()[1:]
+    ]
+    labels = [float(score) for _, _, score in rows[96:]]
+    best = result.results["best"]
+    assert best["pearson"] == pytest.approx(scipy.stats.pearsonr(labels, predicted)[0], abs=1e-4)
+    assert best["spearman"] == pytest.approx(scipy.stats.spearmanr(labels, predicted)[0], abs=1e-4)
+
+
+# --- bad files ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dev_content, expected",
+    [
+        ("sentence\tlabel\ngood\t1\nbad\tmaybe\n", "dev.tsv: row 3: unknown label 'maybe'"),
+        ("text\tlabel\ngood\t1\n", "dev.tsv: row 1 (header): no text column"),
+        ("", "dev.tsv: empty file"),
+        ("sentence\tlabel\ngood\t\n", "dev.tsv: row 2: no value in column 'label'"),
+    ],
+)
+def test_a_bad_file_is_one_line_naming_file_and_row_and_exit_1(
+    pretrained, tmp_path, capsys, dev_content, expected
+):
+    train = write_rows(tmp_path / "train.tsv", [("good", "1"), ("bad", "0")], ("sentence", "label"))
+    (tmp_path / "dev.tsv").write_text(dev_content)
+    status = main(
+        [
+            "finetune",
+            f"--init_from={pretrained['run']}",
+            f"--vocab_file={pretrained['vocab']}",
+            f"--train_file={train}",
+            f"--eval_file={tmp_path / 'dev.tsv'}",
+            f"--output_dir={tmp_path / 'out'}",
+        ]
+    )
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert status == 1
+    assert len(errors) == 1 and expected in errors[0], errors
+    assert not (tmp_path / "out").exists()
