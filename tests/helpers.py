@@ -205,3 +205,27 @@ def run_cluster(command, workers=2, timeout=300):
         for process in processes:
             process.kill()
     return [(process.returncode, output) for process, output in zip(processes, outputs)]
+
+
+def joint_worker_batches(data, global_batch, seed, workers=2):
+    """The global batches a cluster of `workers` trains on, as one dataset: each is worker 0's
+    share of the batch, then worker 1's, ... as their pipelines yield them."""
+    import tensorflow as tf
+
+    from kbert.data import pretraining_dataset
+    from kbert.train import _without_global_tf_seed
+
+    with _without_global_tf_seed():
+        pipelines = [
+            pretraining_dataset(
+                data,
+                global_batch,
+                is_training=True,
+                seed=seed,
+                input_context=tf.distribute.InputContext(workers, index, workers),
+            )
+            for index in range(workers)
+        ]
+    return tf.data.Dataset.zip(tuple(pipelines)).map(
+        lambda *shares: tf.nest.map_structure(lambda *parts: tf.concat(parts, 0), *shares)
+    )

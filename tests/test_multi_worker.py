@@ -8,14 +8,11 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from helpers import run_cluster, tiny_config, write_pretraining_records
+from helpers import joint_worker_batches, run_cluster, tiny_config, write_pretraining_records
 
 import kbert
-from kbert.data import pretraining_dataset
 from kbert.distribute import resolve_strategy
 from kbert.optimization import create_optimizer
-from kbert.train import _without_global_tf_seed
 
 STEPS, GLOBAL_BATCH, SEED, LEARNING_RATE = 3, 8, 3, 0.5
 
@@ -65,20 +62,7 @@ def multi_worker_run(tmp_path_factory):
 def one_device_on_joint_batches(data, steps, before=None):
     """The tiny model trained on one device for `steps` SGD updates, each on worker 0's batch of
     4 then worker 1's, as the cluster's pipelines yield them."""
-    with _without_global_tf_seed():
-        pipelines = [
-            pretraining_dataset(
-                data,
-                GLOBAL_BATCH,
-                is_training=True,
-                seed=SEED,
-                input_context=tf.distribute.InputContext(2, index, 2),
-            )
-            for index in range(2)
-        ]
-    joint = tf.data.Dataset.zip(tuple(pipelines)).map(
-        lambda a, b: tf.nest.map_structure(lambda x, y: tf.concat([x, y], 0), a, b)
-    )
+    joint = joint_worker_batches(data, GLOBAL_BATCH, SEED)
     keras.utils.set_random_seed(SEED)
     model = kbert.build_pretraining_model(tiny_config(), 16, 3)
     kbert.compile_for_pretraining(model, create_optimizer(LEARNING_RATE, steps, optimizer="sgd"))

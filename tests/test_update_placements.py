@@ -14,13 +14,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import run_cluster, tiny_config, write_pretraining_records
+from helpers import joint_worker_batches, run_cluster, tiny_config, write_pretraining_records
 
 import kbert
-from kbert.data import pretraining_dataset
 from kbert.distribute import resolve_strategy
 from kbert.optimization import create_optimizer
-from kbert.train import _without_global_tf_seed, pretrain
+from kbert.train import pretrain
 
 pytestmark = pytest.mark.tensorflow_only
 
@@ -154,20 +153,7 @@ def test_clipping_is_active_in_these_runs(runs, shared):
 def one_device_on_joint_batches(optimizer, data, init):
     """The initial model trained on one device on the global batches of a 2-worker cluster
     (worker 0's 4 sequences, then worker 1's), with the run's optimizer."""
-    with _without_global_tf_seed():
-        pipelines = [
-            pretraining_dataset(
-                data,
-                GLOBAL_BATCH,
-                is_training=True,
-                seed=SEED,
-                input_context=tf.distribute.InputContext(2, index, 2),
-            )
-            for index in range(2)
-        ]
-    joint = tf.data.Dataset.zip(tuple(pipelines)).map(
-        lambda a, b: tf.nest.map_structure(lambda x, y: tf.concat([x, y], 0), a, b)
-    )
+    joint = joint_worker_batches(data, GLOBAL_BATCH, SEED)
     model = kbert.build_pretraining_model(tiny_config(), SEQ_LEN, PREDICTIONS)
     model.set_weights(keras.saving.load_model(init).get_weights())
     kbert.compile_for_pretraining(
