@@ -38,7 +38,7 @@ setup(
         # The live checks of `kbert export --format huggingface` against Hugging Face transformers
         # (PyTorch), `python -m pytest tests -m huggingface`; the default tests compare with
         # reference outputs that transformers made (tests/make_huggingface_references.py).
-        "huggingface-test": ["transformers>=5,<6", "torch"],
+        "huggingface-test": ["transformers>=5,<6", "torch==2.13.0"],
         # What the tests and CI's lint need (Beam's and the notebook's tests included); CI pins
         # jax[cpu] to the Colab TPU runtime's version.
         "test": [
