@@ -263,7 +263,8 @@ def describe(
         A JSON-able dict: `files`, `num_files`, `compression`, `masked`, `max_seq_length`,
         `max_predictions_per_seq`, `records_per_file`, `num_records` (None when unknown),
         `metadata_files` and, from the metadata when there is one, `num_instances` (all the
-        shards it describes), `vocab_size`, `do_lower_case`, `nsp_label_counts`,
+        shards it describes), `vocab_size`, `vocab_file` (the vocab.txt kept beside the shards,
+        or None), `do_lower_case`, `nsp_label_counts`,
         `num_masked_predictions`, `seed`, `tool_version` (several metadata files: summed counts,
         the list of vocab sizes).
 
@@ -304,8 +305,9 @@ def describe(
     }
     metas = list(records.metadata.values())
     if len(metas) == 1:
-        meta = metas[0]
+        ((directory, meta),) = records.metadata.items()
         info.update(
+            vocab_file=features.data_vocab(directory, meta),
             num_instances=meta.num_instances,
             vocab_size=meta.vocab_size,
             do_lower_case=meta.do_lower_case,

@@ -52,6 +52,7 @@ from kbert.errors import KbertError
 from kbert.io import sweep_temporaries, temporary_path
 from kbert.model import BertPretrainingModel, load_pretraining_model
 from kbert.serving_tokenizer import MASK, ServingTextEncoder, read_vocab, write_vocab
+from kbert.vocabulary import resolve_vocab_file
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ WARMUP_TEXTS = ((f"{MASK} {MASK} .", ""), (f"{MASK} .", f"{MASK} ."))
 
 def export_for_serving(
     model_or_run_dir: keras.Model | str,
-    vocab_file: str,
+    vocab_file: str | None = None,
     export_base: str = "saved_models",
     name: str = "kbert",
     version: int | None = None,
@@ -86,7 +87,8 @@ def export_for_serving(
     Args:
         model_or_run_dir: a kbert pre-training model, its `.keras` file, or a run directory
             (its `model.keras`).
-        vocab_file: the vocab.txt the model was trained with (copied into the SavedModel).
+        vocab_file: the vocab.txt the model was trained with (copied into the SavedModel);
+            default the one a run directory keeps (or beside a `.keras` file).
         export_base: TF Serving's model base directory.
         name: the model's name (a directory under `export_base`).
         version: the version directory; default the next integer after the existing ones.
@@ -106,6 +108,7 @@ def export_for_serving(
     >>> os.path.relpath(path, workdir)
     'saved_models/kbert/1'
     """
+    vocab_file = resolve_vocab_file(vocab_file, model_or_run_dir)
     if keras.backend.backend() != "tensorflow":
         return _export_in_tensorflow_process(
             model_or_run_dir, vocab_file, export_base, name, version, top_k, do_lower_case

@@ -3,7 +3,9 @@
 Google's `tf.train.Example` layout from google-research/bert, unchanged, so records written by
 google-research/bert, TF Model Garden or NVIDIA's scripts are read as they are, and ours are
 readable by them. The writer (`tfrecords_tools`) and the reader (`kbert.data`) both use this
-module and nothing else to know names, dtypes and shapes.
+module and nothing else to know names, dtypes and shapes. Beside the shards `kbert create-data`
+writes `kbert_metadata.json` (`Metadata`, last: it marks the set complete) and a copy of the
+vocabulary, `vocab.txt` (`kbert.vocabulary.keep_vocab`), which runs trained on them keep.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import tensorflow as tf
 
 from kbert.io import read_json, write_json
+from kbert.vocabulary import VOCAB_FILENAME, vocab_sha256
 
 INPUT_IDS = "input_ids"
 INPUT_MASK = "input_mask"
@@ -126,6 +129,15 @@ class Metadata:
 def metadata_path(directory: str) -> str:
     """Path of the metadata file that sits beside the shards in `directory`."""
     return tf.io.gfile.join(directory, METADATA_FILENAME)
+
+
+def data_vocab(directory: str, metadata: Metadata) -> str | None:
+    """The vocab.txt beside the shards in `directory` if it is the one their metadata's
+    `vocab_sha256` names, else None."""
+    path = tf.io.gfile.join(directory, VOCAB_FILENAME)
+    if tf.io.gfile.exists(path) and vocab_sha256(path) == metadata.vocab_sha256:
+        return path
+    return None
 
 
 def write_metadata(directory: str, metadata: Metadata) -> str:

@@ -33,11 +33,21 @@ from kbert.checkpoints.detection import detect_source, read_source_config
 from kbert.checkpoints.google import google_slots
 from kbert.checkpoints.hf_layout import hf_is_transposed, hf_name
 from kbert.checkpoints.kbert_model import load_kbert_model
-from kbert.checkpoints.parts import VOCAB_FILENAME, config_from_encoder, encoder_of, head_of
+from kbert.checkpoints.parts import config_from_encoder, encoder_of, head_of
 from kbert.checkpoints.report import KBERT_RUN, KERAS_MODEL, logger
 from kbert.io import exists, publish_directory, read_json
 from kbert.model import build_pretraining_model
-from kbert.vocabulary import CLS, MASK, PAD, SEP, UNK, read_vocab, vocab_sha256
+from kbert.vocabulary import (
+    CLS,
+    MASK,
+    PAD,
+    SEP,
+    UNK,
+    VOCAB_FILENAME,
+    read_vocab,
+    resolve_vocab_file,
+    vocab_sha256,
+)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -121,7 +131,7 @@ def hf_config(model: keras.Model) -> dict:
 def save_huggingface(
     model_or_run: keras.Model | str,
     output_dir: str,
-    vocab_file: str,
+    vocab_file: str | None = None,
     do_lower_case: bool | None = None,
 ) -> str:
     """Write a kbert pre-training model as a Hugging Face BERT folder that `transformers` loads.
@@ -135,7 +145,8 @@ def save_huggingface(
         model_or_run: a kbert pre-training model, a run directory (its `model.keras`, else its
             newest weight checkpoint) or a `.keras` file.
         output_dir: the folder to write (any `tf.io.gfile` path; replaced if it exists).
-        vocab_file: the vocab.txt the model was trained with.
+        vocab_file: the vocab.txt the model was trained with; default the one a run directory
+            keeps (or beside a `.keras` file).
         do_lower_case: whether the tokenizer lower-cases and strips accents. Default: what the
             run's training data recorded (`kbert_metadata.json`); required for a model object or
             a `.keras` file outside a run directory.
@@ -171,6 +182,7 @@ def save_huggingface(
         # The weights do not depend on the sequence lengths: the smallest model holds them all.
         model = build_pretraining_model(read_source_config(location), 2, 1)
         load_kbert_model(model, location)
+    vocab_file = resolve_vocab_file(vocab_file, model_or_run)
     tokens = read_vocab(vocab_file)
     vocab_size = encoder_of(model).vocabulary_size
     if len(tokens) != vocab_size:

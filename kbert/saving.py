@@ -17,6 +17,8 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
+from kbert.import_hooks import OnImport
+
 if TYPE_CHECKING:
     import keras
 
@@ -137,39 +139,7 @@ def register_on_keras_import() -> None:
         registration = sys.modules.get(_KERAS_REGISTRY_MODULE)
         if registration is not None:
             _swap_registry(registration)
-        elif not any(isinstance(finder, _AfterImport) for finder in sys.meta_path):
-            sys.meta_path.insert(0, _AfterImport(_KERAS_REGISTRY_MODULE, _swap_registry))
-
-
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Finds one module through the other finders and calls `then(module)` once it has run."""
-
-    def __init__(self, name: str, then: Any):
-        self.name = name
-        self.then = then
-
-    def find_spec(self, fullname, path=None, target=None):
-        """The usual spec of `name` with its loader wrapped; None for every other module."""
-        if fullname != self.name:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _LoaderThen(spec.loader, self.then)
-        return spec
-
-
-class _LoaderThen(importlib.abc.Loader):
-    def __init__(self, loader: importlib.abc.Loader, then: Any):
-        self._loader = loader
-        self._then = then
-
-    def __getattr__(self, name):
-        return getattr(self._loader, name)
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        self._loader.exec_module(module)
-        self._then(module)
+        elif not any(
+            isinstance(f, OnImport) and f.name == _KERAS_REGISTRY_MODULE for f in sys.meta_path
+        ):
+            sys.meta_path.insert(0, OnImport(_KERAS_REGISTRY_MODULE, then=_swap_registry))

@@ -3,6 +3,8 @@
 A run directory holds everything a run writes:
 
     bert_config.json        the encoder's config (Google's layout)
+    vocab.txt               the vocabulary, kept from the data (`kbert create-data` leaves it
+                            beside the shards) or the dynamic-masking vocab; absent otherwise
     run_config.json         the run's `PretrainConfig` (checked again on resume), and under "run"
                             what it resolved: backend, strategy, replicas, sequence length
     backup/                 the resume state: weights, optimizer, interval (`kbert.backup`)
@@ -67,6 +69,7 @@ from kbert.masking import DynamicMasking
 from kbert.model import BertPretrainingModel, build_pretraining_model
 from kbert.optimization import create_optimizer, optimizer_step
 from kbert.pretrain_config import PretrainConfig
+from kbert.vocabulary import keep_vocab
 
 __all__ = [
     "PretrainConfig",
@@ -182,7 +185,8 @@ def pretrain(
     run, train_info = _resolve_run(run, where)
     max_seq_length = train_info["max_seq_length"]
     bert_config = _resolve_bert_config(run.config, train_info, run.dropout)
-    resume_state = _prepare_run_directory(where, run, bert_config, max_seq_length)
+    vocab_file = train_info.get("vocab_file") or run.dynamic_masking_vocab
+    resume_state = _prepare_run_directory(where, run, bert_config, max_seq_length, vocab_file)
     initial_epoch = resume_state.epoch if resume_state else 0
 
     keras.utils.set_random_seed(run.seed)
@@ -305,10 +309,15 @@ def _resolve_run(run: PretrainConfig, where: _Run) -> tuple[PretrainConfig, dict
 
 
 def _prepare_run_directory(
-    where: _Run, run: PretrainConfig, bert_config: BertConfig, max_seq_length: int
+    where: _Run,
+    run: PretrainConfig,
+    bert_config: BertConfig,
+    max_seq_length: int,
+    vocab_file: str | None,
 ) -> State | None:
     """Check the run directory (nothing is written unless the run can start or resume), clear
-    what a killed run left, write the configs; returns the backup to resume from, if any."""
+    what a killed run left, write the configs and keep the data's vocabulary (export and
+    fine-tuning find it there); returns the backup to resume from, if any."""
     output_dir = where.output_dir
     backup_dir = posixpath.join(output_dir, BACKUP_DIR)
     if tf.io.gfile.exists(posixpath.join(backup_dir, "training_metadata.json")):
@@ -344,6 +353,8 @@ def _prepare_run_directory(
         max_seq_length=max_seq_length,
     )
     run.to_json(posixpath.join(output_dir, RUN_CONFIG_FILE), run=facts)
+    if vocab_file:
+        keep_vocab(output_dir, vocab_file)
     return state
 
 

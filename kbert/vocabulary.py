@@ -9,7 +9,10 @@ bert-base 30522-token files qualify as they are. `kbert` (dynamic masking, servi
 from __future__ import annotations
 
 import hashlib
+import os
+import posixpath
 from collections.abc import Sequence
+from typing import Any
 
 PAD = "[PAD]"
 UNK = "[UNK]"
@@ -17,6 +20,9 @@ CLS = "[CLS]"
 SEP = "[SEP]"
 MASK = "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
+# The vocabulary's file name wherever kbert keeps a copy: beside the shards `kbert create-data`
+# wrote, in a run directory, in checkpoint and Hugging Face folders.
+VOCAB_FILENAME = "vocab.txt"
 
 
 def is_special_token(token: str) -> bool:
@@ -134,3 +140,67 @@ def _read_bytes(path: str) -> bytes:
         raise FileNotFoundError(f"{path}: no such vocabulary file (expected a vocab.txt)") from None
     except OSError as e:
         raise ValueError(f"{path}: cannot read it ({e})") from None
+
+
+def kept_vocab(model_or_run: str) -> str | None:
+    """The vocab.txt a kbert run keeps: inside a run directory, or beside a `.keras` file or
+    weight checkpoint; None when there is none.
+
+    Examples:
+    >>> import os, tempfile
+    >>> run = tempfile.mkdtemp()
+    >>> kept_vocab(run) is None
+    True
+    >>> _ = open(os.path.join(run, VOCAB_FILENAME), "w").write("[PAD]\\n")
+    >>> kept_vocab(os.path.join(run, "model.keras")) == os.path.join(run, VOCAB_FILENAME)
+    True
+    """
+    from kbert.io import exists, isdir
+
+    model_or_run = model_or_run.rstrip("/")
+    directory = model_or_run if isdir(model_or_run) else posixpath.dirname(model_or_run)
+    path = posixpath.join(directory, VOCAB_FILENAME)
+    return path if exists(path) else None
+
+
+def keep_vocab(directory: str, vocab_file: str) -> str | None:
+    """Copy `vocab_file` into `directory` as vocab.txt (atomically) unless one is there; returns
+    the copy, or None when a different vocab.txt is there (a user's own file is never replaced).
+
+    Examples:
+    >>> import os, tempfile
+    >>> source, kept = tempfile.mkdtemp(), tempfile.mkdtemp()
+    >>> _ = open(os.path.join(source, "my-vocab.txt"), "w").write("[PAD]\\n")
+    >>> keep_vocab(kept, os.path.join(source, "my-vocab.txt")) == os.path.join(kept, VOCAB_FILENAME)
+    True
+    """
+    from kbert.io import exists, write_atomically
+
+    destination = posixpath.join(directory, VOCAB_FILENAME)
+    if exists(destination):
+        return destination if vocab_sha256(destination) == vocab_sha256(vocab_file) else None
+    return write_atomically(destination, _read_bytes(vocab_file))
+
+
+def resolve_vocab_file(vocab_file: str | None, model_or_run: Any) -> str:
+    """`vocab_file` when given, else the vocab.txt the run keeps (`kept_vocab`); an error naming
+    the model and `vocab_file` when there is none.
+
+    Examples:
+    >>> resolve_vocab_file("my/vocab.txt", "runs/x")
+    'my/vocab.txt'
+    """
+    if vocab_file:
+        return vocab_file
+    kept = (
+        kept_vocab(os.fspath(model_or_run))
+        if isinstance(model_or_run, (str, os.PathLike))
+        else None
+    )
+    if kept is None:
+        raise ValueError(
+            f"{model_or_run}: no {VOCAB_FILENAME} kept with this model (runs trained on "
+            f"`kbert create-data` output keep one); pass the vocabulary it was trained with "
+            "(vocab_file, --vocab_file)"
+        )
+    return kept

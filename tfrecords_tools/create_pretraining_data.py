@@ -40,6 +40,7 @@ from typing import Any
 import tensorflow as tf
 
 from kbert import features
+from kbert.vocabulary import keep_vocab
 from tfrecords_tools import corpora
 from tfrecords_tools.example_encoder import Layout
 from tfrecords_tools.instances import InstanceConfig, ShardStats, generate_shard, worker_main
@@ -232,6 +233,8 @@ def create_pretraining_data(
                 _run_local(job, todo, state, num_workers, progress)
         totals = _totals(state, spool_invalid)
         metadata = _metadata(config, settings, fingerprint, corpus.description, state, totals)
+        # The vocabulary travels with the shards (metadata last: it marks the set complete).
+        keep_vocab(directory, vocab_file)
         metadata_file = features.write_metadata(directory, metadata)
         state.finish()
     return CreateDataSummary(

@@ -21,7 +21,7 @@ from kbert.checkpoints.google import (
 )
 from kbert.checkpoints.kbert_model import load_kbert_model
 from kbert.checkpoints.loading import init_from
-from kbert.checkpoints.parts import BERT_CONFIG_FILENAME, VOCAB_FILENAME
+from kbert.checkpoints.parts import BERT_CONFIG_FILENAME
 from kbert.checkpoints.presets import init_encoder
 from kbert.checkpoints.report import (
     GOOGLE_CHECKPOINT,
@@ -31,6 +31,7 @@ from kbert.checkpoints.report import (
     KERAS_MODEL,
     LoadReport,
 )
+from kbert.vocabulary import VOCAB_FILENAME
 
 __all__ = [
     "BERT_CONFIG_FILENAME",

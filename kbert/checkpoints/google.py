@@ -15,13 +15,13 @@ import tensorflow as tf
 from kbert.checkpoints.parts import (
     BACKBONE_FIELDS,
     BERT_CONFIG_FILENAME,
-    VOCAB_FILENAME,
     config_from_encoder,
     encoder_of,
     head_of,
 )
 from kbert.checkpoints.report import GOOGLE_CHECKPOINT, LoadReport, few, log_report, logger
 from kbert.io import atomic_path, read_json
+from kbert.vocabulary import VOCAB_FILENAME
 
 _POSITION_EMBEDDINGS = "bert/embeddings/position_embeddings"
 _LAYER_NAME = re.compile(r"^bert/encoder/layer_(\d+)/")

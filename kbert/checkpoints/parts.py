@@ -11,7 +11,6 @@ import keras_hub
 from kbert.config import BertConfig
 
 BERT_CONFIG_FILENAME = "bert_config.json"
-VOCAB_FILENAME = "vocab.txt"
 # keras-hub BertBackbone config key -> BertConfig field, for messages and `read_source_config`.
 BACKBONE_FIELDS = {
     "vocabulary_size": "vocab_size",

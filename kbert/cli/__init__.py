@@ -25,6 +25,8 @@ import traceback
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
+from kbert.import_hooks import OnImport
+
 # command: (module, one-line help). Each module defines `add_arguments(parser)` and `run(args)`.
 COMMANDS = {
     "vocab": ("kbert.cli.vocab", "learn a WordPiece vocabulary from a corpus"),
@@ -392,7 +394,7 @@ def quiet_tensorflow() -> None:
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     if "tensorflow" not in sys.modules:
-        sys.meta_path.insert(0, _SilentImport("tensorflow"))
+        sys.meta_path.insert(0, OnImport("tensorflow", around=_stderr_silenced))
 
 
 @contextlib.contextmanager
@@ -411,38 +413,6 @@ def _stderr_silenced() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-
-
-class _SilentImport(importlib.abc.MetaPathFinder):
-    """Finds one module through the other finders and runs its import with stderr silenced."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def find_spec(self, fullname, path=None, target=None):
-        """The usual spec of `name` with its loader wrapped; None for every other module."""
-        if fullname != self.name:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _SilentLoader(spec.loader)
-        return spec
-
-
-class _SilentLoader(importlib.abc.Loader):
-    def __init__(self, loader):
-        self._loader = loader
-
-    def __getattr__(self, name):
-        return getattr(self._loader, name)
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        with _stderr_silenced():
-            self._loader.exec_module(module)
 
 
 def describe_devices() -> str:

@@ -32,7 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="--format huggingface: the folder to write (replaced if it exists)",
     )
-    add_flag(parser, "vocab_file", required=True, help="the vocab.txt the model was trained with")
+    add_flag(
+        parser,
+        "vocab_file",
+        default=None,
+        help="the vocab.txt the model was trained with (default: the one the run keeps)",
+    )
     add_flag(
         parser,
         "export_base",
