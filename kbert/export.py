@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from kbert import features
-from kbert.errors import KbertError
+from kbert.errors import InputError, KbertError, MissingFileError, SettingError
 from kbert.io import sweep_temporaries, temporary_path
 from kbert.model import BertPretrainingModel, load_pretraining_model
 from kbert.serving_tokenizer import MASK, ServingTextEncoder, read_vocab, write_vocab
@@ -114,19 +114,19 @@ def export_for_serving(
     model = _load_model(model_or_run_dir)
     vocab_size = model.bert_config.vocab_size
     if len(tokens) != vocab_size:
-        raise ValueError(
+        raise InputError(
             f"{vocab_file}: {len(tokens)} tokens, but the model's vocab_size is {vocab_size}"
         )
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= vocab_size:
-        raise ValueError(f"top_k must be an integer in [1, {vocab_size}], got {top_k!r}")
+        raise SettingError(f"top_k must be an integer in [1, {vocab_size}], got {top_k!r}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise ValueError(f"name {name!r}: expected letters, digits, '.', '_' or '-'")
+        raise SettingError(f"name {name!r}: expected letters, digits, '.', '_' or '-'")
 
     model_dir = posixpath.join(export_base, name)
     if version is None:
         version = next_version(model_dir)
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise ValueError(f"version must be a non-negative integer, got {version!r}")
+        raise SettingError(f"version must be a non-negative integer, got {version!r}")
     export_dir = posixpath.join(model_dir, str(version))
     _check_free(export_dir)
 
@@ -383,7 +383,7 @@ def fill_mask(saved_model_dir: str, text_a: str, text_b: str = "") -> dict[str, 
     """
     saved_model_path = posixpath.join(saved_model_dir, "saved_model.pb")
     if not tf.io.gfile.exists(saved_model_path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{saved_model_dir}: not a SavedModel (expected an export "
             "<export_base>/<name>/<version> holding saved_model.pb)"
         )
@@ -391,7 +391,7 @@ def fill_mask(saved_model_dir: str, text_a: str, text_b: str = "") -> dict[str, 
 
     signatures = tf.saved_model.load(saved_model_dir).signatures
     if FILL_MASK not in signatures:
-        raise ValueError(f"{saved_model_dir}: no {FILL_MASK!r} signature (not a kbert export)")
+        raise InputError(f"{saved_model_dir}: no {FILL_MASK!r} signature (not a kbert export)")
     outputs = signatures[FILL_MASK](text_a=tf.constant([text_a]), text_b=tf.constant([text_b]))
     masks = []
     for slot, position in enumerate(outputs["masked_lm_positions"][0].numpy()):
@@ -411,7 +411,7 @@ def _load_model(model_or_run_dir: keras.Model | str) -> BertPretrainingModel:
     if isinstance(model_or_run_dir, (str, os.PathLike)):
         return load_pretraining_model(os.fspath(model_or_run_dir), action="export")
     if not isinstance(model_or_run_dir, BertPretrainingModel):
-        raise ValueError(
+        raise SettingError(
             f"{model_or_run_dir}: not a kbert pre-training model "
             f"({type(model_or_run_dir).__name__}); expected kbert.build_pretraining_model's model"
         )
@@ -420,7 +420,7 @@ def _load_model(model_or_run_dir: keras.Model | str) -> BertPretrainingModel:
 
 def _check_free(export_dir: str) -> None:
     if tf.io.gfile.exists(export_dir):
-        raise ValueError(
+        raise SettingError(
             f"{export_dir}: this version already exists; pass another version "
             "(or none for the next one) instead of overwriting it"
         )

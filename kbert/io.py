@@ -10,8 +10,9 @@ file either. A killed writer leaves its `.tmp-*` sibling behind: `sweep_temporar
 when the next run starts. Local paths use Python's file I/O (writing a
 vocabulary starts no TensorFlow); any other path (`gs://...`) goes through `tf.io.gfile`.
 
-Like `kbert.features`, this module sits at the bottom: it imports no other kbert module, and
-`tfrecords_tools` may import it.
+Like `kbert.features`, this module sits at the bottom: it imports no other kbert module but
+`kbert.errors`, and `tfrecords_tools` may import it. A local write that fails (no permission, a
+full disk, no such folder) is a `FileAccessError` naming the file.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
+
+from kbert.errors import FileAccessError, InputError, MissingFileError, SettingError
 
 # A run directory's final pre-training model (`kbert.train`), found by `resolve_model_file`.
 MODEL_FILE = "model.keras"
@@ -122,10 +125,13 @@ def atomic_path(path: str) -> Iterator[str]:
     tmp = temporary_path(path)
     try:
         yield tmp
-        if not isdir(tmp):
-            fsync(tmp)
-        _rename(tmp, path)
-        fsync(posixpath.dirname(path) or ".")
+        try:
+            if not isdir(tmp):
+                fsync(tmp)
+            _rename(tmp, path)
+            fsync(posixpath.dirname(path) or ".")
+        except OSError as e:
+            raise _cannot_write(path, e) from None
     finally:
         if exists(tmp):
             _remove(tmp)
@@ -144,9 +150,19 @@ def write_atomically(path: str, data: str | bytes) -> str:
     >>> open("hello.txt").read()
     'hello\\n'
     """
-    with atomic_path(path) as tmp, _open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    try:
+        with atomic_path(path) as tmp, _open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    except FileAccessError:
+        raise
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     return path
+
+
+def _cannot_write(path: str, error: OSError) -> FileAccessError:
+    # The temporary name in the OSError would mislead: name the file being written.
+    return FileAccessError(f"{path}: cannot write it ({error.strerror or error})")
 
 
 def write_json(path: str, data: Any, sort_keys: bool = True) -> str:
@@ -180,20 +196,20 @@ def read_json(path: str, what: str = "JSON file") -> Any:
     >>> read_json("absent.json", "run configuration")
     Traceback (most recent call last):
     ...
-    FileNotFoundError: absent.json: no such run configuration
+    kbert.errors.MissingFileError: absent.json: no such run configuration
     """
     if not exists(path):
-        raise FileNotFoundError(f"{path}: no such {what}")
+        raise MissingFileError(f"{path}: no such {what}")
     with _open(path, "rb") as f:
         text = f.read()
     try:
         return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise InputError(f"{path}: not valid JSON ({e})") from None
 
 
 def check_positive_int(name: str, value: Any) -> int:
-    """`value` if it is a positive integer (not a bool), else a ValueError naming `name`.
+    """`value` if it is a positive integer (not a bool), else a SettingError naming `name`.
 
     Args:
         name: the argument's name, for the message.
@@ -203,10 +219,10 @@ def check_positive_int(name: str, value: Any) -> int:
     >>> check_positive_int("steps", 0)
     Traceback (most recent call last):
     ...
-    ValueError: steps must be a positive integer, got 0
+    kbert.errors.SettingError: steps must be a positive integer, got 0
     """
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise SettingError(f"{name} must be a positive integer, got {value!r}")
     return value
 
 
@@ -224,11 +240,11 @@ def resolve_model_file(path: str, action: str = "load") -> str:
     >>> resolve_model_file("no_run", action="export")
     Traceback (most recent call last):
     ...
-    FileNotFoundError: no_run: no model to export (expected a run directory holding ...)
+    kbert.errors.MissingFileError: no_run: no model to export (expected a run directory holding ...)
     """
     model_file = posixpath.join(path, MODEL_FILE) if isdir(path) else path
     if not exists(model_file):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{model_file}: no model to {action} (expected a run directory holding "
             f"{MODEL_FILE}, or a .keras file)"
         )

@@ -40,6 +40,7 @@ from typing import Any
 import tensorflow as tf
 
 from kbert import features
+from kbert.errors import InputError, SettingError
 from tfrecords_tools import corpora
 from tfrecords_tools.example_encoder import Layout
 from tfrecords_tools.instances import InstanceConfig, ShardStats, generate_shard, worker_main
@@ -258,18 +259,18 @@ def _check_run_arguments(
 ) -> str | None:
     """Check the settings that are not the algorithm's; returns the compression type."""
     if num_workers < 1:
-        raise ValueError(f"--num_workers must be >= 1, got {num_workers}")
+        raise SettingError(f"--num_workers must be >= 1, got {num_workers}")
     if num_shards is not None and num_shards < 1:
-        raise ValueError(f"--num_shards must be >= 1, got {num_shards}")
+        raise SettingError(f"--num_shards must be >= 1, got {num_shards}")
     if runner not in RUNNERS:
-        raise ValueError(f"--runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
+        raise SettingError(f"--runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
     if beam_pipeline_options and runner != "beam":
-        raise ValueError("--beam_pipeline_options is for --runner beam only")
+        raise SettingError("--beam_pipeline_options is for --runner beam only")
     if compression in (None, "", "none", "NONE"):
         return None
     if compression.upper() == "GZIP":
         return "GZIP"
-    raise ValueError(f"--compression must be 'gzip' or none, got {compression!r}")
+    raise SettingError(f"--compression must be 'gzip' or none, got {compression!r}")
 
 
 def _beam_runner(beam_pipeline_options: str | None):
@@ -357,7 +358,7 @@ def _prepare_directory(prefix: str) -> str:
         tf.io.gfile.remove(probe)
     except (tf.errors.OpError, OSError) as e:
         reason = getattr(e, "message", None) or getattr(e, "strerror", None) or str(e)
-        raise ValueError(
+        raise SettingError(
             f"--output_file {prefix}: cannot write to directory {directory} ({reason})"
         ) from None
     return directory
@@ -391,7 +392,7 @@ def _text_corpus(
         path = os.path.join(spool_dir, "corpus.txt")
         count, digest = corpora.write_google_layout(source, path, progress)
         if count == 0:
-            raise ValueError(
+            raise InputError(
                 f"{getattr(source, 'description', 'input corpus')}: the corpus holds no documents"
             )
         text_files = corpora.TextFiles(path, "google")
@@ -415,16 +416,16 @@ def _prescan(corpus: corpora.TextFiles, plan) -> None:
                 return
     name = corpus.source
     if documents == 0:
-        raise ValueError(
+        raise InputError(
             f"--input_file {name}: the corpus holds no documents (empty or blank input)"
         )
     if documents == 1:
-        raise ValueError(
+        raise InputError(
             f"--input_file {name}: the corpus holds a single document, so no random next segment "
             "(NSP label 1) can be drawn; separate documents with a blank line (Google's layout)"
         )
     if multi == 0:
-        raise ValueError(
+        raise InputError(
             f"--input_file {name}: all {documents} documents have a single sentence, so every "
             "NSP label would be 'random'; put one sentence per line with a blank line between "
             "documents (Google's layout) or use --input_format blocks"
