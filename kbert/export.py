@@ -63,6 +63,8 @@ SIGNATURES = (SERVING_DEFAULT, ENCODE, FILL_MASK, TOKENIZE)
 TEXT_INPUTS = ("text_a", "text_b")
 ENCODER_INPUTS = (features.INPUT_IDS, features.SEGMENT_IDS, features.INPUT_MASK)
 WARMUP_FILE = posixpath.join("assets.extra", "tf_serving_warmup_requests")
+# The file TF Serving loads a version by: written last where a version appears file by file.
+SAVED_MODEL_FILE = "saved_model.pb"
 # TF Serving replays each warm-up record once at load; two batch sizes cover the single-request
 # path and a batched one.
 WARMUP_BATCH_SIZES = (1, 8)
@@ -80,8 +82,11 @@ def export_for_serving(
 ) -> str:
     """Write a TF Serving SavedModel to `<export_base>/<name>/<version>/` and return that path.
 
-    Built in a temporary directory beside the versions and renamed into place, so TF Serving
-    never sees half an export; an existing version is never overwritten.
+    On local disk it is built in a temporary directory beside the versions and renamed into
+    place, so TF Serving never sees half an export. Elsewhere (gs://, where a folder rename
+    copies object by object) it is built locally and copied into the version directory file by
+    file, `saved_model.pb` last: the file TF Serving loads a version by comes when all the others
+    are complete. An existing version is never overwritten.
 
     Args:
         model_or_run_dir: a kbert pre-training model, its `.keras` file, or a run directory
@@ -123,6 +128,9 @@ def export_for_serving(
         raise SettingError(f"name {name!r}: expected letters, digits, '.', '_' or '-'")
 
     model_dir = posixpath.join(export_base, name)
+    if "://" in model_dir:
+        for path in _remove_partial_versions(model_dir):
+            logger.info("removed %s, left incomplete by an interrupted export", path)
     if version is None:
         version = next_version(model_dir)
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
@@ -134,10 +142,11 @@ def export_for_serving(
     # A killed export's temporary folder (one export of a name at a time: it may be large).
     for path in sweep_temporaries(model_dir):
         logger.info("removed %s, left by an interrupted export", path)
-    # TF Serving only loads directories named by an integer, so it ignores this one.
-    tmp_dir = temporary_path(export_dir)
+    remote = "://" in export_dir
     try:
         with tempfile.TemporaryDirectory() as local:
+            # TF Serving only loads directories named by an integer, so it ignores this one.
+            tmp_dir = os.path.join(local, "version") if remote else temporary_path(export_dir)
             # A clean copy (stripped lines): the tables read it whole-line, the SavedModel keeps it.
             vocab_copy = os.path.join(local, "vocab.txt")
             write_vocab(tokens, vocab_copy)
@@ -151,10 +160,13 @@ def export_for_serving(
             module, signatures = _serving_signatures(model, text_encoder, top_k)
             tf.saved_model.save(module, tmp_dir, signatures=signatures)
             _write_warmup_requests(posixpath.join(tmp_dir, WARMUP_FILE), name, text_encoder)
-        _check_free(export_dir)
-        tf.io.gfile.rename(tmp_dir, export_dir, overwrite=False)
+            _check_free(export_dir)
+            if remote:
+                _copy_saved_model_last(tmp_dir, export_dir)
+            else:
+                tf.io.gfile.rename(tmp_dir, export_dir, overwrite=False)
     finally:
-        if tf.io.gfile.exists(tmp_dir):
+        if not remote and tf.io.gfile.exists(tmp_dir):
             tf.io.gfile.rmtree(tmp_dir)
     logger.info("exported %s (signatures: %s)", export_dir, ", ".join(SIGNATURES))
     return export_dir
@@ -381,7 +393,7 @@ def fill_mask(saved_model_dir: str, text_a: str, text_b: str = "") -> dict[str, 
     >>> fill_mask("saved_models/kbert/1", "Paris is the [MASK] of France.")  # doctest: +SKIP
     {'masks': [{'position': 4, 'tokens': ['capital', ...], 'probs': [0.61, ...]}], ...}
     """
-    saved_model_path = posixpath.join(saved_model_dir, "saved_model.pb")
+    saved_model_path = posixpath.join(saved_model_dir, SAVED_MODEL_FILE)
     if not tf.io.gfile.exists(saved_model_path):
         raise MissingFileError(
             f"{saved_model_dir}: not a SavedModel (expected an export "
@@ -416,6 +428,34 @@ def _load_model(model_or_run_dir: keras.Model | str) -> BertPretrainingModel:
             f"({type(model_or_run_dir).__name__}); expected kbert.build_pretraining_model's model"
         )
     return model_or_run_dir
+
+
+def _copy_saved_model_last(local_dir: str, export_dir: str) -> None:
+    """Copy a local SavedModel folder to `export_dir` file by file, `saved_model.pb` last."""
+    files = [
+        os.path.relpath(os.path.join(root, name), local_dir)
+        for root, _, names in os.walk(local_dir)
+        for name in names
+    ]
+    for relative in sorted(files, key=lambda f: f == SAVED_MODEL_FILE):
+        target = posixpath.join(export_dir, *relative.split(os.sep))
+        tf.io.gfile.makedirs(posixpath.dirname(target))
+        tf.io.gfile.copy(os.path.join(local_dir, relative), target)
+
+
+def _remove_partial_versions(model_dir: str) -> list[str]:
+    """Remove the version directories without `saved_model.pb` (a killed copy's); returns them."""
+    if not tf.io.gfile.isdir(model_dir):
+        return []
+    partial = [
+        posixpath.join(model_dir, entry.rstrip("/"))
+        for entry in tf.io.gfile.listdir(model_dir)
+        if entry.rstrip("/").isdigit()
+        and not tf.io.gfile.exists(posixpath.join(model_dir, entry.rstrip("/"), SAVED_MODEL_FILE))
+    ]
+    for path in partial:
+        tf.io.gfile.rmtree(path)
+    return partial
 
 
 def _check_free(export_dir: str) -> None:

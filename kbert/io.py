@@ -18,10 +18,15 @@ full disk, no such folder) is a `FileAccessError` naming the file.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import json
 import os
 import posixpath
 import re
+import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -71,6 +76,25 @@ def _remove(path: str) -> None:
         _gfile().remove(path)
     else:
         os.remove(path)
+
+
+def _listdir(path: str) -> list[str]:
+    return [e.rstrip("/") for e in _gfile().listdir(path)] if _is_remote(path) else os.listdir(path)
+
+
+def _rename_directory(source: str, destination: str) -> None:
+    """Rename a directory to an absent `destination` (on gs:// object by object, not atomic)."""
+    if _is_remote(destination):
+        _gfile().rename(source, destination)
+    else:
+        os.rename(source, destination)
+
+
+def _rmtree(path: str) -> None:
+    if _is_remote(path):
+        _gfile().rmtree(path)
+    else:
+        shutil.rmtree(path)
 
 
 def fsync(path: str) -> None:
@@ -284,10 +308,14 @@ def sweep_temporaries(directory: str) -> list[str]:
 def publish_directory(local_dir: str, destination: str) -> None:
     """Copy a local directory to `destination`, replacing it without a moment where it is absent.
 
-    The copy is written to a temporary sibling; an existing `destination` is moved aside to
-    another, the copy renamed into place, then the old one deleted (or put back on failure).
-    What a killed publish of the same destination left is cleared first (its old version put
-    back if the kill came between the renames), so one publisher per destination at a time.
+    The copy is written to a temporary sibling (flushed on local disk), then swapped with an
+    existing `destination` in one atomic step (Linux's `renameat2` with `RENAME_EXCHANGE`), so a
+    reader finds the old version or the new one, whole, at every instant; the old one, now under
+    the temporary name, is then deleted. Where no such swap exists (gs://, another OS or file
+    system) the old version is moved aside, the copy renamed into place and the old one deleted
+    (or put back on failure): a short moment without `destination`. What a killed publish of the
+    same destination left is cleared first (its old version put back if the kill came between
+    the two renames), so one publisher per destination at a time.
 
     Args:
         local_dir: a complete local directory.
@@ -300,48 +328,107 @@ def publish_directory(local_dir: str, destination: str) -> None:
     >>> sorted(os.listdir("published/sub"))
     ['a.txt']
     """
-    # gfile throughout: destinations are often gs://, and a directory rename needs its semantics.
-    gfile = _gfile()
     destination = destination.rstrip("/")
     parent, name = posixpath.split(destination)
-    # What a killed publish left: its copy, and the previous version moved aside (put back when
-    # the kill came between the two renames).
+    # What a killed publish left: its copy (or, after a swap, the old version under the copy's
+    # name), and the previous version moved aside (put back when the kill came between the two
+    # renames of the fallback).
     own = re.compile(rf"({re.escape(TEMPORARY_PREFIX)}|{re.escape(OLD_PREFIX)})[0-9a-f]{{8}}-")
-    entries = gfile.listdir(parent) if parent and gfile.isdir(parent) else []
+    entries = _listdir(parent or ".") if isdir(parent or ".") else []
     for entry in sorted(entries, key=lambda e: not e.startswith(OLD_PREFIX)):
-        entry = entry.rstrip("/")
         match = own.match(entry)
         if not match or entry[match.end() :] != name:
             continue
         leftover = posixpath.join(parent, entry)
-        if match.group(1) == OLD_PREFIX and not gfile.exists(destination):
-            gfile.rename(leftover, destination)
+        if match.group(1) == OLD_PREFIX and not exists(destination):
+            _rename_directory(leftover, destination)
         else:
-            gfile.rmtree(leftover)
+            _rmtree(leftover)
     new = temporary_path(destination)
+    try:
+        _copy_tree(local_dir, new)
+        if not exists(destination):
+            _rename_directory(new, destination)
+        elif not _exchange(new, destination):
+            _replace_by_two_renames(new, destination)
+        # After a swap `new` holds the previous version: removed below like an unused copy.
+        fsync(parent or ".")
+    finally:
+        if exists(new):
+            _rmtree(new)
+
+
+def _copy_tree(local_dir: str, target: str) -> None:
+    """Copy a local directory tree to `target` (any `tf.io.gfile` path), flushed on local disk."""
+    for root, _, files in os.walk(local_dir):
+        directory = posixpath.join(target, os.path.relpath(root, local_dir))
+        if _is_remote(target):
+            _gfile().makedirs(directory)
+        else:
+            os.makedirs(directory, exist_ok=True)
+        for name in files:
+            source, copy = os.path.join(root, name), posixpath.join(directory, name)
+            if _is_remote(target):
+                _gfile().copy(source, copy)
+            else:
+                shutil.copyfile(source, copy)
+                fsync(copy)
+        fsync(directory)
+
+
+# renameat2's flag that swaps two paths, and "relative to the working directory" (<linux/fs.h>).
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    """glibc's `renameat2` (2.28 and later), or None on other systems."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = (
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    )
+    function.restype = ctypes.c_int
+    return function
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two existing local paths in one atomic step; False where the system cannot (then
+    nothing moved)."""
+    # Hand-written: Python's `os` has no renameat2, and no library offers the exchange.
+    renameat2 = None if _is_remote(a) else _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # not this kernel's/file system's
+        return False
+    raise OSError(error, os.strerror(error), b)
+
+
+def _replace_by_two_renames(new: str, destination: str) -> None:
+    """Move `destination` aside, rename `new` into place, delete the old one (put it back if the
+    second rename fails)."""
     old = posixpath.join(
         posixpath.dirname(new), OLD_PREFIX + posixpath.basename(new)[len(TEMPORARY_PREFIX) :]
     )
-    replacing = gfile.exists(destination)
+    _rename_directory(destination, old)
     try:
-        for root, _, files in os.walk(local_dir):
-            target = posixpath.join(new, os.path.relpath(root, local_dir))
-            gfile.makedirs(target)
-            for name in files:
-                gfile.copy(os.path.join(root, name), posixpath.join(target, name))
-        if replacing:
-            gfile.rename(destination, old)
-        try:
-            gfile.rename(new, destination)
-        except BaseException:
-            if replacing:
-                # A directory rename copies object by object on gs://: clear a partial one first.
-                if gfile.exists(destination):
-                    gfile.rmtree(destination)
-                gfile.rename(old, destination)
-            raise
-    finally:
-        if gfile.exists(new):
-            gfile.rmtree(new)
-    if replacing:
-        gfile.rmtree(old)
+        _rename_directory(new, destination)
+    except BaseException:
+        # A directory rename copies object by object on gs://: clear a partial one first.
+        if exists(destination):
+            _rmtree(destination)
+        _rename_directory(old, destination)
+        raise
+    _rmtree(old)
