@@ -58,6 +58,26 @@ class FileAccessError(KbertError, OSError):
     """
 
 
+class IncompleteRunError(KbertError, RuntimeError):
+    """A run that stopped before its end (a worker process died, a pipeline failed) and kept
+    what it completed; the message says how to finish it (usually: rerun the same command).
+
+    Examples:
+    >>> isinstance(IncompleteRunError("a worker died; rerun to finish"), RuntimeError)
+    True
+    """
+
+
+class MissingDependencyError(KbertError, ImportError):
+    """An optional package that a chosen setting needs is not installed; the message gives the
+    pip command that installs it.
+
+    Examples:
+    >>> str(MissingDependencyError('--runner beam needs Apache Beam: pip install "kbert[beam]"'))
+    '--runner beam needs Apache Beam: pip install "kbert[beam]"'
+    """
+
+
 class DamagedRecordsError(InputError):
     """A TFRecord shard cannot be read to its end (truncated or corrupted); the message names it,
     the byte offset where it broke, and how to go on.

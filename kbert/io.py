@@ -413,7 +413,7 @@ def _exchange(a: str, b: str) -> bool:
     error = ctypes.get_errno()
     if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # not this kernel's/file system's
         return False
-    raise OSError(error, os.strerror(error), b)
+    raise FileAccessError(f"{b}: cannot replace it ({os.strerror(error)})")
 
 
 def _replace_by_two_renames(new: str, destination: str) -> None:

@@ -88,10 +88,6 @@ BUILTIN_RAISES = {
     ("kbert/versions.py", "_release", "ValueError"),
     ("kbert/vocabulary.py", "_read_bytes", "FileNotFoundError"),  # caught in the same function
     ("tfrecords_tools/corpora.py", "Slices.__getitem__", "IndexError"),  # the sequence protocol
-    ("tfrecords_tools/beam.py", "BeamRunner.make_shards", "RuntimeError"),
-    ("tfrecords_tools/create_pretraining_data.py", "_beam_runner", "ImportError"),
-    ("tfrecords_tools/create_pretraining_data.py", "_totals", "RuntimeError"),
-    ("tfrecords_tools/create_pretraining_data.py", "_run_parallel", "RuntimeError"),
     # To be converted with fine-tuning's other errors.
     ("kbert/cli/demo.py", "run", "ValueError"),
     ("kbert/cli/demo.py", "_split_corpus", "ValueError"),

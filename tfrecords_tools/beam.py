@@ -26,7 +26,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
-from kbert.errors import SettingError
+from kbert.errors import IncompleteRunError, SettingError
 from tfrecords_tools import corpora
 from tfrecords_tools.instances import ShardStats
 from tfrecords_tools.shard_files import ShardJob
@@ -123,12 +123,12 @@ class BeamRunner:
         # Runners report a failed job with exceptions of their own types.
         except Exception as e:
             lines = [line for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-            raise RuntimeError(
+            raise IncompleteRunError(
                 f"the Beam pipeline failed ({lines[-1].strip()}); complete shards are kept, rerun "
                 "the same command to finish the set"
-            ) from None
+            ) from e  # --debug shows the runner's own error
         if state not in (None, PipelineState.DONE):
-            raise RuntimeError(
+            raise IncompleteRunError(
                 f"the Beam pipeline ended {state}; complete shards are kept, rerun the same "
                 "command to finish the set"
             )

@@ -40,7 +40,7 @@ from typing import Any
 import tensorflow as tf
 
 from kbert import features
-from kbert.errors import InputError, SettingError
+from kbert.errors import IncompleteRunError, InputError, MissingDependencyError, SettingError
 from tfrecords_tools import corpora
 from tfrecords_tools.example_encoder import Layout
 from tfrecords_tools.instances import InstanceConfig, ShardStats, generate_shard, worker_main
@@ -279,7 +279,7 @@ def _beam_runner(beam_pipeline_options: str | None):
         from tfrecords_tools import beam
     except ImportError as e:
         if (e.name or "").split(".")[0] == "apache_beam":
-            raise ImportError(BEAM_EXTRA_MISSING) from None
+            raise MissingDependencyError(BEAM_EXTRA_MISSING) from None
         raise
     return beam.BeamRunner(beam_pipeline_options)
 
@@ -288,7 +288,7 @@ def _totals(state: RunState, spool_invalid: int) -> ShardStats:
     """Counts of the whole set, summed over the shards' records (every shard must be complete)."""
     missing = [name for name in state.names if name not in state.shards]
     if missing:
-        raise RuntimeError(
+        raise IncompleteRunError(
             f"the run ended with {len(missing)} shard(s) missing (first: {missing[0]}); complete "
             "shards are kept, rerun the same command to finish the set"
         )
@@ -504,7 +504,7 @@ def _run_parallel(corpus, plan, config, todo, num_workers, on_records, on_done) 
     try:
         while remaining:
             if not pipes:
-                raise RuntimeError(
+                raise IncompleteRunError(
                     f"the workers ended with shard(s) {sorted(remaining)} unfinished"
                 )
             for reader in multiprocessing.connection.wait(list(pipes), timeout=1.0):
@@ -514,7 +514,7 @@ def _run_parallel(corpus, plan, config, todo, num_workers, on_records, on_done) 
                     worker = pipes.pop(reader)
                     worker.join(timeout=10)
                     if worker.exitcode != 0:
-                        raise RuntimeError(
+                        raise IncompleteRunError(
                             f"a worker process died (exit code {worker.exitcode}) with shard(s) "
                             f"{sorted(remaining)} unfinished; complete shards are kept, rerun the "
                             "same command to finish the set"
