@@ -9,7 +9,7 @@ it does make kbert's Keras classes known to `keras.saving.load_model` whenever K
 Direction between the packages: `tfrecords_tools` (the record writer) depends on kbert, never the
 reverse. It may import kbert's shared definitions of the data on disk: `kbert.features` (the
 record format), `kbert.records` (finding and checking shards), `kbert.vocabulary` (the vocab.txt
-rules) and `kbert.io` (atomic writes); no kbert module below `kbert.cli` imports
+rules), `kbert.io` (atomic writes) and `kbert.errors`; no kbert module below `kbert.cli` imports
 `tfrecords_tools`.
 """
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from kbert.errors import InputError, SettingError
 from kbert.io import check_positive_int, read_json, write_json
 
 # Google's "gelu" is the tanh approximation; HF calls the same function "gelu_new".
@@ -75,12 +76,12 @@ class BertConfig:
         ):
             check_positive_int(f"BertConfig.{name}", getattr(self, name))
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise SettingError(
                 f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_attention_heads ({self.num_attention_heads})"
             )
         if self.hidden_act not in SUPPORTED_ACTIVATIONS:
-            raise ValueError(
+            raise SettingError(
                 f"BertConfig.hidden_act {self.hidden_act!r} is not supported: the encoder "
                 f"(keras-hub BertBackbone) uses {' / '.join(SUPPORTED_ACTIVATIONS)} "
                 "(Google's tanh-approximated GELU)"
@@ -88,9 +89,9 @@ class BertConfig:
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ValueError(f"BertConfig.{name} must be in [0, 1), got {value!r}")
+                raise SettingError(f"BertConfig.{name} must be in [0, 1), got {value!r}")
         if self.hidden_dropout_prob != self.attention_probs_dropout_prob:
-            raise ValueError(
+            raise SettingError(
                 "BertConfig.attention_probs_dropout_prob "
                 f"({self.attention_probs_dropout_prob}) must equal hidden_dropout_prob "
                 f"({self.hidden_dropout_prob}): keras-hub's BertBackbone has one dropout rate"
@@ -100,7 +101,7 @@ class BertConfig:
             or not isinstance(self.initializer_range, (int, float))
             or self.initializer_range <= 0
         ):
-            raise ValueError(
+            raise SettingError(
                 f"BertConfig.initializer_range must be a positive number, "
                 f"got {self.initializer_range!r}"
             )
@@ -116,7 +117,7 @@ class BertConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(
+            raise SettingError(
                 f"Unknown BertConfig field(s): {', '.join(unknown)} "
                 f"(expected Google's bert_config.json names: {', '.join(sorted(names))})"
             )
@@ -133,7 +134,7 @@ class BertConfig:
         try:
             return cls.from_dict(data)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise InputError(f"{path}: {e}") from None
 
     def to_json_file(self, path: str) -> None:
         """Write Google's `bert_config.json` layout, atomically."""
@@ -143,7 +144,7 @@ class BertConfig:
     def from_preset(cls, name: str, **overrides: Any) -> BertConfig:
         """One of the named sizes (`tiny` … `large`), with any field overridden."""
         if name not in PRESET_SIZES:
-            raise ValueError(
+            raise SettingError(
                 f"Unknown BertConfig preset {name!r}; choose one of {', '.join(PRESET_SIZES)}"
             )
         layers, hidden, heads = PRESET_SIZES[name]
@@ -166,7 +167,7 @@ def resolve_config(config: BertConfig | str, **overrides: Any) -> BertConfig:
     if tf.io.gfile.exists(config):
         loaded = BertConfig.from_json_file(config)
         return dataclasses.replace(loaded, **overrides) if overrides else loaded
-    raise ValueError(
+    raise SettingError(
         f"config {config!r} is neither a preset ({', '.join(PRESET_SIZES)}) "
         "nor an existing bert_config.json"
     )

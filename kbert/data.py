@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from kbert import features
 from kbert import records as on_disk
+from kbert.errors import InputError, SettingError
 from kbert.io import check_positive_int
 from kbert.masking import DynamicMasking, unmask
 
@@ -169,7 +170,7 @@ def pretraining_dataset(
         if num_records is not None:
             num_batches = num_records * num_epochs // batch_size
             if num_batches == 0:
-                raise ValueError(
+                raise SettingError(
                     f"{file_pattern}: {num_records} record(s) x {num_epochs} epoch(s) do not "
                     f"fill one batch of {batch_size}"
                 )
@@ -419,7 +420,7 @@ def _evaluation_records(
     else:
         total = sum(on_disk.count_records(records).values())
     if total == 0:
-        raise ValueError(f"{records.files[0]}: no records to evaluate")
+        raise InputError(f"{records.files[0]}: no records to evaluate")
     dataset = tf.data.Dataset.from_tensor_slices((list(records.files), list(records.compression)))
     dataset = dataset.interleave(
         read,
@@ -505,19 +506,19 @@ def _check_masking(records: on_disk.RecordSet, dynamic_masking: DynamicMasking |
     """Unmasked records need dynamic masking, and it needs P and the records' vocabulary size."""
     if dynamic_masking is None:
         if not records.masked:
-            raise ValueError(
+            raise SettingError(
                 f"{records.files[0]}: records carry no masks (written for dynamic masking); pass "
                 "dynamic_masking=kbert.masking.DynamicMasking.from_vocab_file(<vocab.txt>)"
             )
         return
     if not records.max_predictions_per_seq:
-        raise ValueError(
+        raise SettingError(
             f"{records.files[0]}: max_predictions_per_seq is needed for dynamic masking "
             "(neither given nor in the metadata)"
         )
     for directory, meta in records.metadata.items():
         if meta.vocab_size and meta.vocab_size != dynamic_masking.vocab_size:
-            raise ValueError(
+            raise InputError(
                 f"vocab_size mismatch: dynamic masking uses {dynamic_masking.vocab_size} ids but "
                 f"{features.metadata_path(directory)} says {meta.vocab_size}"
             )

@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from kbert.distribute import Placement, is_multi_worker
+from kbert.errors import SettingError
 
 # bf16 must multiply this much faster than fp32 to pay for its casts outside the matmuls
 # (a training step in bf16 gains about half the matmul speed-up; measured on a Zen 5 CPU).
@@ -225,7 +226,7 @@ def resolve_settings(
     """
     from_env = os.environ.get(MIXED_PRECISION_ENV, "")
     if from_env and from_env not in MIXED_PRECISIONS:
-        raise ValueError(
+        raise SettingError(
             f"{MIXED_PRECISION_ENV} must be one of {', '.join(MIXED_PRECISIONS)}, got {from_env!r}"
         )
     auto_precision = mixed_precision == "auto" and not from_env

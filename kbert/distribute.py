@@ -23,6 +23,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from kbert.errors import SettingError
+
 logger = logging.getLogger(__name__)
 
 STRATEGY_KINDS = ("auto", "cpu", "mirrored", "multi_worker", "tpu")
@@ -66,9 +68,9 @@ def resolve_strategy(
     1
     """
     if kind not in STRATEGY_KINDS:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGY_KINDS)}, got {kind!r}")
+        raise SettingError(f"strategy must be one of {', '.join(STRATEGY_KINDS)}, got {kind!r}")
     if devices is not None and kind != "mirrored":
-        raise ValueError(
+        raise SettingError(
             f"devices={list(devices)} is only used with strategy 'mirrored', not {kind!r}"
         )
     # Before anything that starts TensorFlow's runtime: collectives are configured at its start.
@@ -105,7 +107,7 @@ _COLLECTIVE_KEY_STRIDE = 1000
 
 def _mirrored_strategy(devices: Sequence[str] | None, why: str) -> tf.distribute.Strategy:
     if devices is not None and not devices:
-        raise ValueError("devices for strategy 'mirrored' is empty")
+        raise SettingError("devices for strategy 'mirrored' is empty")
     # Every MirroredStrategy of a process starts its collective keys at the same numbers, so a
     # second one's all-reduces (kbert's losses make one) can clash with the first's: move them on.
     tf.distribute.MirroredStrategy._collective_key_base += _COLLECTIVE_KEY_STRIDE
@@ -159,7 +161,7 @@ def _tf_config_tasks() -> list[tuple[str, int]]:
         cluster = json.loads(raw)["cluster"]
         return [(kind, i) for kind, addresses in cluster.items() for i in range(len(addresses))]
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise ValueError(
+        raise SettingError(
             "TF_CONFIG is not a JSON object with a 'cluster' of task lists, e.g. "
             '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
             '"task": {"type": "worker", "index": 0}}'
@@ -168,7 +170,7 @@ def _tf_config_tasks() -> list[tuple[str, int]]:
 
 def _multi_worker_strategy(why: str) -> tf.distribute.Strategy:
     if not _tf_config_tasks():
-        raise ValueError(
+        raise SettingError(
             "strategy 'multi_worker' needs the TF_CONFIG environment variable: the cluster's "
             "workers and this process's task, e.g. "
             '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
@@ -177,7 +179,7 @@ def _multi_worker_strategy(why: str) -> tf.distribute.Strategy:
     try:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     except RuntimeError as e:
-        raise ValueError(
+        raise SettingError(
             "strategy 'multi_worker' must be created before TensorFlow runs anything in the "
             f"process (resolve it first thing in the program): {e}"
         ) from None
@@ -202,7 +204,7 @@ def _local_tpu_attached() -> bool:
 
 def _tpu_strategy(tpu: str, why: str) -> tf.distribute.Strategy:
     if tpu == "local" and not _local_tpu_attached():
-        raise ValueError(
+        raise SettingError(
             "strategy 'tpu': no TPU is attached to this machine (tpu='local' looks for a TPU "
             "VM's chips: no TPU device, no /dev/accel*, no /dev/vfio). On Colab choose a TPU "
             "runtime and `pip install tensorflow-tpu`; for a remote TPU pass its name or "
@@ -220,12 +222,12 @@ def _tpu_strategy(tpu: str, why: str) -> tf.distribute.Strategy:
     try:
         resolver = pool.submit(connect).result(timeout=TPU_CONNECT_TIMEOUT_SECONDS)
     except concurrent.futures.TimeoutError:
-        raise ValueError(
+        raise SettingError(
             f"strategy 'tpu': no answer from TPU {tpu!r} within {TPU_CONNECT_TIMEOUT_SECONDS} s "
             "(check the TPU name / address and that it is running)"
         ) from None
     except (ValueError, RuntimeError, tf.errors.OpError) as e:
-        raise ValueError(f"strategy 'tpu': cannot connect to TPU {tpu!r} ({e})") from None
+        raise SettingError(f"strategy 'tpu': cannot connect to TPU {tpu!r} ({e})") from None
     finally:
         # Do not wait for a connection attempt that hangs; its thread ends with the process.
         pool.shutdown(wait=False)
@@ -454,7 +456,7 @@ class Placement:
     def from_strategy(cls, strategy: tf.distribute.Strategy) -> Placement:
         """The placement of a `tf.distribute` strategy (TensorFlow backend only)."""
         if keras.backend.backend() != "tensorflow":
-            raise ValueError(
+            raise SettingError(
                 f"a tf.distribute strategy ({type(strategy).__name__}) runs on Keras' TensorFlow "
                 "backend; under KERAS_BACKEND=jax pass a strategy name ('auto', 'cpu', 'tpu')"
             )
@@ -576,7 +578,7 @@ class Placement:
     def check_global_batch_size(self, global_batch_size: int) -> None:
         """Raise a clear error unless `global_batch_size` splits evenly across the replicas."""
         if global_batch_size % self.num_replicas:
-            raise ValueError(
+            raise SettingError(
                 f"the global batch size ({global_batch_size}) must be a multiple of the number "
                 f"of devices it is split across ({self.num_replicas}: {self.description})"
             )
@@ -636,7 +638,7 @@ def resolve_distribution(
     if keras.backend.backend() == "tensorflow":
         return Placement.from_strategy(resolve_strategy(kind, tpu=tpu, devices=devices))
     if keras.backend.backend() != "jax":
-        raise ValueError(
+        raise SettingError(
             f"kbert trains on Keras' TensorFlow or JAX backend, not {keras.backend.backend()!r} "
             "(set KERAS_BACKEND=tensorflow or jax before importing kbert)"
         )
@@ -709,23 +711,23 @@ def initialize_distribution(
         return False
     names = ", ".join(setting.name for setting in given)
     if addresses.value is not None and not addresses.value.strip():
-        raise ValueError(f"{addresses.name} is empty: expected host:port of process 0")
+        raise SettingError(f"{addresses.name} is empty: expected host:port of process 0")
     if count.value is not None and count.value < 1:
-        raise ValueError(f"{count.name} must be at least 1, got {count.value}")
+        raise SettingError(f"{count.name} must be at least 1, got {count.value}")
     if index.value is not None and index.value < 0:
-        raise ValueError(f"{index.name} must be 0 or more, got {index.value}")
+        raise SettingError(f"{index.name} must be 0 or more, got {index.value}")
     if count.value is not None and index.value is not None and index.value >= count.value:
-        raise ValueError(
+        raise SettingError(
             f"{index.name} ({index.value}) must be below {count.name} ({count.value}): "
             f"processes are numbered 0 to {count.value - 1}"
         )
     listed = addresses.value.split(",") if addresses.value and "," in addresses.value else None
     if listed is not None and count.value is not None and len(listed) != count.value:
-        raise ValueError(
+        raise SettingError(
             f"{addresses.name} lists {len(listed)} addresses but {count.name} is {count.value}"
         )
     if keras.backend.backend() != "jax":
-        raise ValueError(
+        raise SettingError(
             f"{names} set up a JAX run of several processes, but Keras' backend is "
             f"{keras.backend.backend()!r}: set KERAS_BACKEND=jax (a TensorFlow cluster is "
             "--strategy multi_worker with TF_CONFIG)"
@@ -736,7 +738,7 @@ def initialize_distribution(
         if (count.value not in (None, jax.process_count())) or (
             index.value not in (None, jax.process_index())
         ):
-            raise ValueError(
+            raise SettingError(
                 f"{names} do not match this process, which already runs as process "
                 f"{jax.process_index()} of {jax.process_count()}"
             )
@@ -744,12 +746,12 @@ def initialize_distribution(
     try:
         keras.distribution.initialize(addresses.value, count.value, index.value)
     except RuntimeError as e:
-        raise ValueError(
+        raise SettingError(
             f"{names}: JAX already runs in this process, too late to join several processes "
             f"({e}); initialise first thing (kbert.distribute.initialize_distribution)"
         ) from None
     except ValueError as e:
-        raise ValueError(
+        raise SettingError(
             f"{names}: JAX cannot join the run ({e}); give the job address, the number of "
             "processes and this process's id (only on a Cloud TPU VM does JAX find the address "
             "and the id itself)"
@@ -783,32 +785,32 @@ def _setting(name: str, value: Any, variable: str, parse: Callable[[str], Any]) 
     try:
         return _Setting(variable, parse(raw))
     except ValueError:
-        raise ValueError(f"{variable} must be an integer, got {raw!r}") from None
+        raise SettingError(f"{variable} must be an integer, got {raw!r}") from None
 
 
 def _jax_placement(kind: str, tpu: str, devices: Sequence[str] | None) -> Placement:
     import jax
 
     if kind in ("mirrored", "multi_worker"):
-        raise ValueError(
+        raise SettingError(
             f"strategy {kind!r} is a TensorFlow strategy; under KERAS_BACKEND=jax use 'auto' "
             "(data parallel over every JAX device; on several hosts after "
             "keras.distribution.initialize()), 'tpu' or 'cpu', or set KERAS_BACKEND=tensorflow"
         )
     if kind not in JAX_STRATEGY_KINDS:
-        raise ValueError(
+        raise SettingError(
             f"strategy must be one of {', '.join(JAX_STRATEGY_KINDS)} under KERAS_BACKEND=jax, "
             f"got {kind!r}"
         )
     if devices is not None:
-        raise ValueError(f"devices={list(devices)} is only used with TensorFlow's 'mirrored'")
+        raise SettingError(f"devices={list(devices)} is only used with TensorFlow's 'mirrored'")
     if tpu != "local":
-        raise ValueError(
+        raise SettingError(
             f"tpu={tpu!r}: a remote TPU by name or address is TensorFlow's TPUStrategy; under "
             "KERAS_BACKEND=jax run on the TPU VM itself (tpu='local')"
         )
     if kind == "cpu" and jax.process_count() > 1:
-        raise ValueError(
+        raise SettingError(
             f"strategy 'cpu' is one device, but this is process {jax.process_index()} of "
             f"{jax.process_count()} JAX processes: use 'auto' (every process's devices) or 'tpu'"
         )
@@ -818,7 +820,7 @@ def _jax_placement(kind: str, tpu: str, devices: Sequence[str] | None) -> Placem
         try:
             chosen = jax.devices("tpu")
         except RuntimeError:
-            raise ValueError(
+            raise SettingError(
                 "strategy 'tpu': JAX sees no TPU on this machine (jax.devices('tpu') failed). "
                 "On Colab choose a TPU runtime; elsewhere use strategy 'auto' or 'cpu'"
             ) from None

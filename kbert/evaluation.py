@@ -20,6 +20,7 @@ import tensorflow as tf
 from kbert import records as on_disk
 from kbert.data import pretraining_dataset
 from kbert.distribute import Placement, as_placement
+from kbert.errors import ModelFileError, SettingError
 from kbert.io import check_positive_int, resolve_model_file, write_json
 from kbert.losses import compile_for_pretraining
 from kbert.masking import DynamicMasking
@@ -102,7 +103,9 @@ def evaluate(
         model_file = resolve_model_file(model)
         model = load_model(model, strategy=placement, jit_compile=jit_compile)
     if not isinstance(model, BertPretrainingModel):
-        raise ValueError(f"evaluate needs a kbert BertPretrainingModel, got {type(model).__name__}")
+        raise SettingError(
+            f"evaluate needs a kbert BertPretrainingModel, got {type(model).__name__}"
+        )
     records = on_disk.find_records(eval_files)
     if skip_corrupt_records:
         counts, skipped = on_disk.readable_counts(records)
@@ -233,7 +236,9 @@ def saved_optimizer_step(keras_file: str) -> int | None:
             archive = zipfile.ZipFile(f)
         # A file shorter than a zip's end record fails gfile's seek back from its end.
         except (zipfile.BadZipFile, tf.errors.InvalidArgumentError):
-            raise ValueError(f"{keras_file}: not a .keras file (expected a zip archive)") from None
+            raise ModelFileError(
+                f"{keras_file}: not a .keras file (expected a zip archive)"
+            ) from None
         with archive:
             config = json.loads(archive.read("config.json"))
             optimizer = (config.get("compile_config") or {}).get("optimizer")

@@ -48,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from kbert import features
-from kbert.errors import KbertError
+from kbert.errors import InputError, KbertError, MissingFileError, SettingError
 from kbert.io import sweep_temporaries, temporary_path
 from kbert.model import BertPretrainingModel, load_pretraining_model
 from kbert.serving_tokenizer import MASK, ServingTextEncoder, read_vocab, write_vocab
@@ -64,6 +64,8 @@ SIGNATURES = (SERVING_DEFAULT, ENCODE, FILL_MASK, TOKENIZE)
 TEXT_INPUTS = ("text_a", "text_b")
 ENCODER_INPUTS = (features.INPUT_IDS, features.SEGMENT_IDS, features.INPUT_MASK)
 WARMUP_FILE = posixpath.join("assets.extra", "tf_serving_warmup_requests")
+# The file TF Serving loads a version by: written last where a version appears file by file.
+SAVED_MODEL_FILE = "saved_model.pb"
 # TF Serving replays each warm-up record once at load; two batch sizes cover the single-request
 # path and a batched one.
 WARMUP_BATCH_SIZES = (1, 8)
@@ -81,8 +83,11 @@ def export_for_serving(
 ) -> str:
     """Write a TF Serving SavedModel to `<export_base>/<name>/<version>/` and return that path.
 
-    Built in a temporary directory beside the versions and renamed into place, so TF Serving
-    never sees half an export; an existing version is never overwritten.
+    On local disk it is built in a temporary directory beside the versions and renamed into
+    place, so TF Serving never sees half an export. Elsewhere (gs://, where a folder rename
+    copies object by object) it is built locally and copied into the version directory file by
+    file, `saved_model.pb` last: the file TF Serving loads a version by comes when all the others
+    are complete. An existing version is never overwritten.
 
     Args:
         model_or_run_dir: a kbert pre-training model, its `.keras` file, or a run directory
@@ -117,19 +122,22 @@ def export_for_serving(
     model = _load_model(model_or_run_dir)
     vocab_size = model.bert_config.vocab_size
     if len(tokens) != vocab_size:
-        raise ValueError(
+        raise InputError(
             f"{vocab_file}: {len(tokens)} tokens, but the model's vocab_size is {vocab_size}"
         )
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= vocab_size:
-        raise ValueError(f"top_k must be an integer in [1, {vocab_size}], got {top_k!r}")
+        raise SettingError(f"top_k must be an integer in [1, {vocab_size}], got {top_k!r}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise ValueError(f"name {name!r}: expected letters, digits, '.', '_' or '-'")
+        raise SettingError(f"name {name!r}: expected letters, digits, '.', '_' or '-'")
 
     model_dir = posixpath.join(export_base, name)
+    if "://" in model_dir:
+        for path in _remove_partial_versions(model_dir):
+            logger.info("removed %s, left incomplete by an interrupted export", path)
     if version is None:
         version = next_version(model_dir)
     if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise ValueError(f"version must be a non-negative integer, got {version!r}")
+        raise SettingError(f"version must be a non-negative integer, got {version!r}")
     export_dir = posixpath.join(model_dir, str(version))
     _check_free(export_dir)
 
@@ -137,10 +145,11 @@ def export_for_serving(
     # A killed export's temporary folder (one export of a name at a time: it may be large).
     for path in sweep_temporaries(model_dir):
         logger.info("removed %s, left by an interrupted export", path)
-    # TF Serving only loads directories named by an integer, so it ignores this one.
-    tmp_dir = temporary_path(export_dir)
+    remote = "://" in export_dir
     try:
         with tempfile.TemporaryDirectory() as local:
+            # TF Serving only loads directories named by an integer, so it ignores this one.
+            tmp_dir = os.path.join(local, "version") if remote else temporary_path(export_dir)
             # A clean copy (stripped lines): the tables read it whole-line, the SavedModel keeps it.
             vocab_copy = os.path.join(local, "vocab.txt")
             write_vocab(tokens, vocab_copy)
@@ -154,10 +163,13 @@ def export_for_serving(
             module, signatures = _serving_signatures(model, text_encoder, top_k)
             tf.saved_model.save(module, tmp_dir, signatures=signatures)
             _write_warmup_requests(posixpath.join(tmp_dir, WARMUP_FILE), name, text_encoder)
-        _check_free(export_dir)
-        tf.io.gfile.rename(tmp_dir, export_dir, overwrite=False)
+            _check_free(export_dir)
+            if remote:
+                _copy_saved_model_last(tmp_dir, export_dir)
+            else:
+                tf.io.gfile.rename(tmp_dir, export_dir, overwrite=False)
     finally:
-        if tf.io.gfile.exists(tmp_dir):
+        if not remote and tf.io.gfile.exists(tmp_dir):
             tf.io.gfile.rmtree(tmp_dir)
     logger.info("exported %s (signatures: %s)", export_dir, ", ".join(SIGNATURES))
     return export_dir
@@ -384,9 +396,9 @@ def fill_mask(saved_model_dir: str, text_a: str, text_b: str = "") -> dict[str, 
     >>> fill_mask("saved_models/kbert/1", "Paris is the [MASK] of France.")  # doctest: +SKIP
     {'masks': [{'position': 4, 'tokens': ['capital', ...], 'probs': [0.61, ...]}], ...}
     """
-    saved_model_path = posixpath.join(saved_model_dir, "saved_model.pb")
+    saved_model_path = posixpath.join(saved_model_dir, SAVED_MODEL_FILE)
     if not tf.io.gfile.exists(saved_model_path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{saved_model_dir}: not a SavedModel (expected an export "
             "<export_base>/<name>/<version> holding saved_model.pb)"
         )
@@ -394,7 +406,7 @@ def fill_mask(saved_model_dir: str, text_a: str, text_b: str = "") -> dict[str, 
 
     signatures = tf.saved_model.load(saved_model_dir).signatures
     if FILL_MASK not in signatures:
-        raise ValueError(f"{saved_model_dir}: no {FILL_MASK!r} signature (not a kbert export)")
+        raise InputError(f"{saved_model_dir}: no {FILL_MASK!r} signature (not a kbert export)")
     outputs = signatures[FILL_MASK](text_a=tf.constant([text_a]), text_b=tf.constant([text_b]))
     masks = []
     for slot, position in enumerate(outputs["masked_lm_positions"][0].numpy()):
@@ -414,16 +426,44 @@ def _load_model(model_or_run_dir: keras.Model | str) -> BertPretrainingModel:
     if isinstance(model_or_run_dir, (str, os.PathLike)):
         return load_pretraining_model(os.fspath(model_or_run_dir), action="export")
     if not isinstance(model_or_run_dir, BertPretrainingModel):
-        raise ValueError(
+        raise SettingError(
             f"{model_or_run_dir}: not a kbert pre-training model "
             f"({type(model_or_run_dir).__name__}); expected kbert.build_pretraining_model's model"
         )
     return model_or_run_dir
 
 
+def _copy_saved_model_last(local_dir: str, export_dir: str) -> None:
+    """Copy a local SavedModel folder to `export_dir` file by file, `saved_model.pb` last."""
+    files = [
+        os.path.relpath(os.path.join(root, name), local_dir)
+        for root, _, names in os.walk(local_dir)
+        for name in names
+    ]
+    for relative in sorted(files, key=lambda f: f == SAVED_MODEL_FILE):
+        target = posixpath.join(export_dir, *relative.split(os.sep))
+        tf.io.gfile.makedirs(posixpath.dirname(target))
+        tf.io.gfile.copy(os.path.join(local_dir, relative), target)
+
+
+def _remove_partial_versions(model_dir: str) -> list[str]:
+    """Remove the version directories without `saved_model.pb` (a killed copy's); returns them."""
+    if not tf.io.gfile.isdir(model_dir):
+        return []
+    partial = [
+        posixpath.join(model_dir, entry.rstrip("/"))
+        for entry in tf.io.gfile.listdir(model_dir)
+        if entry.rstrip("/").isdigit()
+        and not tf.io.gfile.exists(posixpath.join(model_dir, entry.rstrip("/"), SAVED_MODEL_FILE))
+    ]
+    for path in partial:
+        tf.io.gfile.rmtree(path)
+    return partial
+
+
 def _check_free(export_dir: str) -> None:
     if tf.io.gfile.exists(export_dir):
-        raise ValueError(
+        raise SettingError(
             f"{export_dir}: this version already exists; pass another version "
             "(or none for the next one) instead of overwriting it"
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from kbert.errors import InputError
 from kbert.io import read_json, write_json
 from kbert.vocabulary import VOCAB_FILENAME, vocab_sha256
 
@@ -122,7 +123,7 @@ class Metadata:
             and f.default_factory is dataclasses.MISSING
         ]
         if missing:
-            raise ValueError(f"{METADATA_FILENAME} lacks required field(s): {', '.join(missing)}")
+            raise InputError(f"{METADATA_FILENAME} lacks required field(s): {', '.join(missing)}")
         return cls(**known, extra=extra)
 
 
@@ -156,4 +157,4 @@ def read_metadata(directory: str) -> Metadata | None:
     try:
         return Metadata.from_dict(data)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: not a valid kbert metadata file ({e})") from None
+        raise InputError(f"{path}: not a valid kbert metadata file ({e})") from None

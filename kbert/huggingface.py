@@ -35,6 +35,7 @@ from kbert.checkpoints.hf_layout import hf_is_transposed, hf_name
 from kbert.checkpoints.kbert_model import load_kbert_model
 from kbert.checkpoints.parts import config_from_encoder, encoder_of, head_of
 from kbert.checkpoints.report import KBERT_RUN, KERAS_MODEL, logger
+from kbert.errors import InputError, SettingError
 from kbert.io import exists, publish_directory, read_json
 from kbert.model import build_pretraining_model
 from kbert.vocabulary import (
@@ -79,7 +80,7 @@ def hf_tensors(model: keras.Model) -> dict[str, np.ndarray]:
     """
     for name in ("mlm_head", "nsp"):
         if head_of(model, name) is None:
-            raise ValueError(
+            raise SettingError(
                 f"model {model.name!r} has no {name!r} layer: a Hugging Face BertForPreTraining "
                 "needs kbert's pre-training model (encoder, MLM head and NSP head)"
             )
@@ -177,7 +178,7 @@ def save_huggingface(
         source = os.fspath(model_or_run)
         kind, location = detect_source(source)
         if kind not in (KBERT_RUN, KERAS_MODEL):
-            raise ValueError(f"{source}: not a kbert run directory or .keras file (found a {kind})")
+            raise InputError(f"{source}: not a kbert run directory or .keras file (found a {kind})")
         run_dir = location if kind == KBERT_RUN else posixpath.dirname(location)
         # The weights do not depend on the sequence lengths: the smallest model holds them all.
         model = build_pretraining_model(read_source_config(location), 2, 1)
@@ -186,11 +187,11 @@ def save_huggingface(
     tokens = read_vocab(vocab_file)
     vocab_size = encoder_of(model).vocabulary_size
     if len(tokens) != vocab_size:
-        raise ValueError(
+        raise InputError(
             f"{vocab_file}: {len(tokens)} tokens, but the model's vocab_size is {vocab_size}"
         )
     if tokens[0] != PAD:
-        raise ValueError(f"{vocab_file}: token 0 is {tokens[0]!r}; kbert's padding id 0 is {PAD}")
+        raise InputError(f"{vocab_file}: token 0 is {tokens[0]!r}; kbert's padding id 0 is {PAD}")
     if do_lower_case is None:
         do_lower_case = _run_do_lower_case(run_dir, vocab_file)
     tensors = hf_tensors(model)
@@ -233,7 +234,7 @@ def _run_do_lower_case(run_dir: str | None, vocab_file: str) -> bool:
     hint = "pass do_lower_case (kbert export --do_lower_case=true|false)"
     run_config = posixpath.join(run_dir, RUN_CONFIG_FILE) if run_dir else None
     if run_config is None or not exists(run_config):
-        raise ValueError(
+        raise InputError(
             f"do_lower_case is unknown: no {RUN_CONFIG_FILE} to find the training data by; {hint}"
         )
     from kbert.records import match_files
@@ -242,23 +243,23 @@ def _run_do_lower_case(run_dir: str | None, vocab_file: str) -> bool:
     try:
         directories = sorted({posixpath.dirname(f) for f in match_files(train_files)})
     except (FileNotFoundError, ValueError) as e:
-        raise ValueError(f"{run_config}: its training data is not readable ({e}); {hint}") from None
+        raise InputError(f"{run_config}: its training data is not readable ({e}); {hint}") from None
     found = {}
     for directory in directories:
         meta = features.read_metadata(directory)
         if meta is not None:
             found[features.metadata_path(directory)] = meta
     if not found:
-        raise ValueError(
+        raise InputError(
             f"{run_config}: its training data has no {features.METADATA_FILENAME}; {hint}"
         )
     cases = {meta.do_lower_case for meta in found.values()}
     if len(cases) > 1:
-        raise ValueError(f"{', '.join(found)}: disagree on do_lower_case; {hint}")
+        raise InputError(f"{', '.join(found)}: disagree on do_lower_case; {hint}")
     digest = vocab_sha256(vocab_file)
     for path, meta in found.items():
         if meta.vocab_sha256 != digest:
-            raise ValueError(
+            raise InputError(
                 f"{vocab_file}: not the vocabulary of the run's data ({path} records vocab "
                 f"sha256 {meta.vocab_sha256[:12]}..., this file has {digest[:12]}...)"
             )

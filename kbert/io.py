@@ -10,20 +10,28 @@ file either. A killed writer leaves its `.tmp-*` sibling behind: `sweep_temporar
 when the next run starts. Local paths use Python's file I/O (writing a
 vocabulary starts no TensorFlow); any other path (`gs://...`) goes through `tf.io.gfile`.
 
-Like `kbert.features`, this module sits at the bottom: it imports no other kbert module, and
-`tfrecords_tools` may import it.
+Like `kbert.features`, this module sits at the bottom: it imports no other kbert module but
+`kbert.errors`, and `tfrecords_tools` may import it. A local write that fails (no permission, a
+full disk, no such folder) is a `FileAccessError` naming the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import json
 import os
 import posixpath
 import re
+import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
+
+from kbert.errors import FileAccessError, InputError, MissingFileError, SettingError
 
 # A run directory's final pre-training model (`kbert.train`), found by `resolve_model_file`.
 MODEL_FILE = "model.keras"
@@ -68,6 +76,25 @@ def _remove(path: str) -> None:
         _gfile().remove(path)
     else:
         os.remove(path)
+
+
+def _listdir(path: str) -> list[str]:
+    return [e.rstrip("/") for e in _gfile().listdir(path)] if _is_remote(path) else os.listdir(path)
+
+
+def _rename_directory(source: str, destination: str) -> None:
+    """Rename a directory to an absent `destination` (on gs:// object by object, not atomic)."""
+    if _is_remote(destination):
+        _gfile().rename(source, destination)
+    else:
+        os.rename(source, destination)
+
+
+def _rmtree(path: str) -> None:
+    if _is_remote(path):
+        _gfile().rmtree(path)
+    else:
+        shutil.rmtree(path)
 
 
 def fsync(path: str) -> None:
@@ -122,10 +149,13 @@ def atomic_path(path: str) -> Iterator[str]:
     tmp = temporary_path(path)
     try:
         yield tmp
-        if not isdir(tmp):
-            fsync(tmp)
-        _rename(tmp, path)
-        fsync(posixpath.dirname(path) or ".")
+        try:
+            if not isdir(tmp):
+                fsync(tmp)
+            _rename(tmp, path)
+            fsync(posixpath.dirname(path) or ".")
+        except OSError as e:
+            raise _cannot_write(path, e) from None
     finally:
         if exists(tmp):
             _remove(tmp)
@@ -144,9 +174,19 @@ def write_atomically(path: str, data: str | bytes) -> str:
     >>> open("hello.txt").read()
     'hello\\n'
     """
-    with atomic_path(path) as tmp, _open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    try:
+        with atomic_path(path) as tmp, _open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    except FileAccessError:
+        raise
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     return path
+
+
+def _cannot_write(path: str, error: OSError) -> FileAccessError:
+    # The temporary name in the OSError would mislead: name the file being written.
+    return FileAccessError(f"{path}: cannot write it ({error.strerror or error})")
 
 
 def write_json(path: str, data: Any, sort_keys: bool = True) -> str:
@@ -180,20 +220,20 @@ def read_json(path: str, what: str = "JSON file") -> Any:
     >>> read_json("absent.json", "run configuration")
     Traceback (most recent call last):
     ...
-    FileNotFoundError: absent.json: no such run configuration
+    kbert.errors.MissingFileError: absent.json: no such run configuration
     """
     if not exists(path):
-        raise FileNotFoundError(f"{path}: no such {what}")
+        raise MissingFileError(f"{path}: no such {what}")
     with _open(path, "rb") as f:
         text = f.read()
     try:
         return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise InputError(f"{path}: not valid JSON ({e})") from None
 
 
 def check_positive_int(name: str, value: Any) -> int:
-    """`value` if it is a positive integer (not a bool), else a ValueError naming `name`.
+    """`value` if it is a positive integer (not a bool), else a SettingError naming `name`.
 
     Args:
         name: the argument's name, for the message.
@@ -203,10 +243,10 @@ def check_positive_int(name: str, value: Any) -> int:
     >>> check_positive_int("steps", 0)
     Traceback (most recent call last):
     ...
-    ValueError: steps must be a positive integer, got 0
+    kbert.errors.SettingError: steps must be a positive integer, got 0
     """
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise SettingError(f"{name} must be a positive integer, got {value!r}")
     return value
 
 
@@ -224,11 +264,11 @@ def resolve_model_file(path: str, action: str = "load") -> str:
     >>> resolve_model_file("no_run", action="export")
     Traceback (most recent call last):
     ...
-    FileNotFoundError: no_run: no model to export (expected a run directory holding ...)
+    kbert.errors.MissingFileError: no_run: no model to export (expected a run directory holding ...)
     """
     model_file = posixpath.join(path, MODEL_FILE) if isdir(path) else path
     if not exists(model_file):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{model_file}: no model to {action} (expected a run directory holding "
             f"{MODEL_FILE}, or a .keras file)"
         )
@@ -268,10 +308,14 @@ def sweep_temporaries(directory: str) -> list[str]:
 def publish_directory(local_dir: str, destination: str) -> None:
     """Copy a local directory to `destination`, replacing it without a moment where it is absent.
 
-    The copy is written to a temporary sibling; an existing `destination` is moved aside to
-    another, the copy renamed into place, then the old one deleted (or put back on failure).
-    What a killed publish of the same destination left is cleared first (its old version put
-    back if the kill came between the renames), so one publisher per destination at a time.
+    The copy is written to a temporary sibling (flushed on local disk), then swapped with an
+    existing `destination` in one atomic step (Linux's `renameat2` with `RENAME_EXCHANGE`), so a
+    reader finds the old version or the new one, whole, at every instant; the old one, now under
+    the temporary name, is then deleted. Where no such swap exists (gs://, another OS or file
+    system) the old version is moved aside, the copy renamed into place and the old one deleted
+    (or put back on failure): a short moment without `destination`. What a killed publish of the
+    same destination left is cleared first (its old version put back if the kill came between
+    the two renames), so one publisher per destination at a time.
 
     Args:
         local_dir: a complete local directory.
@@ -284,48 +328,107 @@ def publish_directory(local_dir: str, destination: str) -> None:
     >>> sorted(os.listdir("published/sub"))
     ['a.txt']
     """
-    # gfile throughout: destinations are often gs://, and a directory rename needs its semantics.
-    gfile = _gfile()
     destination = destination.rstrip("/")
     parent, name = posixpath.split(destination)
-    # What a killed publish left: its copy, and the previous version moved aside (put back when
-    # the kill came between the two renames).
+    # What a killed publish left: its copy (or, after a swap, the old version under the copy's
+    # name), and the previous version moved aside (put back when the kill came between the two
+    # renames of the fallback).
     own = re.compile(rf"({re.escape(TEMPORARY_PREFIX)}|{re.escape(OLD_PREFIX)})[0-9a-f]{{8}}-")
-    entries = gfile.listdir(parent) if parent and gfile.isdir(parent) else []
+    entries = _listdir(parent or ".") if isdir(parent or ".") else []
     for entry in sorted(entries, key=lambda e: not e.startswith(OLD_PREFIX)):
-        entry = entry.rstrip("/")
         match = own.match(entry)
         if not match or entry[match.end() :] != name:
             continue
         leftover = posixpath.join(parent, entry)
-        if match.group(1) == OLD_PREFIX and not gfile.exists(destination):
-            gfile.rename(leftover, destination)
+        if match.group(1) == OLD_PREFIX and not exists(destination):
+            _rename_directory(leftover, destination)
         else:
-            gfile.rmtree(leftover)
+            _rmtree(leftover)
     new = temporary_path(destination)
+    try:
+        _copy_tree(local_dir, new)
+        if not exists(destination):
+            _rename_directory(new, destination)
+        elif not _exchange(new, destination):
+            _replace_by_two_renames(new, destination)
+        # After a swap `new` holds the previous version: removed below like an unused copy.
+        fsync(parent or ".")
+    finally:
+        if exists(new):
+            _rmtree(new)
+
+
+def _copy_tree(local_dir: str, target: str) -> None:
+    """Copy a local directory tree to `target` (any `tf.io.gfile` path), flushed on local disk."""
+    for root, _, files in os.walk(local_dir):
+        directory = posixpath.join(target, os.path.relpath(root, local_dir))
+        if _is_remote(target):
+            _gfile().makedirs(directory)
+        else:
+            os.makedirs(directory, exist_ok=True)
+        for name in files:
+            source, copy = os.path.join(root, name), posixpath.join(directory, name)
+            if _is_remote(target):
+                _gfile().copy(source, copy)
+            else:
+                shutil.copyfile(source, copy)
+                fsync(copy)
+        fsync(directory)
+
+
+# renameat2's flag that swaps two paths, and "relative to the working directory" (<linux/fs.h>).
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    """glibc's `renameat2` (2.28 and later), or None on other systems."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = (
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    )
+    function.restype = ctypes.c_int
+    return function
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two existing local paths in one atomic step; False where the system cannot (then
+    nothing moved)."""
+    # Hand-written: Python's `os` has no renameat2, and no library offers the exchange.
+    renameat2 = None if _is_remote(a) else _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # not this kernel's/file system's
+        return False
+    raise FileAccessError(f"{b}: cannot replace it ({os.strerror(error)})")
+
+
+def _replace_by_two_renames(new: str, destination: str) -> None:
+    """Move `destination` aside, rename `new` into place, delete the old one (put it back if the
+    second rename fails)."""
     old = posixpath.join(
         posixpath.dirname(new), OLD_PREFIX + posixpath.basename(new)[len(TEMPORARY_PREFIX) :]
     )
-    replacing = gfile.exists(destination)
+    _rename_directory(destination, old)
     try:
-        for root, _, files in os.walk(local_dir):
-            target = posixpath.join(new, os.path.relpath(root, local_dir))
-            gfile.makedirs(target)
-            for name in files:
-                gfile.copy(os.path.join(root, name), posixpath.join(target, name))
-        if replacing:
-            gfile.rename(destination, old)
-        try:
-            gfile.rename(new, destination)
-        except BaseException:
-            if replacing:
-                # A directory rename copies object by object on gs://: clear a partial one first.
-                if gfile.exists(destination):
-                    gfile.rmtree(destination)
-                gfile.rename(old, destination)
-            raise
-    finally:
-        if gfile.exists(new):
-            gfile.rmtree(new)
-    if replacing:
-        gfile.rmtree(old)
+        _rename_directory(new, destination)
+    except BaseException:
+        # A directory rename copies object by object on gs://: clear a partial one first.
+        if exists(destination):
+            _rmtree(destination)
+        _rename_directory(old, destination)
+        raise
+    _rmtree(old)

@@ -16,6 +16,7 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from kbert import features
+from kbert.errors import SettingError
 from kbert.vocabulary import MASK, UNK, is_special_token, read_vocab
 
 
@@ -54,26 +55,28 @@ class DynamicMasking:
     def __post_init__(self) -> None:
         object.__setattr__(self, "special_token_ids", tuple(sorted(set(self.special_token_ids))))
         if self.vocab_size <= 0:
-            raise ValueError(f"DynamicMasking.vocab_size must be positive, got {self.vocab_size}")
+            raise SettingError(f"DynamicMasking.vocab_size must be positive, got {self.vocab_size}")
         ids = self.special_token_ids + (self.mask_token_id,)
         unk = () if self.unk_token_id is None else (self.unk_token_id,)
         bad = [i for i in ids + unk if not 0 <= i < self.vocab_size]
         if bad:
-            raise ValueError(
+            raise SettingError(
                 f"DynamicMasking: token id(s) {bad} outside the vocabulary [0, {self.vocab_size})"
             )
         if self.mask_token_id not in self.special_token_ids:
             object.__setattr__(self, "special_token_ids", tuple(sorted(ids)))
         if len(self.special_token_ids) >= self.vocab_size:
-            raise ValueError("DynamicMasking: every vocabulary id is special; nothing to draw from")
+            raise SettingError(
+                "DynamicMasking: every vocabulary id is special; nothing to draw from"
+            )
         if not 0 < self.masked_lm_prob <= 1:
-            raise ValueError(
+            raise SettingError(
                 f"DynamicMasking.masked_lm_prob must be in (0, 1], got {self.masked_lm_prob}"
             )
         if min(self.mask_token_rate, self.random_token_rate) < 0 or (
             self.mask_token_rate + self.random_token_rate > 1
         ):
-            raise ValueError(
+            raise SettingError(
                 "DynamicMasking: mask_token_rate and random_token_rate must be >= 0 with a sum "
                 f"<= 1, got {self.mask_token_rate} and {self.random_token_rate}"
             )

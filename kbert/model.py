@@ -14,7 +14,7 @@ from keras_hub.src.utils.keras_utils import gelu_approximate
 from kbert import features
 from kbert.config import BertConfig, resolve_config
 from kbert.distribute import TrainerFixes
-from kbert.errors import ModelFileError
+from kbert.errors import ModelFileError, SettingError
 from kbert.heads import TiedMaskedLMHead
 from kbert.io import check_positive_int, resolve_model_file
 from kbert.losses import (
@@ -158,12 +158,12 @@ def _build_graph(
     check_positive_int("max_seq_length", max_seq_length)
     check_positive_int("max_predictions_per_seq", max_predictions_per_seq)
     if max_seq_length > config.max_position_embeddings:
-        raise ValueError(
+        raise SettingError(
             f"max_seq_length ({max_seq_length}) exceeds the config's max_position_embeddings "
             f"({config.max_position_embeddings})"
         )
     if max_predictions_per_seq > max_seq_length:
-        raise ValueError(
+        raise SettingError(
             f"max_predictions_per_seq ({max_predictions_per_seq}) exceeds max_seq_length "
             f"({max_seq_length})"
         )

@@ -18,6 +18,7 @@ import keras
 from keras import ops
 
 from kbert.distribute import OptimizerFixes
+from kbert.errors import SettingError
 from kbert.pretrain_config import OPTIMIZERS
 
 # keras-hub's short variable names that Google's exclusion patterns ("LayerNorm", "layer_norm",
@@ -60,14 +61,14 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.LearningRateSchedule):
         batches_per_update: int = 1,
     ):
         if total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+            raise SettingError(f"total_steps must be >= 1, got {total_steps}")
         if not 0 <= warmup_steps <= total_steps:
-            raise ValueError(
+            raise SettingError(
                 f"warmup_steps must be between 0 and total_steps ({total_steps}), "
                 f"got {warmup_steps}"
             )
         if power <= 0:
-            raise ValueError(f"power must be > 0, got {power}")
+            raise SettingError(f"power must be > 0, got {power}")
         self.peak_learning_rate = float(peak_learning_rate)
         self.total_steps = int(total_steps)
         self.warmup_steps = int(warmup_steps)
@@ -299,10 +300,10 @@ def create_optimizer(
     ('AdamWeightDecay', 0.0)
     """
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        raise SettingError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     accumulation = 1 if gradient_accumulation_steps is None else gradient_accumulation_steps
     if accumulation < 1:
-        raise ValueError(
+        raise SettingError(
             f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}"
         )
     schedule = WarmupPolynomialDecay(

@@ -8,6 +8,7 @@ import os
 
 import tensorflow as tf
 
+from kbert.errors import InputError, MissingFileError
 from kbert.io import read_json, write_atomically
 
 PANELS = (
@@ -26,14 +27,14 @@ def find_history(run_dir: str) -> str:
     if not tf.io.gfile.isdir(run_dir):
         if tf.io.gfile.exists(run_dir) and run_dir.endswith(".csv"):
             return run_dir
-        raise FileNotFoundError(f"{run_dir}: no such run directory")
+        raise MissingFileError(f"{run_dir}: no such run directory")
     for name in HISTORY_NAMES:
         path = tf.io.gfile.join(run_dir, name)
         if tf.io.gfile.exists(path):
             return path
     found = sorted(tf.io.gfile.glob(tf.io.gfile.join(run_dir, "*.csv")))
     if not found:
-        raise FileNotFoundError(f"{run_dir}: no CSV training history (expected {HISTORY_NAMES[0]})")
+        raise MissingFileError(f"{run_dir}: no CSV training history (expected {HISTORY_NAMES[0]})")
     return found[0]
 
 
@@ -42,10 +43,13 @@ def read_history(path: str) -> list[dict[str, float]]:
     with tf.io.gfile.GFile(path, "r") as f:
         rows = list(csv.DictReader(io.StringIO(f.read())))
     if not rows:
-        raise ValueError(f"{path}: the training history has no rows yet")
+        raise InputError(f"{path}: the training history has no rows yet")
     parsed = []
-    for row in rows:
-        parsed.append({k: float(v) for k, v in row.items() if k and v not in ("", None)})
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        try:
+            parsed.append({k: float(v) for k, v in row.items() if k and v not in ("", None)})
+        except ValueError:
+            raise InputError(f"{path}: line {number} holds a value that is not a number") from None
     return parsed
 
 

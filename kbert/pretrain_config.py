@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from kbert.errors import InputError, SettingError
 from kbert.io import check_positive_int, read_json, write_json
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def parse_jit_compile(value: str) -> bool | str:
     """
     choices = {"auto": "auto", "true": True, "on": True, "false": False, "off": False}
     if value.lower() not in choices:
-        raise ValueError(f"expected auto, true or false, got {value!r}")
+        raise SettingError(f"expected auto, true or false, got {value!r}")
     return choices[value.lower()]
 
 
@@ -90,7 +91,7 @@ class PretrainConfig:
     >>> PretrainConfig("tiny", "data/", "run/", steps=10, checkpoint_interval=30)
     Traceback (most recent call last):
     ...
-    ValueError: checkpoint_interval (30) must be at most steps (10)
+    kbert.errors.SettingError: checkpoint_interval (30) must be at most steps (10)
     """
 
     config: BertConfig | str = _setting(
@@ -331,20 +332,20 @@ class PretrainConfig:
         for name in ("optimizer", "mixed_precision", "strategy"):
             choices = self.metadata(name)["choices"]
             if getattr(self, name) not in choices:
-                raise ValueError(
+                raise SettingError(
                     f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
                 )
         for name in ("clip_norm", "weight_decay"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise SettingError(f"{name} must be >= 0, got {getattr(self, name)}")
         warmup_steps, checkpoint_interval = self._derived()
         if not 0 <= warmup_steps <= self.steps:
-            raise ValueError(
+            raise SettingError(
                 f"warmup_steps must be between 0 and steps ({self.steps}), got {warmup_steps}"
             )
         check_positive_int("checkpoint_interval", checkpoint_interval)
         if checkpoint_interval > self.steps:
-            raise ValueError(
+            raise SettingError(
                 f"checkpoint_interval ({checkpoint_interval}) must be at most steps ({self.steps})"
             )
         for name in ("max_predictions_per_seq", "eval_batch_size", "log_interval", "num_processes"):
@@ -353,9 +354,9 @@ class PretrainConfig:
         if self.eval_interval is not None:
             check_positive_int("eval_interval", self.eval_interval)
             if not self.eval_files:
-                raise ValueError("eval_interval needs eval_files")
+                raise SettingError("eval_interval needs eval_files")
             if self.eval_interval % checkpoint_interval:
-                raise ValueError(
+                raise SettingError(
                     f"eval_interval ({self.eval_interval}) must be a multiple of "
                     f"checkpoint_interval ({checkpoint_interval})"
                 )
@@ -410,7 +411,7 @@ class PretrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown PretrainConfig field(s): {', '.join(unknown)}")
+            raise SettingError(f"unknown PretrainConfig field(s): {', '.join(unknown)}")
         data = dict(data)
         if isinstance(data.get("config"), dict):
             from kbert.config import BertConfig
@@ -440,4 +441,4 @@ class PretrainConfig:
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise InputError(f"{path}: {e}") from None

@@ -19,7 +19,13 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 
 from kbert import features
-from kbert.errors import DamagedRecordsError
+from kbert.errors import (
+    DamagedRecordsError,
+    FileAccessError,
+    InputError,
+    MissingFileError,
+    SettingError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +109,9 @@ def find_records(
     (3, False, ('',))
     """
     if compression_type not in (None, "", "GZIP", "ZLIB"):
-        raise ValueError(f'compression_type must be "", "GZIP" or "ZLIB", got {compression_type!r}')
+        raise SettingError(
+            f'compression_type must be "", "GZIP" or "ZLIB", got {compression_type!r}'
+        )
     files, split_records = _share_of(match_files(file_pattern), *share)
     with concurrent.futures.ThreadPoolExecutor(min(len(files), _PARALLEL_FILE_CHECKS)) as pool:
         inspected = list(pool.map(lambda f: _first_record_lengths(f, compression_type), files))
@@ -148,7 +156,7 @@ def find_records(
 def _share_of(files: list[str], index: int, count: int) -> tuple[list[str], bool]:
     """Share `index` of `count` of `files`, and whether it had to be all of them."""
     if not 0 <= index < count:
-        raise ValueError(
+        raise SettingError(
             f"share must be (index, count) with 0 <= index < count, got {index, count}"
         )
     if count == 1:
@@ -193,7 +201,7 @@ def match_files(file_pattern: str | Sequence[str]) -> list[str]:
     patterns = file_pattern.split(",") if isinstance(file_pattern, str) else list(file_pattern)
     patterns = [p.strip() for p in patterns if p and p.strip()]
     if not patterns:
-        raise FileNotFoundError(f"no file pattern given ({file_pattern!r})")
+        raise MissingFileError(f"no file pattern given ({file_pattern!r})")
     files = set()
     for pattern in patterns:
         if tf.io.gfile.isdir(pattern):
@@ -204,7 +212,7 @@ def match_files(file_pattern: str | Sequence[str]) -> list[str]:
                 continue
             files.add(path)
     if not files:
-        raise FileNotFoundError(f"no TFRecord files match {','.join(patterns)!r}")
+        raise MissingFileError(f"no TFRecord files match {','.join(patterns)!r}")
     return sorted(files)
 
 
@@ -297,14 +305,14 @@ def _masked(
     masked_files = [f for f in files if features.MASKED_LM_POSITIONS in first_lengths[f]]
     unmasked_files = [f for f in files if features.MASKED_LM_POSITIONS not in first_lengths[f]]
     if masked_files and unmasked_files:
-        raise ValueError(
+        raise InputError(
             f"{masked_files[0]} holds masked records but {unmasked_files[0]} unmasked ones: "
             "one dataset reads one kind"
         )
     masked = bool(masked_files)
     for directory, meta in metadata.items():
         if meta.masked != masked:
-            raise ValueError(
+            raise InputError(
                 f"{features.metadata_path(directory)} says masked={meta.masked} but the records "
                 f"beside it are {'masked' if masked else 'unmasked'}"
             )
@@ -327,7 +335,7 @@ def _settle_length(
             continue
         meta_source = f"{features.metadata_path(directory)} ({name} {meta_value})"
         if value is not None and meta_value != value:
-            raise ValueError(f"{name} mismatch: {source} but {meta_source}")
+            raise InputError(f"{name} mismatch: {source} but {meta_source}")
         value, source = meta_value, meta_source
     if not in_records:
         return value
@@ -336,7 +344,7 @@ def _settle_length(
             value = lengths[feature]
             source = f"the first record of {path} ({name} {value})"
         elif lengths[feature] != value:
-            raise ValueError(
+            raise InputError(
                 f"{path}: records have {feature} of length {lengths[feature]}, expected {value} "
                 f"from {source}"
             )
@@ -350,17 +358,17 @@ def _first_record_lengths(path: str, compression_type: str | None) -> tuple[str,
             compression_type = detect_compression(path)
         first = list(tf.data.TFRecordDataset(path, compression_type).take(1).as_numpy_iterator())
     except tf.errors.PermissionDeniedError:
-        raise PermissionError(f"{path}: permission denied") from None
+        raise FileAccessError(f"{path}: permission denied") from None
     except tf.errors.NotFoundError:
-        raise FileNotFoundError(f"{path}: not found") from None
+        raise MissingFileError(f"{path}: not found") from None
     except tf.errors.OpError as e:
-        raise ValueError(f"{path}: not a readable TFRecord file ({e.message.strip()})") from None
+        raise InputError(f"{path}: not a readable TFRecord file ({e.message.strip()})") from None
     if not first:
-        raise ValueError(f"{path}: holds no records")
+        raise InputError(f"{path}: holds no records")
     try:
         example = tf.train.Example.FromString(first[0])
     except DecodeError:
-        raise ValueError(f"{path}: its first record is not a tf.train.Example") from None
+        raise InputError(f"{path}: its first record is not a tf.train.Example") from None
     lengths = {}
     for name, feature in example.features.feature.items():
         if name not in features.ALL_FEATURES:
@@ -368,21 +376,21 @@ def _first_record_lengths(path: str, compression_type: str | None) -> tuple[str,
         expected_kind = "float_list" if name in features.FLOAT_FEATURES else "int64_list"
         kind = feature.WhichOneof("kind")
         if kind != expected_kind:
-            raise ValueError(f"{path}: feature {name} is a {kind}, expected {expected_kind}")
+            raise InputError(f"{path}: feature {name} is a {kind}, expected {expected_kind}")
         lengths[name] = len(getattr(feature, kind).value)
     predictions = [n for n in features.PREDICTION_FEATURES if n in lengths]
     expected = features.ALL_FEATURES if predictions else features.UNMASKED_FEATURES
     missing = [n for n in expected if n not in lengths]
     if missing:
-        raise ValueError(f"{path}: records lack feature(s) {', '.join(missing)}")
+        raise InputError(f"{path}: records lack feature(s) {', '.join(missing)}")
     for group in (features.SEQUENCE_FEATURES, predictions):
         if len({lengths[n] for n in group}) > 1:
-            raise ValueError(
+            raise InputError(
                 f"{path}: features {', '.join(group)} differ in length "
                 f"({', '.join(str(lengths[n]) for n in group)})"
             )
     if lengths[features.NEXT_SENTENCE_LABELS] != 1:
-        raise ValueError(
+        raise InputError(
             f"{path}: next_sentence_labels has {lengths[features.NEXT_SENTENCE_LABELS]} values, "
             "expected 1"
         )

@@ -61,7 +61,7 @@ from kbert.config import PRESET_SIZES, BertConfig, resolve_config
 from kbert.data import SkippedRecords, describe, pretraining_dataset
 from kbert.device_defaults import resolve_settings
 from kbert.distribute import Placement, as_placement, initialize_distribution
-from kbert.errors import DamagedRecordsError, KbertError
+from kbert.errors import DamagedRecordsError, InputError, KbertError, SettingError
 from kbert.evaluation import evaluate, evaluation_dataset, load_model
 from kbert.io import MODEL_FILE, atomic_path, read_json, sweep_temporaries
 from kbert.losses import compile_for_pretraining
@@ -291,7 +291,7 @@ def _resolve_run(run: PretrainConfig, where: _Run) -> tuple[PretrainConfig, dict
     )
     max_predictions_per_seq = run.max_predictions_per_seq or train_info["max_predictions_per_seq"]
     if not max_predictions_per_seq:
-        raise ValueError(
+        raise SettingError(
             f"{train_info['files'][0]}: max_predictions_per_seq is needed for records without "
             "masks and no metadata gives it; pass max_predictions_per_seq"
         )
@@ -593,12 +593,12 @@ def _resolve_bert_config(
         overrides.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     data_vocab = train_info.get("vocab_size")
     if isinstance(data_vocab, list):
-        raise ValueError(f"train_files mix vocabularies of sizes {data_vocab}")
+        raise InputError(f"train_files mix vocabularies of sizes {data_vocab}")
     if isinstance(config, str) and config in PRESET_SIZES and data_vocab:
         overrides["vocab_size"] = data_vocab
     bert_config = resolve_config(config, **overrides)
     if data_vocab and bert_config.vocab_size != data_vocab:
-        raise ValueError(
+        raise SettingError(
             f"config vocab_size {bert_config.vocab_size} does not match the training data's "
             f"vocab_size {data_vocab} ({train_info['metadata_files'][0]})"
         )

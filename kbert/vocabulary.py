@@ -14,6 +14,8 @@ import posixpath
 from collections.abc import Sequence
 from typing import Any
 
+from kbert.errors import InputError, MissingFileError, SettingError
+
 PAD = "[PAD]"
 UNK = "[UNK]"
 CLS = "[CLS]"
@@ -60,7 +62,7 @@ def read_vocab(vocab_file: str) -> list[str]:
     try:
         text = _read_bytes(vocab_file).decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{vocab_file}: not UTF-8 text ({e})") from None
+        raise InputError(f"{vocab_file}: not UTF-8 text ({e})") from None
     lines = text.split("\n")
     # The newline that ends the last line does not start another token.
     if lines[-1] == "":
@@ -81,27 +83,27 @@ def check_vocab(tokens: Sequence[str], source: str = "vocab") -> None:
     >>> check_vocab(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"])
     """
     if not tokens:
-        raise ValueError(f"{source}: empty vocabulary")
+        raise InputError(f"{source}: empty vocabulary")
     if tokens[0] != PAD:
-        raise ValueError(
+        raise InputError(
             f"{source}: id 0 must be {PAD} (the padding id of the records), found {tokens[0]!r}"
         )
     seen: dict[str, int] = {}
     for i, token in enumerate(tokens):
         # TensorFlow's lookup tables (the serving signature) refuse empty lines.
         if not token:
-            raise ValueError(
+            raise InputError(
                 f"{source}: line {i + 1} is blank (one token per line, no blank lines)"
             )
         if token in seen:
-            raise ValueError(
+            raise InputError(
                 f"{source}: token {token!r} appears twice (ids {seen[token]} and {i}) on lines "
                 f"{seen[token] + 1} and {i + 1}"
             )
         seen[token] = i
     missing = [t for t in SPECIAL_TOKENS if t not in seen]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{source}: vocabulary lacks required token(s) {' '.join(missing)} (BERT's special "
             f"tokens are {' '.join(SPECIAL_TOKENS)})"
         )
@@ -137,9 +139,9 @@ def _read_bytes(path: str) -> bytes:
         with tf.io.gfile.GFile(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such vocabulary file (expected a vocab.txt)") from None
+        raise MissingFileError(f"{path}: no such vocabulary file (expected a vocab.txt)") from None
     except OSError as e:
-        raise ValueError(f"{path}: cannot read it ({e})") from None
+        raise InputError(f"{path}: cannot read it ({e})") from None
 
 
 def kept_vocab(model_or_run: str) -> str | None:
@@ -198,7 +200,7 @@ def resolve_vocab_file(vocab_file: str | None, model_or_run: Any) -> str:
         else None
     )
     if kept is None:
-        raise ValueError(
+        raise SettingError(
             f"{model_or_run}: no {VOCAB_FILENAME} kept with this model (runs trained on "
             f"`kbert create-data` output keep one); pass the vocabulary it was trained with "
             "(vocab_file, --vocab_file)"

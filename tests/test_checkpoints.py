@@ -12,6 +12,7 @@ import tensorflow as tf
 from helpers import tiny_config
 
 import kbert
+import kbert.io
 from kbert.checkpoints import (
     detect_source,
     init_encoder,
@@ -518,20 +519,28 @@ def test_replacing_an_encoder_preset_leaves_the_new_one_and_no_temporary_sibling
     assert sorted(os.listdir(tmp_path)) == ["preset", "vocab.txt"]
 
 
+@pytest.mark.parametrize("swap", [True, False], ids=["atomic_swap", "two_renames"])
 def test_a_preset_replacement_failing_at_the_last_rename_keeps_the_old_preset(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, swap
 ):
     vocab, preset = write_vocab(tmp_path), str(tmp_path / "preset")
     old, new = pretraining_model(), pretraining_model()
     save_encoder_preset(old, preset, vocab)
-    rename = tf.io.gfile.rename
+    rename, exchange = kbert.io._rename_directory, kbert.io._exchange
 
-    def rename_failing_into_place(source, destination, overwrite=False):
-        if destination == preset and ".tmp-" in source:
-            raise OSError(f"injected failure renaming {source}")
-        rename(source, destination, overwrite)
+    def failing_into_place(rename_or_exchange):
+        def fail(source, destination):
+            if destination == preset and ".tmp-" in source:
+                raise OSError(f"injected failure renaming {source}")
+            return rename_or_exchange(source, destination)
 
-    monkeypatch.setattr(tf.io.gfile, "rename", rename_failing_into_place)
+        return fail
+
+    if swap:  # as on Linux's local file systems
+        monkeypatch.setattr(kbert.io, "_exchange", failing_into_place(exchange))
+    else:  # as on gs:// or where the file system cannot swap
+        monkeypatch.setattr(kbert.io, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(kbert.io, "_rename_directory", failing_into_place(rename))
     with pytest.raises(OSError, match="injected failure"):
         save_encoder_preset(new, preset, vocab)
     monkeypatch.undo()

@@ -504,6 +504,31 @@ def test_existing_version_is_a_clear_error(export_dir, model, vocab_file):
         export_for_serving(model, vocab_file, base, version=1)
 
 
+def test_an_export_to_an_object_store_copies_saved_model_pb_last(model, vocab_file, monkeypatch):
+    # ram:// stands for gs://: a path with a scheme, where a folder rename is no atomic step.
+    import tensorflow as tf
+
+    from kbert.export import SIGNATURES, WARMUP_FILE, export_for_serving
+
+    base = "ram://object_store/saved_models"
+    tf.io.gfile.makedirs(f"{base}/kbert/1/variables")  # what a killed copy left: no saved_model.pb
+    copy, written = tf.io.gfile.copy, []
+
+    def recording_copy(source, target, overwrite=False):
+        written.append(target)
+        copy(source, target, overwrite)
+
+    monkeypatch.setattr(tf.io.gfile, "copy", recording_copy)
+    export_dir = export_for_serving(model, vocab_file, base, top_k=K)
+    monkeypatch.undo()
+    assert export_dir == f"{base}/kbert/1"
+    # Each file once; saved_model.pb, by which TF Serving loads a version, after all the others.
+    names = [path.removeprefix(export_dir + "/") for path in written]
+    assert len(set(names)) == len(names) and names[-1] == "saved_model.pb"
+    assert {"variables/variables.index", "assets/vocab.txt", WARMUP_FILE} <= set(names)
+    assert sorted(tf.saved_model.load(export_dir).signatures) == sorted(SIGNATURES)
+
+
 def test_missing_checkpoint_is_a_clear_error(vocab_file, tmp_path):
     from kbert.export import export_for_serving
 

@@ -1,6 +1,10 @@
 """`kbert.io`: outputs appear whole or not at all, and bad inputs name their file."""
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -86,3 +90,85 @@ def test_a_publish_killed_between_its_renames_is_repaired_by_the_next(tmp_path):
     io.publish_directory(str(staging), str(tmp_path / "preset"))
     assert (tmp_path / "preset" / "v.txt").read_text() == "new"
     assert sorted(os.listdir(tmp_path)) == [".tmp-01234567-my-preset", "preset", "staging"]
+
+
+def write_version(directory, version):
+    """A small tree whose every file holds `version`: a reader can tell a mixed or partial one."""
+    (directory / "sub").mkdir(parents=True)
+    for name in ("a.txt", "sub/b.txt", "sub/c.txt"):
+        (directory / name).write_text(str(version))
+
+
+# Polls a directory's files as fast as it can and counts the reads that find one absent or not
+# whole; plain Python, so it starts at once and runs beside the publisher, not under its GIL.
+WATCHER = """
+import os, sys
+destination, stop = sys.argv[1], sys.argv[2]
+files = ("a.txt", "sub/b.txt", "sub/c.txt")
+seen = absent = partial = 0
+while not os.path.exists(stop):
+    for name in files:
+        try:
+            with open(os.path.join(destination, name)) as f:
+                partial += f.read() not in ("0", "1")
+            seen += 1
+        except OSError:
+            absent += 1
+print(seen, absent, partial)
+"""
+
+
+def test_a_published_directory_is_never_absent_nor_partial_while_it_is_replaced(tmp_path):
+    destination, stop = tmp_path / "published", tmp_path / "stop"
+    staging = [tmp_path / f"v{version}" for version in range(2)]
+    for version, directory in enumerate(staging):
+        write_version(directory, version)
+    io.publish_directory(str(staging[0]), str(destination))
+    watcher = subprocess.Popen(
+        [sys.executable, "-c", WATCHER, str(destination), str(stop)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for i in range(100):
+            io.publish_directory(str(staging[i % 2]), str(destination))
+    finally:
+        stop.touch()
+        seen, absent, partial = map(int, watcher.communicate(timeout=60)[0].split())
+    assert seen > 1000 and (absent, partial) == (0, 0)
+    assert sorted(os.listdir(tmp_path)) == ["published", "stop", "v0", "v1"]
+
+
+PUBLISHER = """
+import sys
+from kbert import io
+staging, destination = sys.argv[1:3]
+io.publish_directory(staging + "0", destination)
+print("published", flush=True)
+while True:
+    io.publish_directory(staging + "0", destination)
+    io.publish_directory(staging + "1", destination)
+"""
+
+
+@pytest.mark.parametrize("seconds", [0.05, 0.3])
+def test_a_publish_killed_at_any_instant_leaves_one_whole_version(tmp_path, seconds):
+    destination = tmp_path / "published"
+    for version in range(2):
+        write_version(tmp_path / f"v{version}", version)
+    publisher = subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER, str(tmp_path / "v"), str(destination)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert publisher.stdout.readline() == "published\n"
+        time.sleep(seconds)
+        publisher.send_signal(signal.SIGKILL)
+    finally:
+        publisher.kill()
+        publisher.wait(timeout=60)
+    versions = {(destination / name).read_text() for name in ("a.txt", "sub/b.txt", "sub/c.txt")}
+    assert len(versions) == 1 and sorted(os.listdir(destination)) == ["a.txt", "sub"]
+    io.publish_directory(str(tmp_path / "v0"), str(destination))
+    assert sorted(os.listdir(tmp_path)) == ["published", "v0", "v1"]

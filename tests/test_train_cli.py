@@ -1,10 +1,17 @@
 """`kbert train` and `kbert evaluate`: flags named like the Python API, errors as one line."""
 
+import collections
 import csv
 import dataclasses
+import glob
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
+import tensorflow as tf
 from helpers import tiny_config, write_pretraining_records
 
 from kbert.cli import build_parser, main
@@ -168,3 +175,41 @@ def test_train_with_default_intervals_writes_a_history_row_per_step_of_a_short_r
     assert [int(r["step"]) for r in rows] == list(range(1, 121))
     assert len(list((run / "checkpoints").iterdir())) == 1
     assert main(["plot", str(run)]) == 0
+
+
+def test_a_nan_stop_leaves_readable_tensorboard_scalars_up_to_the_failing_step(tmp_path):
+    # A real `kbert train` process: plain SGD without clipping at learning rate 100 makes the
+    # weights grow geometrically until the loss is NaN, a few updates in (step 7 here), inside
+    # the first interval (so no interval end has written or flushed anything yet).
+    data = write_pretraining_records(str(tmp_path / "data"), num_records=64)
+    config, run = tmp_path / "bert_config.json", tmp_path / "run"
+    tiny_config().to_json_file(str(config))
+    flags = {
+        "config": config, "train_files": data, "output_dir": run, "steps": 8, "batch_size": 8,
+        "checkpoint_interval": 8, "warmup_steps": 0, "optimizer": "sgd", "clip_norm": 0,
+        "learning_rate": 100, "verbose": 0,
+    }  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "kbert", "train", *(f"--{k}={v}" for k, v in flags.items())],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, KERAS_BACKEND="tensorflow"),
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    failed = int(
+        re.search(r"error: training stopped: the loss became nan by step (\d+)", done.stderr)[1]
+    )
+    assert failed > 2, done.stderr[-3000:]
+    with open(run / "history.csv") as f:
+        rows = {int(row["step"]): row for row in csv.DictReader(f)}
+    assert sorted(rows) == list(range(1, failed))
+    scalars = collections.defaultdict(dict)
+    for path in glob.glob(str(run / "logs" / "train" / "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                scalars[value.tag][event.step] = float(tf.make_ndarray(value.tensor))
+    for tag in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "learning_rate"):
+        assert scalars[tag] == pytest.approx(
+            {step: float(row[tag]) for step, row in rows.items()}, rel=1e-6
+        ), tag

@@ -26,6 +26,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
+from kbert.errors import IncompleteRunError, SettingError
 from tfrecords_tools import corpora
 from tfrecords_tools.instances import ShardStats
 from tfrecords_tools.shard_files import ShardJob
@@ -45,12 +46,12 @@ def parse_pipeline_options(text: str | None) -> PipelineOptions:
     >>> parse_pipeline_options("--direct_num_workers=two")
     Traceback (most recent call last):
     ...
-    ValueError: --beam_pipeline_options: argument --direct_num_workers: invalid int value: 'two'
+    kbert.errors.SettingError: --beam_pipeline_options: argument --direct_num_workers: ...: 'two'
     """
     try:
         flags = shlex.split(text or "")
     except ValueError as e:
-        raise ValueError(f"{FLAG} {text!r}: {e}") from None
+        raise SettingError(f"{FLAG} {text!r}: {e}") from None
     options = PipelineOptions(flags)
     usage = io.StringIO()
     try:
@@ -58,10 +59,10 @@ def parse_pipeline_options(text: str | None) -> PipelineOptions:
             given = options.get_all_options(retain_unknown_options=True)
     except SystemExit:
         reason = usage.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
-        raise ValueError(f"{FLAG}: {reason}") from None
+        raise SettingError(f"{FLAG}: {reason}") from None
     unknown = sorted(set(given) - set(PipelineOptions([]).get_all_options()))
     if unknown:
-        raise ValueError(
+        raise SettingError(
             f"{FLAG}: not a Beam pipeline option: {', '.join('--' + name for name in unknown)}"
         )
     return options
@@ -80,7 +81,7 @@ class BeamRunner:
     >>> BeamRunner("--runner=NoSuchRunner")
     Traceback (most recent call last):
     ...
-    ValueError: --beam_pipeline_options: Unexpected pipeline runner: NoSuchRunner. ...
+    kbert.errors.SettingError: --beam_pipeline_options: Unexpected pipeline runner: NoSuch...
     """
 
     def __init__(self, pipeline_options: str | None):
@@ -89,9 +90,9 @@ class BeamRunner:
             self.pipeline = beam.Pipeline(options=options)
         except ValueError as e:  # an unknown runner, or options the runner's validator rejects
             reasons = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
-            raise ValueError(f"{FLAG}: {'; '.join(reasons) or e}") from None
+            raise SettingError(f"{FLAG}: {'; '.join(reasons) or e}") from None
         except ImportError as e:  # e.g. DataflowRunner without apache-beam[gcp]
-            raise ValueError(f"{FLAG}: {e}") from None
+            raise SettingError(f"{FLAG}: {e}") from None
         self.runner_name = type(self.pipeline.runner).__name__
 
     def check_paths(self, corpus: corpora.TextFiles, prefix: str) -> None:
@@ -101,7 +102,7 @@ class BeamRunner:
         paths = [(path, "--input_file") for path in corpus.files] + [(prefix, "--output_file")]
         for path, flag in paths:
             if "://" not in path:
-                raise ValueError(
+                raise SettingError(
                     f"{flag} {path}: {self.runner_name} workers cannot reach "
                     "local files; use gs:// paths (a TFDS or built-in corpus is first spooled to "
                     "a local file: write it out as text files on gs:// instead)"
@@ -122,12 +123,12 @@ class BeamRunner:
         # Runners report a failed job with exceptions of their own types.
         except Exception as e:
             lines = [line for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-            raise RuntimeError(
+            raise IncompleteRunError(
                 f"the Beam pipeline failed ({lines[-1].strip()}); complete shards are kept, rerun "
                 "the same command to finish the set"
-            ) from None
+            ) from e  # --debug shows the runner's own error
         if state not in (None, PipelineState.DONE):
-            raise RuntimeError(
+            raise IncompleteRunError(
                 f"the Beam pipeline ended {state}; complete shards are kept, rerun the same "
                 "command to finish the set"
             )

@@ -28,6 +28,8 @@ import textwrap
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from kbert.errors import InputError, MissingFileError, SettingError
+
 Document = list  # a document is a list of sentences (str)
 
 INPUT_FORMATS = ("google", "lines", "blocks")
@@ -176,7 +178,7 @@ def _expand(patterns: str | Sequence[str]) -> list[str]:
                 p for p in _glob.glob(os.path.expanduser(pattern)) if not os.path.isdir(p)
             )
         if not matches:
-            raise FileNotFoundError(f"--input_file {pattern}: no file matches")
+            raise MissingFileError(f"--input_file {pattern}: no file matches")
         files.extend(matches)
     return files
 
@@ -186,7 +188,7 @@ def _size(path: str) -> int:
         try:
             return os.path.getsize(path)
         except OSError as e:
-            raise ValueError(f"--input_file {path}: cannot read it ({e.strerror})") from None
+            raise InputError(f"--input_file {path}: cannot read it ({e.strerror})") from None
     import tensorflow as tf
 
     return tf.io.gfile.stat(path).length
@@ -210,7 +212,7 @@ class TextFiles:
 
     def __init__(self, patterns: str | Sequence[str], input_format: str = "google"):
         if input_format not in INPUT_FORMATS:
-            raise ValueError(
+            raise SettingError(
                 f"--input_format must be one of {', '.join(INPUT_FORMATS)}, got {input_format!r}"
             )
         self.input_format = input_format
@@ -224,7 +226,7 @@ class TextFiles:
             self.sizes = [_size(path) for path in self.files]
         for path in self.files:
             if "://" not in path and not os.access(path, os.R_OK):
-                raise ValueError(f"--input_file {path}: file is not readable")
+                raise InputError(f"--input_file {path}: file is not readable")
         self.description = f"{len(self.files)} file(s), {input_format} layout"
 
     @property
@@ -366,7 +368,7 @@ def _lines(segment: Segment, stats: ReadStats) -> Iterator[str]:
     try:
         f = _open(segment.path)
     except OSError as e:
-        raise ValueError(f"--input_file {segment.path}: cannot read it ({e.strerror})") from None
+        raise InputError(f"--input_file {segment.path}: cannot read it ({e.strerror})") from None
     with f:
         f.seek(segment.start)
         remaining = segment.end - segment.start
@@ -450,10 +452,12 @@ def tfds_corpus(
         try:
             dataset = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False)
         except Exception as e:  # TFDS raises many types for an unknown name or split
-            raise ValueError(f"--tfds_name {name} (split {split}): cannot load it ({e})") from None
+            raise SettingError(
+                f"--tfds_name {name} (split {split}): cannot load it ({e})"
+            ) from None
         for example in tfds.as_numpy(dataset):
             if text_field not in example:
-                raise ValueError(
+                raise SettingError(
                     f"--tfds_text_field {text_field!r}: dataset {name} has fields "
                     f"{', '.join(sorted(example))}"
                 )

@@ -40,6 +40,7 @@ from typing import Any
 import tensorflow as tf
 
 from kbert import features
+from kbert.errors import IncompleteRunError, InputError, MissingDependencyError, SettingError
 from kbert.vocabulary import keep_vocab
 from tfrecords_tools import corpora
 from tfrecords_tools.example_encoder import Layout
@@ -261,18 +262,18 @@ def _check_run_arguments(
 ) -> str | None:
     """Check the settings that are not the algorithm's; returns the compression type."""
     if num_workers < 1:
-        raise ValueError(f"--num_workers must be >= 1, got {num_workers}")
+        raise SettingError(f"--num_workers must be >= 1, got {num_workers}")
     if num_shards is not None and num_shards < 1:
-        raise ValueError(f"--num_shards must be >= 1, got {num_shards}")
+        raise SettingError(f"--num_shards must be >= 1, got {num_shards}")
     if runner not in RUNNERS:
-        raise ValueError(f"--runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
+        raise SettingError(f"--runner must be one of {', '.join(RUNNERS)}, got {runner!r}")
     if beam_pipeline_options and runner != "beam":
-        raise ValueError("--beam_pipeline_options is for --runner beam only")
+        raise SettingError("--beam_pipeline_options is for --runner beam only")
     if compression in (None, "", "none", "NONE"):
         return None
     if compression.upper() == "GZIP":
         return "GZIP"
-    raise ValueError(f"--compression must be 'gzip' or none, got {compression!r}")
+    raise SettingError(f"--compression must be 'gzip' or none, got {compression!r}")
 
 
 def _beam_runner(beam_pipeline_options: str | None):
@@ -281,7 +282,7 @@ def _beam_runner(beam_pipeline_options: str | None):
         from tfrecords_tools import beam
     except ImportError as e:
         if (e.name or "").split(".")[0] == "apache_beam":
-            raise ImportError(BEAM_EXTRA_MISSING) from None
+            raise MissingDependencyError(BEAM_EXTRA_MISSING) from None
         raise
     return beam.BeamRunner(beam_pipeline_options)
 
@@ -290,7 +291,7 @@ def _totals(state: RunState, spool_invalid: int) -> ShardStats:
     """Counts of the whole set, summed over the shards' records (every shard must be complete)."""
     missing = [name for name in state.names if name not in state.shards]
     if missing:
-        raise RuntimeError(
+        raise IncompleteRunError(
             f"the run ended with {len(missing)} shard(s) missing (first: {missing[0]}); complete "
             "shards are kept, rerun the same command to finish the set"
         )
@@ -360,7 +361,7 @@ def _prepare_directory(prefix: str) -> str:
         tf.io.gfile.remove(probe)
     except (tf.errors.OpError, OSError) as e:
         reason = getattr(e, "message", None) or getattr(e, "strerror", None) or str(e)
-        raise ValueError(
+        raise SettingError(
             f"--output_file {prefix}: cannot write to directory {directory} ({reason})"
         ) from None
     return directory
@@ -394,7 +395,7 @@ def _text_corpus(
         path = os.path.join(spool_dir, "corpus.txt")
         count, digest = corpora.write_google_layout(source, path, progress)
         if count == 0:
-            raise ValueError(
+            raise InputError(
                 f"{getattr(source, 'description', 'input corpus')}: the corpus holds no documents"
             )
         text_files = corpora.TextFiles(path, "google")
@@ -418,16 +419,16 @@ def _prescan(corpus: corpora.TextFiles, plan) -> None:
                 return
     name = corpus.source
     if documents == 0:
-        raise ValueError(
+        raise InputError(
             f"--input_file {name}: the corpus holds no documents (empty or blank input)"
         )
     if documents == 1:
-        raise ValueError(
+        raise InputError(
             f"--input_file {name}: the corpus holds a single document, so no random next segment "
             "(NSP label 1) can be drawn; separate documents with a blank line (Google's layout)"
         )
     if multi == 0:
-        raise ValueError(
+        raise InputError(
             f"--input_file {name}: all {documents} documents have a single sentence, so every "
             "NSP label would be 'random'; put one sentence per line with a blank line between "
             "documents (Google's layout) or use --input_format blocks"
@@ -506,7 +507,7 @@ def _run_parallel(corpus, plan, config, todo, num_workers, on_records, on_done) 
     try:
         while remaining:
             if not pipes:
-                raise RuntimeError(
+                raise IncompleteRunError(
                     f"the workers ended with shard(s) {sorted(remaining)} unfinished"
                 )
             for reader in multiprocessing.connection.wait(list(pipes), timeout=1.0):
@@ -516,7 +517,7 @@ def _run_parallel(corpus, plan, config, todo, num_workers, on_records, on_done) 
                     worker = pipes.pop(reader)
                     worker.join(timeout=10)
                     if worker.exitcode != 0:
-                        raise RuntimeError(
+                        raise IncompleteRunError(
                             f"a worker process died (exit code {worker.exitcode}) with shard(s) "
                             f"{sorted(remaining)} unfinished; complete shards are kept, rerun the "
                             "same command to finish the set"

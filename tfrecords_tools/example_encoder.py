@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from kbert.errors import SettingError
+
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
@@ -97,7 +99,7 @@ class ExampleEncoder:
         masked: bool = True,
     ):
         if vocab_size >= 2**21 or max_seq_length >= 2**21:
-            raise ValueError("vocabularies and sequence lengths must stay below 2**21")
+            raise SettingError("vocabularies and sequence lengths must stay below 2**21")
         self.masked = masked
         self.seq = seq = max_seq_length
         self.p = p = max_predictions_per_seq

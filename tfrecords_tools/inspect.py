@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from kbert import features
+from kbert.errors import InputError, SettingError
 from kbert.records import RecordSet, find_records, read_records
 from kbert.vocabulary import CLS, MASK, SEP, read_vocab, vocab_sha256
 
@@ -136,7 +137,7 @@ def inspect_records(
         if validate and metadata is not None:
             expected = metadata.shards.get(posixpath.basename(path))
             if expected is not None and expected != count:
-                raise ValueError(
+                raise InputError(
                     f"{path}: holds {count} records, {features.METADATA_FILENAME} says {expected}"
                 )
     if bar is not None:
@@ -165,7 +166,7 @@ def _check_vocab_file(records: RecordSet, vocab_file: str) -> None:
     digest = vocab_sha256(vocab_file)
     for directory, metadata in records.metadata.items():
         if metadata.vocab_sha256 != digest:
-            raise ValueError(
+            raise SettingError(
                 f"vocab_file {vocab_file}: not the vocabulary these records were made with "
                 f"(sha256 differs from {features.metadata_path(directory)})"
             )
@@ -185,7 +186,7 @@ def _batches(path: str, compression: str, spec: dict) -> Iterator[dict[str, np.n
         except StopIteration:
             return
         except tf.errors.OpError as e:
-            raise ValueError(
+            raise InputError(
                 f"{path}: truncated or corrupt TFRecord file after record {start} "
                 f"({e.message.splitlines()[0]})"
             ) from None
@@ -203,10 +204,10 @@ def _raise_parse_error(path: str, raw: np.ndarray, spec, start: int) -> None:
             tf.io.parse_single_example(record, spec)
         except tf.errors.InvalidArgumentError as e:
             reason = e.message.splitlines()[0]
-            raise ValueError(
+            raise InputError(
                 f"{path}: record {start + i}: does not match the contract ({reason})"
             ) from None
-    raise ValueError(f"{path}: records {start}..{start + len(raw) - 1} do not match the contract")
+    raise InputError(f"{path}: records {start}..{start + len(raw) - 1} do not match the contract")
 
 
 class _Checker:
@@ -268,7 +269,7 @@ class _Checker:
         for name, bad, problem in rules:
             if np.any(bad):
                 index = int(np.flatnonzero(bad)[0])
-                raise ValueError(f"{path}: record {offset + index}: {name}: {problem}")
+                raise InputError(f"{path}: record {offset + index}: {name}: {problem}")
 
     def _prediction_rules(self, batch: dict, ids: np.ndarray, lengths: np.ndarray) -> list:
         positions = batch[features.MASKED_LM_POSITIONS]
@@ -342,17 +343,17 @@ def _check_totals(metadata: features.Metadata, directory: str, tally: _Tally, ma
     """The records of `directory` agree with its metadata's shard list and counts."""
     where = features.metadata_path(directory)
     if metadata.shards and len(tally.files) != len(metadata.shards):
-        raise ValueError(
+        raise InputError(
             f"{where}: lists {len(metadata.shards)} shards, the pattern matched "
             f"{len(tally.files)} files"
         )
     if tally.num_records != metadata.num_instances:
-        raise ValueError(
+        raise InputError(
             f"{where}: says {metadata.num_instances} instances, the files hold {tally.num_records}"
         )
     nsp = _nsp_counts(tally.labels)
     if {k: int(v) for k, v in metadata.nsp_label_counts.items()} != nsp:
-        raise ValueError(
+        raise InputError(
             f"{where}: NSP label counts {metadata.nsp_label_counts} disagree with the records {nsp}"
         )
     if (
@@ -360,7 +361,7 @@ def _check_totals(metadata: features.Metadata, directory: str, tally: _Tally, ma
         and metadata.num_masked_predictions
         and metadata.num_masked_predictions != tally.predictions
     ):
-        raise ValueError(
+        raise InputError(
             f"{where}: says {metadata.num_masked_predictions} masked predictions, the records "
             f"hold {tally.predictions}"
         )

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from kbert.errors import InputError, SettingError
 from tfrecords_tools import corpora
 from tfrecords_tools.example_encoder import ExampleEncoder, Layout
 from tfrecords_tools.tokenization import WordPieceEncoder
@@ -58,21 +59,21 @@ class InstanceConfig:
 
     def __post_init__(self):
         if self.max_seq_length < 5:
-            raise ValueError(
+            raise SettingError(
                 f"--max_seq_length must be >= 5 ([CLS] A [SEP] B [SEP]), got {self.max_seq_length}"
             )
         if self.masked and self.max_predictions_per_seq < 1:
-            raise ValueError(
+            raise SettingError(
                 f"--max_predictions_per_seq must be >= 1, got {self.max_predictions_per_seq}"
             )
         if self.dupe_factor < 1:
-            raise ValueError(f"--dupe_factor must be >= 1, got {self.dupe_factor}")
+            raise SettingError(f"--dupe_factor must be >= 1, got {self.dupe_factor}")
         if self.masked and not 0.0 < self.masked_lm_prob <= 1.0:
-            raise ValueError(f"--masked_lm_prob must be in (0, 1], got {self.masked_lm_prob}")
+            raise SettingError(f"--masked_lm_prob must be in (0, 1], got {self.masked_lm_prob}")
         if not 0.0 <= self.short_seq_prob <= 1.0:
-            raise ValueError(f"--short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
+            raise SettingError(f"--short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
         if self.negative_pool_size < 2:
-            raise ValueError(f"--negative_pool_size must be >= 2, got {self.negative_pool_size}")
+            raise SettingError(f"--negative_pool_size must be >= 2, got {self.negative_pool_size}")
 
     def settings(self) -> dict:
         """The algorithm's settings by name: every field but the vocab and the record layout."""
@@ -296,7 +297,7 @@ class _InstanceMaker:
         finally:
             self.stats = saved
         if not found:
-            raise ValueError(
+            raise InputError(
                 "the corpus holds a single document: NSP needs at least two to draw random "
                 "next segments from (separate documents with a blank line in Google's layout)"
             )

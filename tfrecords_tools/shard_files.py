@@ -25,6 +25,7 @@ from collections.abc import Iterable
 import tensorflow as tf
 
 from kbert import features
+from kbert.errors import SettingError
 from tfrecords_tools import corpora
 from tfrecords_tools.instances import InstanceConfig, ShardStats, generate_shard
 
@@ -35,7 +36,7 @@ _OUTPUT_SUFFIXES = (".tfrecords", ".tfrecord", ".tf_record", ".tfrecord.gz")
 def output_prefix(output_file: str) -> str:
     """Google's `--output_file` (e.g. /tmp/tf_examples.tfrecord) -> the shards' name prefix."""
     if "," in output_file:
-        raise ValueError(
+        raise SettingError(
             f"--output_file {output_file}: give one path prefix; kbert names the shards itself "
             "(<prefix>-00000-of-000NN.tfrecord)"
         )
@@ -188,7 +189,7 @@ class RunState:
             fingerprints.add(metadata.extra["fingerprint"])
         if fingerprints - {fingerprint}:
             if not overwrite:
-                raise ValueError(
+                raise SettingError(
                     f"--output_file {prefix}: {directory} already holds pre-training data made "
                     "with other settings or input; use another directory or pass --overwrite"
                 )

@@ -25,6 +25,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from kbert.errors import InputError, SettingError
 from kbert.io import write_atomically
 
 # The vocab.txt rules live in kbert.vocabulary; these names stay importable from here.
@@ -61,15 +62,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _open_binary(path: str, mode: str = "rb"):
-    """A local file through Python's fast I/O, anything else (gs://...) through tf.io.gfile."""
-    if "://" not in path:
-        return open(path, mode)
-    import tensorflow as tf  # only remote paths need TensorFlow's file systems
-
-    return tf.io.gfile.GFile(path, mode)
 
 
 @dataclasses.dataclass
@@ -122,7 +114,7 @@ def learn_vocab(
     ['[PAD]', '[UNK]']
     """
     if vocab_size < len(SPECIAL_TOKENS) + 1:
-        raise ValueError(f"--vocab_size must be > {len(SPECIAL_TOKENS)}, got {vocab_size}")
+        raise SettingError(f"--vocab_size must be > {len(SPECIAL_TOKENS)}, got {vocab_size}")
     from tokenizers.implementations import BertWordPieceTokenizer
 
     counter = _Counter(sentences)
@@ -143,7 +135,7 @@ def learn_vocab(
             spooled, tokenizer.normalizer, do_lower_case, spool, limit_alphabet
         )
         if counter.count == 0 or not alphabet:
-            raise ValueError("the corpus holds no text to learn a vocabulary from")
+            raise InputError("the corpus holds no text to learn a vocabulary from")
         # HF's trainer numbers the "##c" pieces in hash-map order, which breaks ties between merges
         # differently on every run (huggingface/tokenizers#1794); giving it the alphabet and those
         # pieces up front fixes their ids, so the same corpus always gives the same vocab.

@@ -23,6 +23,7 @@ from kbert.checkpoints.report import (
     few,
 )
 from kbert.config import BertConfig
+from kbert.errors import InputError, MissingFileError
 from kbert.io import MODEL_FILE, read_json
 from kbert.model import load_pretraining_model
 
@@ -64,7 +65,7 @@ def detect_source(source: str) -> tuple[str, str]:
     elif source in keras_hub.models.BertBackbone.presets:
         return KERAS_HUB_PRESET, source
     elif "://" not in source:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{source}: not found; expected a Google TF1 checkpoint (prefix or directory), a "
             "Hugging Face BERT folder, a keras-hub preset directory, a keras-hub BERT preset "
             f"name ({few(sorted(keras_hub.models.BertBackbone.presets))}), a kbert run "
@@ -73,14 +74,14 @@ def detect_source(source: str) -> tuple[str, str]:
     config = preset_utils.load_json(source, preset_utils.CONFIG_FILE)
     if "registered_name" in config:
         if config.get("class_name") != "BertBackbone":
-            raise ValueError(
+            raise InputError(
                 f"{source}: a keras-hub preset of {config.get('class_name')!r}, "
                 "not of a BertBackbone"
             )
         return KERAS_HUB_PRESET, source
     if config.get("model_type") == "bert":
         return HF_FOLDER, source
-    raise ValueError(
+    raise InputError(
         f"{source}: its config.json is neither a keras-hub BertBackbone preset nor a Hugging Face "
         f"BERT config (model_type={config.get('model_type')!r})"
     )
@@ -109,7 +110,7 @@ def read_source_config(source: str) -> BertConfig:
     if kind == GOOGLE_CHECKPOINT:
         path = os.path.join(os.path.dirname(location), BERT_CONFIG_FILENAME)
         if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{path}: not found; a Google checkpoint's config sits beside it"
             )
         fields = read_json(path, BERT_CONFIG_FILENAME)
@@ -131,4 +132,4 @@ def read_source_config(source: str) -> BertConfig:
     try:
         return BertConfig.from_dict({k: v for k, v in fields.items() if k in known})
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{source}: {e}") from None
+        raise InputError(f"{source}: {e}") from None

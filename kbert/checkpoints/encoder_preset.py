@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from kbert.checkpoints.parts import encoder_of
 from kbert.checkpoints.report import logger
+from kbert.errors import InputError, MissingFileError
 from kbert.io import publish_directory
 
 
@@ -56,10 +57,10 @@ def save_encoder_preset(
     """
     encoder = encoder_of(model)
     if not tf.io.gfile.exists(vocab_file):
-        raise FileNotFoundError(f"{vocab_file}: vocabulary file not found")
+        raise MissingFileError(f"{vocab_file}: vocabulary file not found")
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocab_file, lowercase=lowercase)
     if tokenizer.vocabulary_size() != encoder.vocabulary_size:
-        raise ValueError(
+        raise InputError(
             f"{vocab_file}: holds {tokenizer.vocabulary_size()} tokens, but the model has "
             f"vocab_size={encoder.vocabulary_size}"
         )

@@ -20,6 +20,7 @@ from kbert.checkpoints.parts import (
     head_of,
 )
 from kbert.checkpoints.report import GOOGLE_CHECKPOINT, LoadReport, few, log_report, logger
+from kbert.errors import InputError, MissingFileError
 from kbert.io import atomic_path, read_json
 from kbert.vocabulary import VOCAB_FILENAME
 
@@ -140,7 +141,7 @@ def resolve_google_checkpoint(path: str) -> str:
     >>> resolve_google_checkpoint("no_such_dir/bert_model.ckpt")
     Traceback (most recent call last):
     ...
-    FileNotFoundError: no_such_dir/bert_model.ckpt: no TF checkpoint here ...
+    kbert.errors.MissingFileError: no_such_dir/bert_model.ckpt: no TF checkpoint here ...
     """
     if tf.io.gfile.exists(path + ".index"):
         return path
@@ -153,11 +154,11 @@ def resolve_google_checkpoint(path: str) -> str:
         if len(prefixes) == 1:
             return prefixes[0]
         if prefixes:
-            raise ValueError(
+            raise InputError(
                 f"{path}: holds {len(prefixes)} checkpoints ({few(prefixes)}) and no 'checkpoint' "
                 "file naming the latest; pass the prefix of the one to use"
             )
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{path}: no TF checkpoint here (expected PREFIX.index and PREFIX.data-*, "
         "or a directory holding them)"
     )
@@ -202,7 +203,7 @@ def load_google_checkpoint(model: keras.Model, ckpt_prefix: str) -> LoadReport:
     try:
         reader = tf.train.load_checkpoint(ckpt_prefix)
     except tf.errors.OpError as e:
-        raise ValueError(f"{ckpt_prefix}: not a readable TF checkpoint ({e.message})") from None
+        raise InputError(f"{ckpt_prefix}: not a readable TF checkpoint ({e.message})") from None
     shapes = reader.get_variable_to_shape_map()
     encoder = encoder_of(model)
     _check_google_config(ckpt_prefix, encoder)
@@ -215,7 +216,7 @@ def load_google_checkpoint(model: keras.Model, ckpt_prefix: str) -> LoadReport:
         if _OPTIMIZER_STATE.search(name) or not match:
             continue
         if int(match.group(1)) >= encoder.num_layers:
-            raise ValueError(
+            raise InputError(
                 f"{ckpt_prefix}: variable {name} belongs to encoder layer {match.group(1)}, but "
                 f"the model has num_hidden_layers={encoder.num_layers}; build the model with the "
                 f"checkpoint's {BERT_CONFIG_FILENAME}"
@@ -231,7 +232,7 @@ def load_google_checkpoint(model: keras.Model, ckpt_prefix: str) -> LoadReport:
             value = reader.get_tensor(slot.name)
         # A truncated data file surfaces as IndexError ("Read less bytes than requested").
         except (tf.errors.OpError, IndexError) as e:
-            raise ValueError(
+            raise InputError(
                 f"{ckpt_prefix}: damaged TF checkpoint, variable {slot.name} unreadable ({e})"
             ) from None
         rows, width = slot.google_shape[0], slot.google_shape[1:]
@@ -239,7 +240,7 @@ def load_google_checkpoint(model: keras.Model, ckpt_prefix: str) -> LoadReport:
             report.notes.append(f"position table cut from {shape[0]} to the model's {rows} rows")
             value, shape = value[:rows], slot.google_shape
         if shape != slot.google_shape:
-            raise ValueError(
+            raise InputError(
                 f"{ckpt_prefix}: variable {slot.name} has shape {list(shape)}, but the model "
                 f"expects {list(slot.google_shape)} ({_config_hint(slot.name, encoder)}); build "
                 f"the model with the checkpoint's {BERT_CONFIG_FILENAME}"
@@ -252,7 +253,7 @@ def load_google_checkpoint(model: keras.Model, ckpt_prefix: str) -> LoadReport:
         if name.startswith("bert/") and not name.startswith("bert/pooler/")
     ]
     if missing_encoder:
-        raise ValueError(
+        raise InputError(
             f"{ckpt_prefix}: has no variable {missing_encoder[0]} (and {len(missing_encoder) - 1} "
             "more encoder variables); this is not a BERT checkpoint of the model's config"
         )
@@ -277,7 +278,7 @@ def _check_google_config(ckpt_prefix: str, encoder: keras_hub.models.BertBackbon
         return
     heads = read_json(path, BERT_CONFIG_FILENAME).get("num_attention_heads")
     if heads is not None and heads != encoder.num_heads:
-        raise ValueError(
+        raise InputError(
             f"{path}: num_attention_heads={heads}, but the model has num_attention_heads="
             f"{encoder.num_heads}; build the model with this {BERT_CONFIG_FILENAME}"
         )

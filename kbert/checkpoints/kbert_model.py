@@ -24,6 +24,7 @@ from kbert.checkpoints.parts import (
 )
 from kbert.checkpoints.report import KBERT_RUN, KERAS_MODEL, LoadReport, assign_all
 from kbert.config import BertConfig
+from kbert.errors import InputError, MissingFileError
 from kbert.io import MODEL_FILE, exists
 from kbert.model import build_pretraining_model, load_pretraining_model
 
@@ -58,7 +59,7 @@ def load_kbert_model(model: keras.Model, source: str) -> LoadReport:
     """
     kind, location = detect_source(source)
     if kind not in (KBERT_RUN, KERAS_MODEL):
-        raise ValueError(f"{source}: not a kbert run directory or .keras file (found a {kind})")
+        raise InputError(f"{source}: not a kbert run directory or .keras file (found a {kind})")
     loaded, location = _source_model(kind, location)
     encoder, loaded_encoder = encoder_of(model), encoder_of(loaded)
     fields = {key: getattr(loaded_encoder, key) for key in BACKBONE_FIELDS}
@@ -80,7 +81,7 @@ def load_kbert_model(model: keras.Model, source: str) -> LoadReport:
                 )
                 value = value[:rows]
             if tuple(value.shape) != tuple(variable.shape):
-                raise ValueError(
+                raise InputError(
                     f"{location}: {source_variable.path} has shape {list(value.shape)}, but the "
                     f"model's {part} weight {variable.path} has {list(variable.shape)}"
                 )
@@ -107,7 +108,7 @@ def _source_model(kind: str, location: str) -> tuple[keras.Model, str]:
         return model, location if kind == KERAS_MODEL else posixpath.join(location, MODEL_FILE)
     checkpoints = checkpoint_files(posixpath.join(location, CHECKPOINT_DIR))
     if not checkpoints:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{location}: a kbert run directory with neither {MODEL_FILE} nor a weight "
             f"checkpoint in {CHECKPOINT_DIR}/ yet; nothing to initialise from"
         )

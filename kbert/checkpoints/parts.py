@@ -9,6 +9,7 @@ import keras
 import keras_hub
 
 from kbert.config import BertConfig
+from kbert.errors import InputError, SettingError
 
 BERT_CONFIG_FILENAME = "bert_config.json"
 # keras-hub BertBackbone config key -> BertConfig field, for messages and `read_source_config`.
@@ -32,7 +33,7 @@ def encoder_of(model: keras.Model) -> keras_hub.models.BertBackbone:
     except ValueError:
         encoder = None
     if not isinstance(encoder, keras_hub.models.BertBackbone):
-        raise ValueError(
+        raise SettingError(
             f"model {model.name!r} has no 'encoder' BertBackbone layer: expected a kbert "
             "pre-training model (kbert.build_pretraining_model) or a keras_hub BertBackbone"
         )
@@ -67,7 +68,7 @@ def check_backbone_fits(
         longer_ok = key == "max_sequence_length"
         fits = theirs is not None and (theirs >= ours if longer_ok else theirs == ours)
         if not fits:
-            raise ValueError(
+            raise InputError(
                 f"{source}: {field}={theirs} does not fit the model's {field}={ours}; build the "
                 "model with the source's config (kbert.checkpoints.read_source_config)"
             )

@@ -21,6 +21,7 @@ from kbert.checkpoints.report import (
     LoadReport,
     assign_all,
 )
+from kbert.errors import InputError, MissingFileError
 
 
 def init_encoder(model: keras.Model, source: str) -> LoadReport:
@@ -57,7 +58,7 @@ def init_encoder(model: keras.Model, source: str) -> LoadReport:
     """
     kind, location = detect_source(source)
     if kind == GOOGLE_CHECKPOINT:
-        raise ValueError(f"{source}: a Google TF1 checkpoint; load it with load_google_checkpoint")
+        raise InputError(f"{source}: a Google TF1 checkpoint; load it with load_google_checkpoint")
     encoder = encoder_of(model)
     config = preset_utils.load_json(location, preset_utils.CONFIG_FILE)
     if kind == HF_FOLDER:
@@ -107,7 +108,7 @@ def init_encoder(model: keras.Model, source: str) -> LoadReport:
             continue
         for name, variable, value in heads[part]:
             if tuple(value.shape) != tuple(variable.shape):
-                raise ValueError(
+                raise InputError(
                     f"{location}: {name} has shape {list(value.shape)} in kbert's layout, but the "
                     f"model's {part} weight {variable.path} has {list(variable.shape)}"
                 )
@@ -178,7 +179,7 @@ def _hf_head_tensors(preset: str) -> dict[str, np.ndarray]:
     elif preset_utils.check_file_exists(preset, preset_utils.SAFETENSOR_FILE):
         files = [preset_utils.SAFETENSOR_FILE]
     else:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{preset}: no {preset_utils.SAFETENSOR_FILE}; keras-hub reads Hugging Face weights "
             "from safetensors only (re-save with save_pretrained(..., safe_serialization=True))"
         )

@@ -25,6 +25,7 @@ import traceback
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
+from kbert.errors import KbertError, SettingError
 from kbert.import_hooks import OnImport
 
 # command: (module, one-line help). Each module defines `add_arguments(parser)` and `run(args)`.
@@ -162,7 +163,7 @@ def _expand(argv: list[str], reading: tuple[str, ...]) -> list[str]:
         if arg == _FLAGFILE or arg.startswith(_FLAGFILE + "="):
             if arg == _FLAGFILE:
                 if i + 1 == len(argv):
-                    raise ValueError("--flagfile: expected a file name")
+                    raise SettingError("--flagfile: expected a file name")
                 path, i = argv[i + 1], i + 2
             else:
                 path, i = arg[len(_FLAGFILE) + 1 :], i + 1
@@ -175,13 +176,13 @@ def _expand(argv: list[str], reading: tuple[str, ...]) -> list[str]:
 
 def _flagfile_lines(path: str, reading: tuple[str, ...]) -> list[str]:
     if os.path.abspath(path) in map(os.path.abspath, reading):
-        raise ValueError(f"--flagfile {path}: includes itself (via {' -> '.join(reading)})")
+        raise SettingError(f"--flagfile {path}: includes itself (via {' -> '.join(reading)})")
     try:
         # Plain open, not tf.io.gfile: flags are read before TensorFlow is loaded (or needed).
         with open(path, encoding="utf-8") as f:
             lines = [line.strip() for line in f]
     except OSError as e:
-        raise ValueError(f"--flagfile {path}: cannot read it ({e.strerror})") from None
+        raise SettingError(f"--flagfile {path}: cannot read it ({e.strerror})") from None
     return [line for line in lines if line and not line.startswith(("#", "//"))]
 
 
@@ -337,42 +338,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 def is_expected_failure(error: BaseException) -> bool:
     """Whether `error` is the input's or the setting's fault (reported in one line), not a bug.
 
-    Expected: kbert's own errors (`KbertError`), TensorFlow's errors of missing or unreadable
-    data, and a `ValueError` or `OSError` that kbert's code raised itself. The same types raised
-    inside Keras, TensorFlow or another library keep their traceback: they may be bugs.
+    Expected: kbert's own errors (`KbertError` and its subclasses), and TensorFlow's errors of
+    missing or unreadable storage (a file gone, no permission or credentials, a full disk), which
+    name the path. Anything else keeps its traceback, also a `ValueError` or `OSError` raised
+    inside kbert: it may be a bug.
 
     Args:
         error: the exception a command raised.
 
     Examples:
     >>> from kbert.errors import KbertError
-    >>> is_expected_failure(KbertError("vocab.txt: empty")), is_expected_failure(KeyError("x"))
+    >>> is_expected_failure(KbertError("vocab.txt: empty")), is_expected_failure(ValueError("x"))
     (True, False)
     """
-    from kbert.errors import KbertError
-
     if isinstance(error, KbertError):
         return True
-    if isinstance(error, (ValueError, OSError)):
-        return _raised_by_own_code(error)
     tf = sys.modules.get("tensorflow")  # a TensorFlow error implies TensorFlow is loaded
     errors = getattr(tf, "errors", None)
     return errors is not None and isinstance(
         error, tuple(getattr(errors, name) for name in _EXPECTED_TF_ERRORS)
     )
-
-
-# kbert's and tfrecords_tools' source folders: an error raised in them is kbert's own message.
-_OWN_CODE = tuple(
-    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), d)
-    + os.sep
-    for d in ("kbert", "tfrecords_tools")
-)
-
-
-def _raised_by_own_code(error: BaseException) -> bool:
-    frames = traceback.extract_tb(error.__traceback__)
-    return bool(frames) and os.path.abspath(frames[-1].filename).startswith(_OWN_CODE)
 
 
 def _one_line(error: BaseException) -> str:

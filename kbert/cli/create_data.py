@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from kbert.cli import add_flag
 
@@ -208,33 +207,29 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="kbert create-data: %(levelname)s: %(message)s"
     )
-    try:
-        summary = create_pretraining_data(
-            corpus_from_args(args),
-            args.output_file,
-            args.vocab_file,
-            do_lower_case=args.do_lower_case,
-            max_seq_length=args.max_seq_length,
-            max_predictions_per_seq=args.max_predictions_per_seq,
-            random_seed=args.random_seed,
-            dupe_factor=args.dupe_factor,
-            masked_lm_prob=args.masked_lm_prob,
-            short_seq_prob=args.short_seq_prob,
-            do_whole_word_mask=args.do_whole_word_mask,
-            input_format=args.input_format,
-            num_workers=args.num_workers,
-            num_shards=args.num_shards,
-            negative_pool_size=args.negative_pool_size,
-            compression=None if args.compression == "none" else args.compression,
-            mask=not args.no_mask,
-            overwrite=args.overwrite,
-            progress=None if args.quiet else progress,
-            runner=args.runner,
-            beam_pipeline_options=args.beam_pipeline_options,
-        )
-    except (RuntimeError, ImportError) as e:
-        print(f"kbert create-data: error: {e}", file=sys.stderr)
-        return 1
+    summary = create_pretraining_data(
+        corpus_from_args(args),
+        args.output_file,
+        args.vocab_file,
+        do_lower_case=args.do_lower_case,
+        max_seq_length=args.max_seq_length,
+        max_predictions_per_seq=args.max_predictions_per_seq,
+        random_seed=args.random_seed,
+        dupe_factor=args.dupe_factor,
+        masked_lm_prob=args.masked_lm_prob,
+        short_seq_prob=args.short_seq_prob,
+        do_whole_word_mask=args.do_whole_word_mask,
+        input_format=args.input_format,
+        num_workers=args.num_workers,
+        num_shards=args.num_shards,
+        negative_pool_size=args.negative_pool_size,
+        compression=None if args.compression == "none" else args.compression,
+        mask=not args.no_mask,
+        overwrite=args.overwrite,
+        progress=None if args.quiet else progress,
+        runner=args.runner,
+        beam_pipeline_options=args.beam_pipeline_options,
+    )
     counts = summary.nsp_label_counts
     rate = summary.input_bytes / 1e6 / max(summary.seconds, 1e-9)
     print(

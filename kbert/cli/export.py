@@ -8,6 +8,7 @@ import logging
 import os
 
 from kbert.cli import add_flag, report_devices
+from kbert.errors import SettingError
 
 SAVEDMODEL, HUGGINGFACE = "savedmodel", "huggingface"
 FORMATS = (SAVEDMODEL, HUGGINGFACE)
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == HUGGINGFACE:
         return _run_huggingface(args)
     if args.output_dir is not None:
-        raise ValueError(
+        raise SettingError(
             "--output_dir is for --format huggingface; a SavedModel goes to "
             "--export_base/--name/--version"
         )
@@ -100,9 +101,9 @@ def run(args: argparse.Namespace) -> int:
 def _run_huggingface(args: argparse.Namespace) -> int:
     """Write the Hugging Face folder and print it, with the lines that load it in PyTorch."""
     if args.output_dir is None:
-        raise ValueError("--format huggingface needs --output_dir, the folder to write")
+        raise SettingError("--format huggingface needs --output_dir, the folder to write")
     if args.version is not None:
-        raise ValueError("--version is for --format savedmodel; --output_dir is the folder")
+        raise SettingError("--version is for --format savedmodel; --output_dir is the folder")
     from kbert.huggingface import save_huggingface
 
     report_devices("export")
