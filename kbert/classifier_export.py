@@ -11,26 +11,34 @@ as `kbert.export.write_version` writes every export. Signatures (batch dimension
     single_text      text string [b] → the same outputs
 
 Pairs are truncated longest-first to `max_seq_length` as `kbert finetune` trained on them. Loading
-the SavedModel in Python needs `import tensorflow_text` first (the tokenizer ops).
+the SavedModel in Python needs `import tensorflow_text` first (the tokenizer ops). Under another
+Keras backend (JAX) the export runs in a TensorFlow-backend subprocess, `kbert export --model
+<output_dir>/best_model.keras`, which reads the labels and sequence length from the
+`finetune_results.json` beside it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import posixpath
+import subprocess
+import sys
 from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
-from kbert.export import write_version
+from kbert.export import EXPORT_SUBPROCESS_TIMEOUT_SECONDS, ExportError, write_version
 from kbert.finetune_data import TextPairEncoder
+from kbert.io import read_json
 from kbert.serving_tokenizer import read_vocab, write_vocab
 
 logger = logging.getLogger(__name__)
 
 SERVING_DEFAULT = "serving_default"
 SINGLE_TEXT = "single_text"
+RESULTS_FILE = "finetune_results.json"
 
 
 def export_classifier(
@@ -56,9 +64,13 @@ def export_classifier(
         do_lower_case: lower-case and strip accents, as in fine-tuning.
     """
     if keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            "the classifier's SavedModel is a TensorFlow graph: export under "
-            "KERAS_BACKEND=tensorflow (the best model, best_model.keras, loads there)"
+        if not isinstance(model, (str, os.PathLike)):
+            raise ValueError(
+                "the classifier's SavedModel is a TensorFlow graph: under another Keras backend "
+                "pass the saved .keras file (exported by a TensorFlow-backend subprocess)"
+            )
+        return _export_in_tensorflow_process(
+            os.fspath(model), vocab_file, export_base, name, version, do_lower_case
         )
     if isinstance(model, (str, os.PathLike)):
         model = keras.saving.load_model(os.fspath(model))
@@ -112,3 +124,49 @@ def _signatures(
     captured = {id(v): v for fn in signatures.values() for v in fn.variables}
     module.model_variables = list(captured.values())
     return module, signatures
+
+
+def finetune_results_of(model_file: str) -> dict | None:
+    """`finetune_results.json` beside a `.keras` file (`kbert finetune`'s output), or None."""
+    if posixpath.splitext(model_file.rstrip("/"))[1] != ".keras":
+        return None
+    results = posixpath.join(posixpath.dirname(model_file), RESULTS_FILE)
+    return read_json(results, RESULTS_FILE) if tf.io.gfile.exists(results) else None
+
+
+def _export_in_tensorflow_process(
+    model_file: str,
+    vocab_file: str,
+    export_base: str,
+    name: str,
+    version: int | None,
+    do_lower_case: bool,
+) -> str:
+    """`kbert export` of a fine-tuned model file under KERAS_BACKEND=tensorflow (it reads the
+    labels and sequence length from the `finetune_results.json` beside it)."""
+    command = [
+        sys.executable,
+        "-m",
+        "kbert",
+        "export",
+        f"--model={model_file}",
+        f"--vocab_file={vocab_file}",
+        f"--export_base={export_base}",
+        f"--name={name}",
+        "--do_lower_case" if do_lower_case else "--nodo_lower_case",
+        *([f"--version={version}"] if version is not None else []),
+    ]
+    logger.info("exporting with the TensorFlow backend in a subprocess: %s", " ".join(command))
+    result = subprocess.run(
+        command,
+        env=dict(os.environ, KERAS_BACKEND="tensorflow"),
+        capture_output=True,
+        text=True,
+        timeout=EXPORT_SUBPROCESS_TIMEOUT_SECONDS,
+    )
+    if result.returncode != 0 or not result.stdout.strip():
+        raise ExportError(
+            f"the export (KERAS_BACKEND=tensorflow in a subprocess) failed: "
+            f"{result.stderr.strip()[-2000:] or '(no output)'}"
+        )
+    return result.stdout.splitlines()[0]

@@ -43,7 +43,7 @@ from kbert.checkpoints import (
     read_source_config,
 )
 from kbert.checkpoints.parts import encoder_of
-from kbert.classifier_export import export_classifier
+from kbert.classifier_export import RESULTS_FILE, export_classifier
 from kbert.config import BertConfig, resolve_config
 from kbert.distribute import Placement, as_placement
 from kbert.errors import KbertError
@@ -61,7 +61,6 @@ from kbert.optimization import create_optimizer
 from kbert.records import match_files
 from kbert.vocabulary import read_vocab, vocab_sha256
 
-RESULTS_FILE = "finetune_results.json"
 TABLE_FILE = "finetune_results.txt"
 BEST_MODEL_FILE = "best_model.keras"
 PREDICTIONS_FILE = "test_predictions.tsv"
@@ -210,11 +209,6 @@ def finetune(
             f"{encoder_source.vocab_file}: {len(text_encoder.tokens)} tokens, but the encoder's "
             f"vocab_size is {encoder_source.config.vocab_size} (pass its vocab.txt: --vocab_file)"
         )
-    if export_base is not None and keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            "export_base: the classifier's SavedModel is a TensorFlow graph; fine-tune under "
-            "KERAS_BACKEND=tensorflow to export it"
-        )
     placement = as_placement(strategy, tpu=tpu)
     tf.io.gfile.makedirs(output_dir)
 
@@ -279,6 +273,8 @@ def finetune(
         rows = "".join(f"{i}\t{p}\n" for i, p in enumerate(test_predictions))
         write_atomically(posixpath.join(output_dir, PREDICTIONS_FILE), "index\tprediction\n" + rows)
         results["test_predictions"] = PREDICTIONS_FILE
+    table = format_table(results)
+    write_json(posixpath.join(output_dir, RESULTS_FILE), results)
     if export_base is not None:
         results["export"] = export_classifier(
             posixpath.join(output_dir, BEST_MODEL_FILE),
@@ -289,8 +285,7 @@ def finetune(
             name=export_name,
             do_lower_case=encoder_source.do_lower_case,
         )
-    table = format_table(results)
-    write_json(posixpath.join(output_dir, RESULTS_FILE), results)
+        write_json(posixpath.join(output_dir, RESULTS_FILE), results)
     write_atomically(posixpath.join(output_dir, TABLE_FILE), table)
     for warning in warnings:
         logger.warning(warning)

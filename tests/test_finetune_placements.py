@@ -142,7 +142,15 @@ def jax_run(task):
     TensorFlow runs); the test waits for it."""
     output_dir = str(task["root"] / "jax")
     process = subprocess.Popen(
-        [sys.executable, "-m", "kbert", "finetune", *flags(task, output_dir), "--strategy=auto"],
+        [
+            sys.executable,
+            "-m",
+            "kbert",
+            "finetune",
+            *flags(task, output_dir),
+            "--strategy=auto",
+            f"--export_base={task['root']}/served-by-jax",
+        ],
         env=JAX_ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -238,6 +246,18 @@ def test_jax_over_two_devices_predicts_as_one_tensorflow_device(task, jax_run, o
     assert "DataParallel over 2 devices" in stderr
     difference = assert_same_predictions(output_dir, one_device, task)
     print(f"largest dev logit difference, JAX over 2 devices against TensorFlow: {difference:.2e}")
+    # Its export (a TensorFlow-backend `kbert export` subprocess) serves as the one-device one.
+    import tensorflow_text  # noqa: F401  (the tokenizer ops of the SavedModel)
+
+    texts = tf.constant(read_examples(task["dev"], text_column="text", label_column="topic").text)
+    served = [
+        tf.saved_model.load(read_results(run)["export"]).signatures["single_text"](text=texts)
+        for run in (output_dir, one_device[0])
+    ]
+    assert read_results(output_dir)["export"] == f"{task['root']}/served-by-jax/classifier/1"
+    np.testing.assert_allclose(
+        served[0]["probabilities"].numpy(), served[1]["probabilities"].numpy(), atol=1e-5
+    )
 
 
 PAIRS = [
@@ -275,3 +295,17 @@ def test_the_saved_model_serves_raw_text_as_the_keras_model_predicts(task, one_d
     np.testing.assert_allclose(
         single["probabilities"].numpy(), served["probabilities"].numpy()[:16], atol=1e-6
     )
+
+
+@pytest.mark.parametrize("strategy", ["mirrored", "cpu"])
+def test_a_bad_file_is_one_line_and_exit_1_on_any_placement(task, tmp_path, capsys, strategy):
+    (tmp_path / "dev.csv").write_text("text,topic\nA sentence.,email\nAnother.,http\n")
+    command = flags(task, tmp_path / "out")
+    command = [
+        f"--eval_file={tmp_path / 'dev.csv'}" if f.startswith("--eval_file") else f for f in command
+    ]
+    status = main(["finetune", *command, f"--strategy={strategy}"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert status == 1
+    assert len(errors) == 1 and "dev.csv: row 3: unknown label 'http'" in errors[0], errors
+    assert not (tmp_path / "out").exists()
