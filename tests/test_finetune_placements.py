@@ -16,6 +16,7 @@ random init. From it the placements' dev logits agree to 1.3e-7 (measured).
 
 import csv
 import email
+import json
 import os
 import random
 import subprocess
@@ -131,8 +132,6 @@ def dev_logits(task, output_dir):
 
 
 def read_results(output_dir):
-    import json
-
     return json.load(open(os.path.join(output_dir, "finetune_results.json")))
 
 
