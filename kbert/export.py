@@ -127,9 +127,43 @@ def export_for_serving(
         )
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= vocab_size:
         raise SettingError(f"top_k must be an integer in [1, {vocab_size}], got {top_k!r}")
+
+    def write(tmp_dir: str, local: str) -> None:
+        # A clean copy (stripped lines): the tables read it whole-line, the SavedModel keeps it.
+        vocab_copy = os.path.join(local, "vocab.txt")
+        write_vocab(tokens, vocab_copy)
+        text_encoder = ServingTextEncoder(
+            vocab_copy,
+            tokens,
+            model.max_seq_length,
+            model.max_predictions_per_seq,
+            do_lower_case=do_lower_case,
+        )
+        module, signatures = _serving_signatures(model, text_encoder, top_k)
+        tf.saved_model.save(module, tmp_dir, signatures=signatures)
+        _write_warmup_requests(posixpath.join(tmp_dir, WARMUP_FILE), name, text_encoder)
+
+    export_dir = write_version(export_base, name, version, write)
+    logger.info("exported %s (signatures: %s)", export_dir, ", ".join(SIGNATURES))
+    return export_dir
+
+
+def write_version(
+    export_base: str, name: str, version: int | None, write: Callable[[str, str], None]
+) -> str:
+    """`<export_base>/<name>/<version>/` written by `write(tmp_dir, local_scratch_dir)` into a
+    temporary folder beside the versions and renamed into place, or on an object store copied
+    with `saved_model.pb` last (TF Serving never loads half an export; an existing version is
+    never overwritten). Returns the version directory.
+
+    Args:
+        export_base: TF Serving's model base directory.
+        name: the model's name (a directory under `export_base`).
+        version: the version directory; default the next integer after the existing ones.
+        write: writes the SavedModel into its first argument.
+    """
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise SettingError(f"name {name!r}: expected letters, digits, '.', '_' or '-'")
-
     model_dir = posixpath.join(export_base, name)
     if "://" in model_dir:
         for path in _remove_partial_versions(model_dir):
@@ -145,33 +179,20 @@ def export_for_serving(
     # A killed export's temporary folder (one export of a name at a time: it may be large).
     for path in sweep_temporaries(model_dir):
         logger.info("removed %s, left by an interrupted export", path)
-    remote = "://" in export_dir
+    remote, tmp_dir = "://" in export_dir, None
     try:
         with tempfile.TemporaryDirectory() as local:
             # TF Serving only loads directories named by an integer, so it ignores this one.
             tmp_dir = os.path.join(local, "version") if remote else temporary_path(export_dir)
-            # A clean copy (stripped lines): the tables read it whole-line, the SavedModel keeps it.
-            vocab_copy = os.path.join(local, "vocab.txt")
-            write_vocab(tokens, vocab_copy)
-            text_encoder = ServingTextEncoder(
-                vocab_copy,
-                tokens,
-                model.max_seq_length,
-                model.max_predictions_per_seq,
-                do_lower_case=do_lower_case,
-            )
-            module, signatures = _serving_signatures(model, text_encoder, top_k)
-            tf.saved_model.save(module, tmp_dir, signatures=signatures)
-            _write_warmup_requests(posixpath.join(tmp_dir, WARMUP_FILE), name, text_encoder)
+            write(tmp_dir, local)
             _check_free(export_dir)
             if remote:
                 _copy_saved_model_last(tmp_dir, export_dir)
             else:
                 tf.io.gfile.rename(tmp_dir, export_dir, overwrite=False)
     finally:
-        if not remote and tf.io.gfile.exists(tmp_dir):
+        if not remote and tmp_dir and tf.io.gfile.exists(tmp_dir):
             tf.io.gfile.rmtree(tmp_dir)
-    logger.info("exported %s (signatures: %s)", export_dir, ", ".join(SIGNATURES))
     return export_dir
 
 

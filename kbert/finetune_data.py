@@ -278,38 +278,26 @@ class TextPairEncoder:
     def __init__(self, vocab_file: str, max_seq_length: int, do_lower_case: bool = True):
         self.tokens = read_vocab(vocab_file)
         self.max_seq_length = max_seq_length
-        self._encoder = ServingTextEncoder(
+        self.serving_encoder = ServingTextEncoder(
             vocab_file, self.tokens, max_seq_length, 1, do_lower_case=do_lower_case
         )
 
     def __call__(self, text: tf.Tensor, text_pair: tf.Tensor) -> dict[str, tf.Tensor]:
         """string [batch] twice (an empty second text: a single sentence) → the model inputs."""
-        packed = self._encoder(text, text_pair)
+        packed = self.serving_encoder(text, text_pair)
         return {
             "token_ids": packed[features.INPUT_IDS],
             "segment_ids": packed[features.SEGMENT_IDS],
             "padding_mask": packed[features.INPUT_MASK],
         }
 
-    def dataset(
-        self,
-        examples: Examples,
-        batch_size: int,
-        labels: Sequence[float] | None = None,
-        shuffle_seed: int | None = None,
-    ) -> tf.data.Dataset:
-        """Batches of (inputs, labels) — or inputs alone without labels — in file order, or
-        shuffled with `shuffle_seed` (new order each epoch, the same for the same seed).
+    def rows(self, examples: Examples, labels: Sequence[float] | None = None) -> tf.data.Dataset:
+        """The rows tokenized, in file order: inputs, or (inputs, label, weight 1) with labels.
 
-        Args:
-            examples: the rows.
-            batch_size: sequences per batch (the last batch may be smaller).
-            labels: one label id or value per row.
-            shuffle_seed: shuffle the rows with this seed (training).
+        Tokenized once, in large batches (the in-graph tokenizer's cost is per call), then
+        cached: every pass (epoch) reads the same ids.
         """
         pair = examples.text_pair if examples.text_pair is not None else [""] * len(examples)
-        # Tokenized once, in large batches (the in-graph tokenizer's cost is per call), then
-        # cached: every epoch reads the same ids.
         inputs = (
             tf.data.Dataset.from_tensor_slices((examples.text, pair))
             .batch(_TOKENIZE_BATCH)
@@ -317,11 +305,55 @@ class TextPairEncoder:
             .unbatch()
         )
         if labels is not None:
-            inputs = tf.data.Dataset.zip(inputs, tf.data.Dataset.from_tensor_slices(list(labels)))
-        dataset = inputs.cache()
+            targets = tf.data.Dataset.from_tensor_slices(list(labels))
+            inputs = tf.data.Dataset.zip(inputs, targets).map(lambda x, y: (x, y, 1.0))
+        return inputs.cache()
+
+    def batches(
+        self,
+        rows: tf.data.Dataset,
+        count: int,
+        batch_size: int,
+        shuffle_seed: int | None = None,
+        pad: bool = False,
+    ) -> tf.data.Dataset:
+        """`rows` (from `rows()`, `count` of them) in batches: in file order, or in the order
+        `shuffle_seed` fixes — the same order on every pass, since Keras takes a first batch
+        before training under a strategy and under JAX (a reshuffling dataset would then train
+        on its second order there). `pad` fills the last batch with zero-weight rows (JAX
+        shards whole batches evenly); unpadded, the last batch may be smaller.
+        """
         if shuffle_seed is not None:
-            dataset = dataset.shuffle(len(examples), seed=shuffle_seed)
-        dataset = dataset.batch(batch_size).prefetch(2)
-        return dataset.apply(
-            tf.data.experimental.assert_cardinality(math.ceil(len(examples) / batch_size))
+            rows = rows.shuffle(count, seed=shuffle_seed, reshuffle_each_iteration=False)
+        missing = -count % batch_size if pad else 0
+        if missing:
+            # All zeros, the weight too.
+            padding = tf.nest.map_structure(
+                lambda spec: tf.zeros(spec.shape, spec.dtype), rows.element_spec
+            )
+            rows = rows.concatenate(tf.data.Dataset.from_tensors(padding).repeat(missing))
+        batches = math.ceil(count / batch_size)
+        dataset = rows.batch(batch_size).prefetch(2)
+        return dataset.apply(tf.data.experimental.assert_cardinality(batches))
+
+    def dataset(
+        self,
+        examples: Examples,
+        batch_size: int,
+        labels: Sequence[float] | None = None,
+        shuffle_seed: int | None = None,
+        pad: bool = False,
+    ) -> tf.data.Dataset:
+        """Batches of inputs — with labels, (inputs, labels, weights) — in file order, or in the
+        fixed order of `shuffle_seed` (see `batches`).
+
+        Args:
+            examples: the rows.
+            batch_size: sequences per batch.
+            labels: one label id or value per row.
+            shuffle_seed: shuffle the rows with this seed (training).
+            pad: fill the last batch with zero-weight rows (otherwise it may be smaller).
+        """
+        return self.batches(
+            self.rows(examples, labels), len(examples), batch_size, shuffle_seed, pad
         )

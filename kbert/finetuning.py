@@ -9,7 +9,8 @@ pooled `[CLS]` output), trained with Google's run_classifier recipe: AdamWeightD
 Every cell of the grid (learning rates × batch sizes × epochs × seeds) is trained and scored on
 the dev set; the best is kept. Outputs (each written atomically) in `output_dir`:
 `finetune_results.json`, `finetune_results.txt` (a table), `best_model.keras`, and
-`test_predictions.tsv` when a test file is given.
+`test_predictions.tsv` when a test file is given; with `export_base`, the best model as a raw-text
+TF Serving SavedModel (`kbert.classifier_export`).
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ from kbert.checkpoints import (
     read_source_config,
 )
 from kbert.checkpoints.parts import encoder_of
+from kbert.classifier_export import RESULTS_FILE, export_classifier
 from kbert.config import BertConfig, resolve_config
-from kbert.distribute import Placement, resolve_distribution
+from kbert.distribute import Placement, as_placement
 from kbert.errors import KbertError
 from kbert.finetune_data import (
     Examples,
@@ -59,7 +61,6 @@ from kbert.optimization import create_optimizer
 from kbert.records import match_files
 from kbert.vocabulary import read_vocab, vocab_sha256
 
-RESULTS_FILE = "finetune_results.json"
 TABLE_FILE = "finetune_results.txt"
 BEST_MODEL_FILE = "best_model.keras"
 PREDICTIONS_FILE = "test_predictions.tsv"
@@ -126,6 +127,9 @@ def finetune(
     warmup_proportion: float = 0.1,
     dropout: float | None = None,
     strategy: str | Placement = "auto",
+    tpu: str = "local",
+    export_base: str | None = None,
+    export_name: str = "classifier",
     verbose: int = 0,
 ) -> FinetuneResult:
     """Fine-tune an encoder on a labelled train file, score it on the dev file, keep the best.
@@ -150,6 +154,10 @@ def finetune(
         dropout: overrides the encoder's and the head's dropout rate.
         strategy: where to train: a `kbert.distribute.resolve_distribution` kind, or a
             `Placement` (e.g. `Placement.from_strategy(tf.distribute.MirroredStrategy(...))`).
+        tpu: the TPU for strategy "tpu" (TensorFlow: "local", a TPU name or a grpc address).
+        export_base: also export the best model as a TF Serving SavedModel that takes raw text
+            (`kbert.classifier_export`) to `<export_base>/<export_name>/<next version>/`.
+        export_name: the exported model's name.
         verbose: Keras' progress display (0 silent).
 
     Returns:
@@ -201,7 +209,7 @@ def finetune(
             f"{encoder_source.vocab_file}: {len(text_encoder.tokens)} tokens, but the encoder's "
             f"vocab_size is {encoder_source.config.vocab_size} (pass its vocab.txt: --vocab_file)"
         )
-    placement = strategy if isinstance(strategy, Placement) else resolve_distribution(strategy)
+    placement = as_placement(strategy, tpu=tpu)
     tf.io.gfile.makedirs(output_dir)
 
     baseline = task.baseline(train, dev)
@@ -267,6 +275,17 @@ def finetune(
         results["test_predictions"] = PREDICTIONS_FILE
     table = format_table(results)
     write_json(posixpath.join(output_dir, RESULTS_FILE), results)
+    if export_base is not None:
+        results["export"] = export_classifier(
+            posixpath.join(output_dir, BEST_MODEL_FILE),
+            encoder_source.vocab_file,
+            export_base,
+            max_seq_length,
+            task.labels,
+            name=export_name,
+            do_lower_case=encoder_source.do_lower_case,
+        )
+        write_json(posixpath.join(output_dir, RESULTS_FILE), results)
     write_atomically(posixpath.join(output_dir, TABLE_FILE), table)
     for warning in warnings:
         logger.warning(warning)
@@ -502,13 +521,14 @@ def _train_cell(
     """One grid cell: a fresh classifier from the source, trained on `train`."""
     keras.utils.set_random_seed(settings["seed"])
     batch_size, epochs = settings["batch_size"], settings["epochs"]
+    placement.check_global_batch_size(batch_size)
     steps = math.ceil(len(train) / batch_size) * epochs
     with placement.scope():
         pretraining = build_pretraining_model(source.config, text_encoder.max_seq_length, 1)
         if source.source is not None:
             source.description = init_from(pretraining, source.source)
             # Loaders draw random numbers (building models) as they please: seeding again makes
-            # the head's initial weights depend on the seed alone, whatever the source's kind.
+            # the dropout masks depend on the seed alone, whatever the source's kind.
             keras.utils.set_random_seed(settings["seed"])
         model = keras_hub.models.BertTextClassifier(
             encoder_of(pretraining),
@@ -516,19 +536,50 @@ def _train_cell(
             preprocessor=None,
             dropout=source.config.dropout,
         )
+        _initialize_head(model, settings["seed"])
         optimizer = create_optimizer(
             settings["learning_rate"], steps, int(steps * warmup_proportion)
         )
         task.compile(model, optimizer)
-    data = text_encoder.dataset(
-        train, batch_size, task.targets(train), shuffle_seed=settings["seed"]
-    )
-    model.fit(data, epochs=epochs, shuffle=False, verbose=verbose)
+    rows = text_encoder.rows(train, task.targets(train))
+    for epoch in range(epochs):
+        # One fit per epoch, each on an order fixed by (seed, epoch): see `batches`.
+        data = text_encoder.batches(
+            rows,
+            len(train),
+            batch_size,
+            shuffle_seed=_epoch_seed(settings["seed"], epoch),
+            pad=True,
+        )
+        model.fit(data, initial_epoch=epoch, epochs=epoch + 1, shuffle=False, verbose=verbose)
     return model
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of one epoch of a cell: a function of the cell's seed and the epoch."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _initialize_head(model: keras.Model, seed: int) -> None:
+    """The classifier's output layer as keras-hub initialises it (truncated normal, stddev
+    0.02; zero bias), drawn from `seed` alone with numpy: Keras' random numbers differ between
+    its backends and depend on what a loader drew before."""
+    layer = model.output_dense
+    shape = tuple(layer.kernel.shape)
+    rng = np.random.default_rng(seed)
+    kernel = rng.standard_normal(shape)
+    outside = np.abs(kernel) > 2
+    while outside.any():
+        kernel[outside] = rng.standard_normal(int(outside.sum()))
+        outside = np.abs(kernel) > 2
+    layer.kernel.assign(0.02 * kernel)
+    layer.bias.assign(np.zeros(layer.bias.shape))
 
 
 def _predict(
     model: keras.Model, text_encoder: TextPairEncoder, examples: Examples, batch_size: int
 ) -> np.ndarray:
-    outputs = model.predict(text_encoder.dataset(examples, batch_size), verbose=0)
-    return np.asarray(outputs, dtype=np.float64)
+    """The model's outputs for `examples`, in batches padded to whole ones (JAX shards them)."""
+    data = text_encoder.dataset(examples, batch_size, pad=True)
+    outputs = model.predict(data, verbose=0)
+    return np.asarray(outputs, dtype=np.float64)[: len(examples)]

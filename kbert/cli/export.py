@@ -17,7 +17,11 @@ FORMATS = (SAVEDMODEL, HUGGINGFACE)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `kbert export`, named like `kbert.export.export_for_serving`'s arguments."""
     add_flag(
-        parser, "model", required=True, help="a run directory (its model.keras) or a .keras file"
+        parser,
+        "model",
+        required=True,
+        help="a run directory (its model.keras) or a .keras file; kbert finetune's "
+        "best_model.keras exports a classifier taking raw text",
     )
     add_flag(
         parser,
@@ -74,9 +78,26 @@ def run(args: argparse.Namespace) -> int:
             "--output_dir is for --format huggingface; a SavedModel goes to "
             "--export_base/--name/--version"
         )
+    from kbert.classifier_export import export_classifier, finetune_results_of
     from kbert.export import SIGNATURES, export_for_serving
 
     report_devices("export")
+    fine_tuned = finetune_results_of(args.model)
+    if fine_tuned is not None:
+        path = export_classifier(
+            args.model,
+            args.vocab_file,
+            args.export_base,
+            fine_tuned["max_seq_length"],
+            fine_tuned["labels"],
+            name=args.name,
+            version=args.version,
+            do_lower_case=(
+                fine_tuned["do_lower_case"] if args.do_lower_case is None else args.do_lower_case
+            ),
+        )
+        print(path)
+        return 0
     path = export_for_serving(
         args.model,
         args.vocab_file,

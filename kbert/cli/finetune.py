@@ -63,6 +63,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "cpu", "mirrored", "multi_worker", "tpu"),
         help="where to train (as kbert train)",
     )
+    add_flag(grid, "tpu", default="local", help="TPU for --strategy tpu")
+    export = parser.add_argument_group("export")
+    add_flag(
+        export,
+        "export_base",
+        help="also export the best model as a TF Serving SavedModel taking raw text, to "
+        "EXPORT_BASE/EXPORT_NAME/<next version>/ (as kbert export --export_base)",
+    )
+    add_flag(export, "export_name", default="classifier", help="the exported model's name")
     add_verbose_flag(grid)
 
 
