@@ -483,27 +483,29 @@ def test_a_tfds_glue_task_fine_tunes_as_the_same_rows_in_files(tmp_path):
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     vocab_file = tmp_path / "vocab.txt"
     vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters]))
-    config = kbert.BertConfig(
+    kbert.BertConfig(
         vocab_size=5 + len(letters),
         hidden_size=16,
         num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=32,
         max_position_embeddings=32,
-    )
-    settings = dict(config=config, vocab_file=str(vocab_file), max_seq_length=32, epochs=2)
-    settings.update(learning_rate=1e-3, batch_size=8, dropout=0.0)
+    ).to_json_file(str(tmp_path / "bert_config.json"))
+    settings = dict(config=str(tmp_path / "bert_config.json"), vocab_file=str(vocab_file))
+    settings.update(max_seq_length=32, epochs=2, learning_rate=1e-3, batch_size=8, dropout=0.0)
+    flags = [f"--{name}={value}" for name, value in settings.items()]
     with tfds.testing.mock_data(num_examples=24):
-        from_tfds = finetune(None, None, str(tmp_path / "tfds"), tfds_name="glue/mrpc", **settings)
+        command = ["finetune", "--tfds_name=glue/mrpc", f"--output_dir={tmp_path / 'tfds'}"]
+        assert main(command + flags) == 0
         files = {}
         for split in ("train", "validation", "test"):
             rows = [
                 (e["sentence1"].decode(), e["sentence2"].decode(), str(e["label"]))
                 for e in tfds.as_numpy(tfds.load("glue/mrpc", split=split))
             ]
-            files[split] = write_rows(
-                tmp_path / f"{split}.tsv", rows, ("#1 String", "#2 String", "Quality")
-            )
+            columns = ("#1 String", "#2 String", "Quality")
+            files[split] = write_rows(tmp_path / f"{split}.tsv", rows, columns)
+    from_tfds = json.loads((tmp_path / "tfds" / RESULTS_FILE).read_text())
     from_files = finetune(
         files["train"],
         files["validation"],
@@ -511,10 +513,20 @@ def test_a_tfds_glue_task_fine_tunes_as_the_same_rows_in_files(tmp_path):
         test_file=files["test"],
         **settings,
     )
-    assert from_tfds.results["train_file"] == "glue/mrpc[train]"
-    assert from_tfds.results["eval_file"] == "glue/mrpc[validation]"
-    assert (from_tfds.results["train_examples"], from_tfds.results["labels"]) == (24, ["0", "1"])
-    assert from_tfds.results["best"] == from_files.results["best"]
+    assert from_tfds["train_file"] == "glue/mrpc[train]"
+    assert from_tfds["eval_file"] == "glue/mrpc[validation]"
+    assert (from_tfds["train_examples"], from_tfds["labels"]) == (24, ["0", "1"])
+    assert from_tfds["best"] == from_files.results["best"]
     predictions = (tmp_path / "tfds" / PREDICTIONS_FILE).read_text()
     assert predictions == (tmp_path / "files" / PREDICTIONS_FILE).read_text()
     assert len(predictions.splitlines()) == 25
+
+
+def test_an_unknown_tfds_task_is_one_line_and_exit_1(tmp_path, capsys):
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]))
+    command = ["finetune", "--tfds_name=glue/mrcp", "--config=tiny", f"--vocab_file={vocab_file}"]
+    assert main(command + [f"--output_dir={tmp_path / 'out'}"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "--tfds_name glue/mrcp (split train)" in errors[0], errors
+    assert not (tmp_path / "out").exists()
