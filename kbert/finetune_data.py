@@ -177,7 +177,7 @@ def read_tfds_examples(
 
 def _feature_text(value) -> str:
     """A TFDS feature's value as a file would hold it: text decoded, numbers written out."""
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value.item())
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _examples_of_rows(
