@@ -360,18 +360,20 @@ def test_regression_reports_scipys_correlations_of_the_best_models_predictions(
 
 # --- does pre-training help? ----------------------------------------------------------------
 
-# The acceptance protocol: one topic task from real docstrings (train 96, dev 256 sentences),
-# the same grid for every encoder (Well-Read Students: each arm's best dev cell), dropout 0.
-# Measured (TensorFlow, 2 CPUs) over seeds 0-4 at these settings, dev majority class 0.547: the
-# 400-step run's encoder 0.773 0.785 0.547 0.816 0.758; its random-init twin 0.520 0.547 0.453
-# 0.547 0.453 (36 updates leave it at the majority class; given 160 updates it reaches 0.91, as
-# the pre-trained one: what a run this short buys is a start, not knowledge); all-MiniLM-L6-v2
-# at lr 1e-4, 3 epochs, seeds 0-1: 0.934 0.941.
+# The acceptance comparison: one topic task from real docstrings (train 96, dev 256 sentences),
+# the same settings for kbert's encoder and its random-init twin, dropout 0. Measured on 2 CPUs
+# (dev majority class 0.547), the 400-step run's encoder as these tests train it (float32):
+#   lr 1e-3, 6 epochs, seeds 0-5: 0.453 0.688 0.457 0.547 0.648 0.453; random init, seeds 0-9:
+#   0.520 0.547 0.453 0.547 0.453 0.453 0.547 0.605 0.734 0.742
+#   lr 3e-4, 10 epochs, seeds 0-3: 0.551 0.652 0.676 0.547; random init 0.547 0.453 0.730 0.547
+#   all-MiniLM-L6-v2 (lr 1e-4, 3 epochs), seeds 0-1: 0.934 0.941
+# So a run this short does not beat random init reliably (not asserted: the seed spread is
+# larger than the gap); the released encoder beats both by far more than their spread.
 COMPARISON = dict(max_seq_length=32, batch_size=16, dropout=0.0, test_file=None)
-ENCODER_GRID = dict(learning_rate=1e-3, epochs=6, seed="0,1")
+ENCODER_GRID = dict(learning_rate=1e-3, epochs=6, seed=0)
 RELEASED_GRID = dict(learning_rate=1e-4, epochs=3, seed=0)
-# A gap of 0.1 is 3.7 standard errors of an accuracy near 0.75 on 256 dev sentences; the
-# random-init cells stayed within 0.1 of the majority class, the pre-trained best 0.24 above it.
+# Above the best of all 16 short-run and random-init cells measured (0.742) by 0.1: 3.7 standard
+# errors of an accuracy near 0.85 on 256 dev sentences.
 MARGIN = 0.1
 
 
@@ -410,7 +412,7 @@ def finetune_and_check_metrics(task, tmp_path, **settings):
     return result
 
 
-def test_pre_training_beats_random_init_and_a_released_encoder_beats_both(
+def test_a_released_encoder_beats_a_short_run_and_random_init(
     pretrained, comparison_task, tmp_path
 ):
     released = released_encoder()
@@ -435,9 +437,10 @@ def test_pre_training_beats_random_init_and_a_released_encoder_beats_both(
     assert minilm.results["encoder"].startswith("Hugging Face BERT folder")
     assert minilm.results["vocab_file"] == os.path.join(released, "vocab.txt")
     assert minilm.results["do_lower_case"] is True
-    scores = [r.results["best"]["accuracy"] for r in (random_init, pre_trained, minilm)]
-    assert scores[0] + MARGIN < scores[1] < scores[2] - MARGIN / 2, scores
-    assert not pre_trained.warnings and not minilm.warnings
+    released_score = minilm.results["best"]["accuracy"]
+    for short in (random_init, pre_trained):
+        assert short.results["best"]["accuracy"] + MARGIN < released_score
+    assert not minilm.warnings
 
 
 # --- bad files ------------------------------------------------------------------------------
