@@ -25,13 +25,14 @@ from kbert.vocabulary import read_vocab
 
 FORMATS = ("tsv", "csv", "jsonl")
 # GLUE's own column names, tried when the default columns are absent (MRPC, QQP, QNLI, MNLI,
-# STS-B): `text`, `text_pair`, `label`.
+# STS-B; TFDS' MNLI): `text`, `text_pair`, `label` (TFDS' GLUE names every label `label`).
 GLUE_COLUMNS = (
     ("#1 String", "#2 String", "Quality"),
     ("question1", "question2", "is_duplicate"),
     ("question", "sentence", "label"),
     ("sentence1", "sentence2", "gold_label"),
     ("sentence1", "sentence2", "score"),
+    ("premise", "hypothesis", "label"),
 )
 DEFAULT_TEXT_COLUMN = "sentence"
 DEFAULT_TEXT_PAIR_COLUMN = "sentence2"
@@ -114,6 +115,80 @@ def read_examples(
     rows = list(_rows(path, content))
     if not rows:
         raise KbertError(f"{path}: empty file (expected a header row naming the columns)")
+    return _examples_of_rows(
+        path, rows, text_column, text_pair_column, label_column, require_labels
+    )
+
+
+def tfds_splits(name: str) -> dict[str, str]:
+    """The TFDS splits fine-tuning reads as its train, eval and test files: GLUE's `train`,
+    `validation` and `test` (MNLI's matched ones).
+
+    Examples:
+    >>> tfds_splits("glue/mnli")["eval"], tfds_splits("glue/mrpc")["eval"]
+    ('validation_matched', 'validation')
+    """
+    matched = "_matched" if name.split(":")[0].rstrip("/").endswith("/mnli") else ""
+    return {"train": "train", "eval": f"validation{matched}", "test": f"test{matched}"}
+
+
+def read_tfds_examples(
+    name: str,
+    split: str,
+    data_dir: str | None = None,
+    text_column: str | None = None,
+    text_pair_column: str | None = None,
+    label_column: str | None = None,
+    require_labels: bool = True,
+) -> Examples:
+    """One split of a TFDS dataset (e.g. "glue/mrpc", "validation") read as `read_examples` reads
+    a file: its features are the columns, a class label is its index ("0", "1", as GLUE's TSVs).
+
+    Args:
+        name: the TFDS name (downloaded and prepared by TFDS on first use).
+        split: the TFDS split.
+        data_dir: TFDS' data directory.
+        text_column, text_pair_column, label_column, require_labels: as `read_examples`; without
+            labels (a test split) the label feature is not read (GLUE's test labels are -1).
+
+    Examples:
+    >>> import tensorflow_datasets as tfds
+    >>> with tfds.testing.mock_data(num_examples=3):
+    ...     examples = read_tfds_examples("glue/mrpc", "validation")
+    >>> len(examples), examples.text_pair is not None, examples.path
+    (3, True, 'glue/mrpc[validation]')
+    """
+    import tensorflow_datasets as tfds
+
+    path = f"{name}[{split}]"
+    try:
+        dataset = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False)
+    except Exception as e:  # TFDS raises many types for an unknown name or split
+        raise KbertError(f"--tfds_name {name} (split {split}): cannot load it ({e})") from None
+    skip = () if require_labels else (label_column or DEFAULT_LABEL_COLUMN,)
+    header = [key for key in dataset.element_spec if key not in skip]
+    rows: list[tuple[int, list[str] | dict[str, str]]] = [(1, header)]
+    for number, example in enumerate(tfds.as_numpy(dataset), start=2):
+        rows.append((number, {key: _feature_text(example[key]) for key in header}))
+    return _examples_of_rows(
+        path, rows, text_column, text_pair_column, label_column, require_labels
+    )
+
+
+def _feature_text(value) -> str:
+    """A TFDS feature's value as a file would hold it: text decoded, numbers written out."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _examples_of_rows(
+    path: str,
+    rows: list,
+    text_column: str | None,
+    text_pair_column: str | None,
+    label_column: str | None,
+    require_labels: bool,
+) -> Examples:
+    """`Examples` from (row number, header or row dict) pairs, the header first."""
     header = list(rows[0][1])
     if len(rows) == 1:
         raise KbertError(f"{path}: no rows after the header")
@@ -206,7 +281,7 @@ def _columns(
         )
     for text, pair, glue_label in GLUE_COLUMNS:
         if text in header and pair in header:
-            chosen = label if label_column else glue_label
+            chosen = label if label_column or glue_label not in header else glue_label
             return text, pair, chosen if chosen in header else None
     raise KbertError(
         f"{path}: row 1 (header): no text column: expected {DEFAULT_TEXT_COLUMN!r}, "

@@ -53,6 +53,8 @@ from kbert.finetune_data import (
     label_ids,
     label_values,
     read_examples,
+    read_tfds_examples,
+    tfds_splits,
 )
 from kbert.io import atomic_path, check_positive_int, read_json, write_atomically, write_json
 from kbert.losses import GlobalMeanSquaredError, WeightedSparseCrossEntropy
@@ -107,8 +109,8 @@ def parse_grid(value: Any, parse: type, name: str) -> list[Any]:
 
 
 def finetune(
-    train_file: str,
-    eval_file: str,
+    train_file: str | None,
+    eval_file: str | None,
     output_dir: str,
     init_from: str | None = None,
     config: BertConfig | str | None = None,
@@ -131,12 +133,16 @@ def finetune(
     export_base: str | None = None,
     export_name: str = "classifier",
     verbose: int = 0,
+    tfds_name: str | None = None,
+    tfds_data_dir: str | None = None,
 ) -> FinetuneResult:
     """Fine-tune an encoder on a labelled train file, score it on the dev file, keep the best.
 
     Args:
-        train_file: training rows (GLUE TSV, or TSV/CSV/JSONL with a header).
-        eval_file: dev rows: scored for every grid cell, and the best cell chosen on them.
+        train_file: training rows (GLUE TSV, or TSV/CSV/JSONL with a header); None with
+            `tfds_name`.
+        eval_file: dev rows: scored for every grid cell, and the best cell chosen on them; None
+            with `tfds_name`.
         output_dir: where the results go (created).
         init_from: a pre-trained encoder (anything `kbert.checkpoints.detect_source` accepts).
         config: without `init_from`, the architecture to train from random init (a preset name,
@@ -159,6 +165,9 @@ def finetune(
             (`kbert.classifier_export`) to `<export_base>/<export_name>/<next version>/`.
         export_name: the exported model's name.
         verbose: Keras' progress display (0 silent).
+        tfds_name: a TFDS dataset instead of the files (e.g. "glue/mrpc"): its train, validation
+            and test splits (`kbert.finetune_data.tfds_splits`) are read as the three files.
+        tfds_data_dir: TFDS' data directory.
 
     Returns:
         A `FinetuneResult`; `results["best"]` holds the chosen settings and dev metrics.
@@ -191,9 +200,26 @@ def finetune(
     columns = dict(
         text_column=text_column, text_pair_column=text_pair_column, label_column=label_column
     )
-    train = read_examples(train_file, **columns)
-    dev = read_examples(eval_file, **columns)
-    test = read_examples(test_file, **columns, require_labels=False) if test_file else None
+    if tfds_name is not None:
+        if train_file or eval_file or test_file:
+            raise ValueError("pass either tfds_name or train_file/eval_file/test_file, not both")
+        splits = tfds_splits(tfds_name)
+        train, dev, test = (
+            read_tfds_examples(
+                tfds_name, splits[part], tfds_data_dir, **columns, require_labels=labelled
+            )
+            for part, labelled in (("train", True), ("eval", True), ("test", False))
+        )
+        train_file, eval_file = train.path, dev.path
+    elif train_file and eval_file:
+        train = read_examples(train_file, **columns)
+        dev = read_examples(eval_file, **columns)
+        test = read_examples(test_file, **columns, require_labels=False) if test_file else None
+    else:
+        raise ValueError(
+            "fine-tuning needs a train_file and an eval_file (--train_file, --eval_file) or a "
+            "TFDS dataset (--tfds_name)"
+        )
     task = _Task.of(train, dev, regression)
 
     encoder_source = _EncoderSource.resolve(init_from, config, vocab_file, do_lower_case)

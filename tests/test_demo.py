@@ -12,6 +12,8 @@ import pytest
 import tensorflow as tf
 
 from kbert.cli import main
+from kbert.cli.demo import next_sentence_pairs
+from kbert.finetuning import RESULTS_FILE
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,36 @@ def test_demo_summary_prints_accuracies_beside_their_baselines(demo_run):
     assert "chance" in printed
     assert "fill-mask, answered by the SavedModel" in printed
     assert printed.count("    -> ") == 3
+
+
+def test_demo_ends_with_both_encoders_fine_tuned_on_held_out_text(demo_run):
+    workdir, printed = demo_run
+    summary = printed.split("did pre-training work?")[1].splitlines()
+    scores = {}
+    for line in summary[2:5]:
+        name, accuracy, f1 = line.rsplit(maxsplit=2)
+        scores[name.strip()] = (float(accuracy), float(f1))
+    assert sorted(scores) == ["majority class", "pre-trained", "random init"]
+    # The printed scores are the ones each fine-tuning wrote.
+    for name, folder in (("pre-trained", "pretrained"), ("random init", "random")):
+        results = json.loads((workdir / "runs/demo/finetune" / folder / RESULTS_FILE).read_text())
+        best = results["best"]
+        assert scores[name] == (round(best["accuracy"], 3), round(best["f1"], 3))
+        assert results["train_file"].endswith("runs/demo/finetune/train.tsv")
+
+
+def test_next_sentence_pairs_follow_in_their_document_or_come_from_another():
+    documents = [[f"d{d} s{i}." for i in range(6)] for d in range(4)]
+    rows = next_sentence_pairs(documents, seed=3)
+    assert len(rows) == 4 * 5
+    for first, second, label in rows:
+        d, i = int(first[1]), int(first.split("s")[1][:-1])
+        if label == "1":
+            assert second == f"d{d} s{i + 1}."
+        else:
+            assert not second.startswith(f"d{d} ")
+    assert 5 <= sum(label == "1" for *_, label in rows) <= 15
+    assert next_sentence_pairs(documents, seed=3) == rows
 
 
 def test_demo_loss_curves_png_decodes_and_is_not_blank(demo_run):
@@ -95,6 +127,7 @@ def test_demo_rerun_reuses_every_finished_stage(demo_run, capsys, monkeypatch):
         "reusing runs/demo/data/train/",
         "reusing the finished run",
         "reusing saved_models/kbert-demo/1",
+        "reusing runs/demo/finetune/",
     ):
         assert reused in printed, reused
     assert os.listdir(workdir / "saved_models/kbert-demo") == ["1"]

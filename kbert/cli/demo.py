@@ -2,8 +2,10 @@
 
 corpus → held-out split by document → WordPiece vocab → masked TFRecords → joint MLM + NSP
 pre-training → held-out evaluation beside baselines → SavedModel export → loss curves → summary and
-fill-mask answers from the exported SavedModel. Every stage leaves its output in the run
-directory; a re-run reuses the stages that finished (training resumes where it stopped).
+fill-mask answers from the exported SavedModel → fine-tuning of the encoder and of a random-init
+twin on a labelled task made from the held-out documents ("does sentence B follow sentence A?"),
+both scores printed. Every stage leaves its output in the run directory; a re-run reuses the
+stages that finished (training resumes where it stopped).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from kbert.cli import add_flag
 from kbert.cli.create_data import add_corpus_arguments, corpus_from_args
-from kbert.io import atomic_path, read_json, write_json
+from kbert.io import atomic_path, read_json, write_atomically, write_json
 from kbert.progress import progress
 
 FILL_MASK_EXAMPLES = (
@@ -38,6 +40,10 @@ FULL = dict(
 )
 QUICK = dict(FULL, steps=20, batch_size=16, vocab_size=2000, dupe_factor=1)
 QUICK_DOCUMENTS = 120
+# The fine-tuning task's size and the one protocol cell both encoders get (Well-Read Students'
+# small-model learning rate); the quick run's is a smoke test of the stage.
+FINETUNE = dict(train_examples=1000, eval_examples=500, learning_rate=3e-4, batch_size=32, epochs=3)
+QUICK_FINETUNE = dict(FINETUNE, train_examples=48, eval_examples=32, epochs=1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     data = os.path.join(out, "data")
     run_dir = os.path.join(out, "run")
     os.makedirs(data, exist_ok=True)
-    stage = _Stages(7)
+    stage = _Stages(8)
     started = time.perf_counter()
 
     with stage("split the corpus into train and held-out documents"):
@@ -172,8 +178,14 @@ def run(args: argparse.Namespace) -> int:
 
         curves = plot_run(run_dir, os.path.join(out, "loss_curves.png"))
 
+    with stage("fine-tune the encoder and a random-init twin on a task from held-out text"):
+        scores = _finetune_both(
+            heldout_text, run_dir, vocab_file, os.path.join(out, "finetune"), settings, args
+        )
+
     _print_summary(results, curves, export_dir, time.perf_counter() - started)
     _print_fill_mask(export_dir)
+    _print_finetuning(scores)
     return 0
 
 
@@ -377,3 +389,90 @@ def _print_fill_mask(export_dir: str) -> None:
         answer = fill_mask(export_dir, text)["masks"][0]
         fillings = ", ".join(f"{t} ({p:.2f})" for t, p in zip(answer["tokens"], answer["probs"]))
         print(f"  {text}\n    -> {fillings}")
+
+
+def next_sentence_pairs(documents: list[list[str]], seed: int) -> list[tuple[str, str, str]]:
+    """(sentence A, sentence B, label) rows: "1" when B follows A in its document, "0" when B is
+    a sentence of another document (each with probability 1/2, seeded), in a shuffled order.
+
+    Examples:
+    >>> rows = next_sentence_pairs([["A one.", "A two."], ["B one.", "B two."]], seed=0)
+    >>> sorted(rows)[0], len(rows)
+    (('A one.', 'A two.', '1'), 2)
+    """
+    rng = random.Random(seed)
+    rows = []
+    for index, document in enumerate(documents):
+        others = [i for i in range(len(documents)) if i != index and documents[i]]
+        for first, second in zip(document, document[1:]):
+            if others and rng.random() < 0.5:
+                rows.append((first, rng.choice(documents[rng.choice(others)]), "0"))
+            else:
+                rows.append((first, second, "1"))
+    rng.shuffle(rows)
+    return rows
+
+
+def _finetune_both(
+    heldout_text: str,
+    run_dir: str,
+    vocab_file: str,
+    out: str,
+    settings: dict,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Fine-tune the run's encoder and a random-init twin with the same protocol cell; their
+    dev scores and the majority-class baseline (reused when both finished)."""
+    from kbert.finetuning import RESULTS_FILE, finetune
+    from tfrecords_tools import corpora
+
+    arms = {
+        "pre-trained": os.path.join(out, "pretrained"),
+        "random init": os.path.join(out, "random"),
+    }
+    if all(os.path.exists(os.path.join(d, RESULTS_FILE)) for d in arms.values()):
+        print(f"  reusing {out}/")
+        return {arm: read_json(os.path.join(d, RESULTS_FILE)) for arm, d in arms.items()}
+    protocol = dict(QUICK_FINETUNE if args.quick else FINETUNE)
+    documents = [[" ".join(s.split()) for s in d] for d in corpora.TextFiles(heldout_text)]
+    rows = next_sentence_pairs(documents, args.seed)
+    train_size = min(protocol.pop("train_examples"), len(rows) * 2 // 3)
+    eval_size = min(protocol.pop("eval_examples"), len(rows) - train_size)
+    os.makedirs(out, exist_ok=True)
+    files = {}
+    for name, part in (("train", rows[:train_size]), ("dev", rows[train_size:][:eval_size])):
+        files[name] = os.path.join(out, f"{name}.tsv")
+        lines = ["sentence1\tsentence2\tlabel\n"] + ["\t".join(row) + "\n" for row in part]
+        write_atomically(files[name], "".join(lines))
+    print(f"  {train_size:,} train and {eval_size:,} dev pairs from the held-out documents")
+    common = dict(
+        vocab_file=vocab_file,
+        max_seq_length=settings["max_seq_length"],
+        seed=args.seed,
+        **protocol,
+    )
+    scores = {}
+    for arm, directory in arms.items():
+        source = (
+            dict(init_from=run_dir)
+            if arm == "pre-trained"
+            else dict(config=os.path.join(run_dir, "bert_config.json"))
+        )
+        scores[arm] = finetune(files["train"], files["dev"], directory, **source, **common).results
+    return scores
+
+
+def _print_finetuning(scores: dict[str, Any]) -> None:
+    """Both encoders' dev scores beside the majority class: what pre-training bought."""
+    first = next(iter(scores.values()))
+    print(
+        f'\ndid pre-training work? fine-tuned on "does sentence B follow sentence A?" '
+        f"({first['train_examples']:,} train, {first['eval_examples']:,} dev pairs of held-out "
+        "text)"
+    )
+    print(f"  {'encoder':24s} {'accuracy':>8s} {'F1':>8s}")
+    for arm, results in scores.items():
+        best = results["best"]
+        print(f"  {arm:24s} {best['accuracy']:8.3f} {best['f1']:8.3f}")
+    baseline = first["baseline"]
+    print(f"  {'majority class':24s} {baseline['accuracy']:8.3f} {baseline['f1']:8.3f}")

@@ -15,12 +15,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `kbert finetune`, named like `kbert.finetune`'s arguments."""
     parser.epilog = (
         "Example: kbert finetune --init_from runs/x --train_file glue/MRPC/train.tsv "
-        "--eval_file glue/MRPC/dev.tsv --output_dir runs/x/mrpc --learning_rate 2e-5,3e-5,5e-5"
+        "--eval_file glue/MRPC/dev.tsv --output_dir runs/x/mrpc --learning_rate 2e-5,3e-5,5e-5; "
+        "or --tfds_name glue/mrpc instead of the three files"
     )
     data = parser.add_argument_group("data")
-    add_flag(data, "train_file", required=True, help="training rows (.tsv, .csv or .jsonl)")
-    add_flag(data, "eval_file", required=True, help="dev rows: scored, and the best cell chosen")
+    add_flag(data, "train_file", help="training rows (.tsv, .csv or .jsonl; or --tfds_name)")
+    add_flag(data, "eval_file", help="dev rows: scored, and the best cell chosen")
     add_flag(data, "test_file", help="rows to predict with the best model (labels not needed)")
+    add_flag(
+        data,
+        "tfds_name",
+        help="a TFDS dataset instead of the files, e.g. glue/mrpc (train, validation, test splits)",
+    )
+    add_flag(data, "tfds_data_dir", help="TFDS' data directory")
     add_flag(data, "output_dir", required=True, help="where results and the best model go")
     add_flag(data, "text_column", help="the first text's column (default: sentence, sentence1)")
     add_flag(data, "text_pair_column", help="the second text's column (default: sentence2)")
