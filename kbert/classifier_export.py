@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from kbert.errors import SettingError
 from kbert.export import EXPORT_SUBPROCESS_TIMEOUT_SECONDS, ExportError, write_version
 from kbert.finetune_data import TextPairEncoder
 from kbert.io import read_json
@@ -65,7 +66,7 @@ def export_classifier(
     """
     if keras.backend.backend() != "tensorflow":
         if not isinstance(model, (str, os.PathLike)):
-            raise ValueError(
+            raise SettingError(
                 "the classifier's SavedModel is a TensorFlow graph: under another Keras backend "
                 "pass the saved .keras file (exported by a TensorFlow-backend subprocess)"
             )

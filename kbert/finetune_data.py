@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from kbert import features
-from kbert.errors import KbertError
+from kbert.errors import InputError, MissingFileError, SettingError
 from kbert.serving_tokenizer import ServingTextEncoder
 from kbert.vocabulary import read_vocab
 
@@ -73,7 +73,7 @@ def file_format(path: str) -> str:
         return "jsonl"
     if extension in ("tsv", "csv"):
         return extension
-    raise KbertError(f"{path}: unknown file type {extension!r}; expected .tsv, .csv or .jsonl")
+    raise InputError(f"{path}: unknown file type {extension!r}; expected .tsv, .csv or .jsonl")
 
 
 def read_examples(
@@ -106,15 +106,15 @@ def read_examples(
     (['It works .', 'It fails .'], ['1', '0'])
     """
     if not tf.io.gfile.exists(path):
-        raise KbertError(f"{path}: no such file")
+        raise MissingFileError(f"{path}: no such file")
     with tf.io.gfile.GFile(path, "rb") as f:
         try:
             content = f.read().decode("utf-8-sig")
         except UnicodeDecodeError as e:
-            raise KbertError(f"{path}: not UTF-8 text ({e})") from None
+            raise InputError(f"{path}: not UTF-8 text ({e})") from None
     rows = list(_rows(path, content))
     if not rows:
-        raise KbertError(f"{path}: empty file (expected a header row naming the columns)")
+        raise InputError(f"{path}: empty file (expected a header row naming the columns)")
     return _examples_of_rows(
         path, rows, text_column, text_pair_column, label_column, require_labels
     )
@@ -164,7 +164,7 @@ def read_tfds_examples(
     try:
         dataset = tfds.load(name, split=split, data_dir=data_dir, shuffle_files=False)
     except Exception as e:  # TFDS raises many types for an unknown name or split
-        raise KbertError(f"--tfds_name {name} (split {split}): cannot load it ({e})") from None
+        raise SettingError(f"--tfds_name {name} (split {split}): cannot load it ({e})") from None
     skip = () if require_labels else (label_column or DEFAULT_LABEL_COLUMN,)
     header = [key for key in dataset.element_spec if key not in skip]
     rows: list[tuple[int, list[str] | dict[str, str]]] = [(1, header)]
@@ -191,10 +191,10 @@ def _examples_of_rows(
     """`Examples` from (row number, header or row dict) pairs, the header first."""
     header = list(rows[0][1])
     if len(rows) == 1:
-        raise KbertError(f"{path}: no rows after the header")
+        raise InputError(f"{path}: no rows after the header")
     text, pair, label = _columns(path, header, text_column, text_pair_column, label_column)
     if label is None and require_labels:
-        raise KbertError(
+        raise InputError(
             f"{path}: row 1 (header): no label column {label_column or DEFAULT_LABEL_COLUMN!r}; "
             f"the columns are {', '.join(map(repr, header))} (choose one with --label_column)"
         )
@@ -206,7 +206,7 @@ def _examples_of_rows(
                 continue
             value = row.get(column) if isinstance(row, dict) else None
             if value is None or (name == "label" and str(value).strip() == ""):
-                raise KbertError(f"{path}: row {row_number}: no value in column {column!r}")
+                raise InputError(f"{path}: row {row_number}: no value in column {column!r}")
             values[name].append(str(value))
     return Examples(path, values["text"], values.get("text_pair"), values.get("label"))
 
@@ -223,9 +223,9 @@ def _rows(path: str, content: str):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise KbertError(f"{path}: row {number - 1}: not a JSON object ({e})") from None
+                raise InputError(f"{path}: row {number - 1}: not a JSON object ({e})") from None
             if not isinstance(row, dict):
-                raise KbertError(f"{path}: row {number - 1}: not a JSON object")
+                raise InputError(f"{path}: row {number - 1}: not a JSON object")
             if not header:
                 header = list(row)
                 yield 1, header
@@ -256,7 +256,7 @@ def _columns(
 
     def check(column: str, flag: str) -> str:
         if column not in header:
-            raise KbertError(
+            raise InputError(
                 f"{path}: row 1 (header): no column {column!r} ({flag}); the columns are "
                 f"{', '.join(map(repr, header))}"
             )
@@ -283,7 +283,7 @@ def _columns(
         if text in header and pair in header:
             chosen = label if label_column or glue_label not in header else glue_label
             return text, pair, chosen if chosen in header else None
-    raise KbertError(
+    raise InputError(
         f"{path}: row 1 (header): no text column: expected {DEFAULT_TEXT_COLUMN!r}, "
         f"{DEFAULT_PAIR_TEXT_COLUMN!r} and {DEFAULT_TEXT_PAIR_COLUMN!r}, or GLUE's names; the "
         f"columns are {', '.join(map(repr, header))} (choose with --text_column, "
@@ -306,7 +306,7 @@ def label_ids(examples: Examples, label_list: Sequence[str]) -> list[int]:
     ids = []
     for row, label in enumerate(examples.labels or [], start=2):
         if label not in index:
-            raise KbertError(
+            raise InputError(
                 f"{examples.path}: row {row}: unknown label {label!r}; the training labels are "
                 f"{', '.join(map(repr, label_list))}"
             )
@@ -328,7 +328,7 @@ def label_values(examples: Examples) -> list[float]:
         except ValueError:
             value = math.nan
         if not math.isfinite(value):
-            raise KbertError(f"{examples.path}: row {row}: label {label!r} is not a number")
+            raise InputError(f"{examples.path}: row {row}: label {label!r} is not a number")
         values.append(value)
     return values
 

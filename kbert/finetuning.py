@@ -46,7 +46,7 @@ from kbert.checkpoints.parts import encoder_of
 from kbert.classifier_export import RESULTS_FILE, export_classifier
 from kbert.config import BertConfig, resolve_config
 from kbert.distribute import Placement, as_placement
-from kbert.errors import KbertError
+from kbert.errors import InputError, MissingFileError, SettingError
 from kbert.finetune_data import (
     Examples,
     TextPairEncoder,
@@ -100,11 +100,11 @@ def parse_grid(value: Any, parse: type, name: str) -> list[Any]:
     try:
         values = [parse(item.strip()) if isinstance(item, str) else parse(item) for item in items]
     except ValueError:
-        raise ValueError(
+        raise SettingError(
             f"{name}: expected a {parse.__name__} or a comma-separated list of them, got {value!r}"
         ) from None
     if not values or any(v <= 0 for v in values if name != "seed"):
-        raise ValueError(f"{name}: expected positive values, got {value!r}")
+        raise SettingError(f"{name}: expected positive values, got {value!r}")
     return values
 
 
@@ -196,13 +196,13 @@ def finetune(
         "seed": parse_grid(seed, int, "seed"),
     }
     if not 0 <= warmup_proportion < 1:
-        raise ValueError(f"warmup_proportion must be in [0, 1), got {warmup_proportion}")
+        raise SettingError(f"warmup_proportion must be in [0, 1), got {warmup_proportion}")
     columns = dict(
         text_column=text_column, text_pair_column=text_pair_column, label_column=label_column
     )
     if tfds_name is not None:
         if train_file or eval_file or test_file:
-            raise ValueError("pass either tfds_name or train_file/eval_file/test_file, not both")
+            raise SettingError("pass either tfds_name or train_file/eval_file/test_file, not both")
         splits = tfds_splits(tfds_name)
         train, dev, test = (
             read_tfds_examples(
@@ -216,7 +216,7 @@ def finetune(
         dev = read_examples(eval_file, **columns)
         test = read_examples(test_file, **columns, require_labels=False) if test_file else None
     else:
-        raise ValueError(
+        raise SettingError(
             "fine-tuning needs a train_file and an eval_file (--train_file, --eval_file) or a "
             "TFDS dataset (--tfds_name)"
         )
@@ -231,7 +231,7 @@ def finetune(
         encoder_source.vocab_file, max_seq_length, encoder_source.do_lower_case
     )
     if len(text_encoder.tokens) != encoder_source.config.vocab_size:
-        raise KbertError(
+        raise InputError(
             f"{encoder_source.vocab_file}: {len(text_encoder.tokens)} tokens, but the encoder's "
             f"vocab_size is {encoder_source.config.vocab_size} (pass its vocab.txt: --vocab_file)"
         )
@@ -363,7 +363,7 @@ class _Task:
             return cls("regression", None)
         labels = sorted(set(train.labels or []), key=_label_order)
         if len(labels) < 2:
-            raise KbertError(
+            raise InputError(
                 f"{train.path}: a single label ({', '.join(map(repr, labels))}); classification "
                 "needs at least two"
             )
@@ -464,7 +464,7 @@ class _EncoderSource:
     ) -> _EncoderSource:
         if source is None:
             if config is None or vocab_file is None:
-                raise ValueError(
+                raise SettingError(
                     "fine-tuning needs an encoder to start from (init_from, --init_from) or, for "
                     "random init, a config and a vocab_file (--config, --vocab_file)"
                 )
@@ -473,14 +473,15 @@ class _EncoderSource:
             lower = True if do_lower_case is None else do_lower_case
             return cls(resolved, None, vocab_file, lower, "random init")
         if config is not None:
-            raise ValueError("pass either init_from or config (random init), not both")
+            raise SettingError("pass either init_from or config (random init), not both")
         kind, location = detect_source(source)
         found_vocab, found_lower = _source_vocab(kind, location)
         vocab_file = vocab_file or found_vocab
         if vocab_file is None:
-            raise KbertError(
-                f"{source}: no {VOCAB_FILENAME} found with this {kind} (a kbert run does not "
-                "keep one); pass the vocabulary it was trained with (--vocab_file)"
+            raise MissingFileError(
+                f"{source}: no {VOCAB_FILENAME} found with this {kind} (kbert runs trained on "
+                "`kbert create-data` output keep one); pass the vocabulary it was trained with "
+                "(--vocab_file)"
             )
         if kind == KBERT_RUN:
             found_lower = _run_do_lower_case(location, vocab_file, found_lower)
@@ -503,7 +504,7 @@ def _run_do_lower_case(run_dir: str, vocab_file: str, default: bool) -> bool:
         if meta is None:
             continue
         if meta.vocab_sha256 != vocab_sha256(vocab_file):
-            raise KbertError(
+            raise InputError(
                 f"{vocab_file}: not the vocabulary {run_dir} was trained with (its records in "
                 f"{directory} were made with a vocab.txt of sha256 {meta.vocab_sha256[:12]}...)"
             )

@@ -89,11 +89,6 @@ BUILTIN_RAISES = {
     ("kbert/vocabulary.py", "_read_bytes", "FileNotFoundError"),  # caught in the same function
     ("tfrecords_tools/corpora.py", "Slices.__getitem__", "IndexError"),  # the sequence protocol
     # To be converted with fine-tuning's other errors.
-    ("kbert/cli/demo.py", "run", "ValueError"),
-    ("kbert/cli/demo.py", "_split_corpus", "ValueError"),
-    ("kbert/finetuning.py", "parse_grid", "ValueError"),
-    ("kbert/finetuning.py", "finetune", "ValueError"),
-    ("kbert/finetuning.py", "_EncoderSource.resolve", "ValueError"),
 }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from kbert.cli import add_flag
 from kbert.cli.create_data import add_corpus_arguments, corpus_from_args
+from kbert.errors import InputError, SettingError
 from kbert.io import atomic_path, read_json, write_atomically, write_json
 from kbert.progress import progress
 
@@ -130,7 +131,9 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     if not 0 < args.heldout_fraction < 1:
-        raise ValueError(f"--heldout_fraction must be between 0 and 1, got {args.heldout_fraction}")
+        raise SettingError(
+            f"--heldout_fraction must be between 0 and 1, got {args.heldout_fraction}"
+        )
     out = args.output_dir
     data = os.path.join(out, "data")
     run_dir = os.path.join(out, "run")
@@ -229,7 +232,7 @@ def _split_corpus(
     rng = random.Random(args.seed)
     heldout = [rng.random() < args.heldout_fraction for _ in documents]
     if sum(heldout) < 2 or len(documents) - sum(heldout) < 2:
-        raise ValueError(f"the corpus has {len(documents)} documents: too few to hold some out")
+        raise InputError(f"the corpus has {len(documents)} documents: too few to hold some out")
     counts = {}
     for path, keep in ((train_text, False), (heldout_text, True)):
         with atomic_path(path) as tmp:
