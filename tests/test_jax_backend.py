@@ -41,6 +41,19 @@ def selection():
     return " and ".join(parts)
 
 
+def outcomes_of(report):
+    """{module: [(test, outcome, details)]} of a JUnit XML report of JAX_MODULES' tests."""
+    outcomes = {module: [] for module in JAX_MODULES}
+    for case in ElementTree.parse(report).iter("testcase"):
+        # "tests.test_model" (or "tests.test_model.Class"), "test_x"; a collection error: "",
+        # "tests.test_model".
+        parts = f"{case.get('classname')}.{case.get('name')}".split(".")
+        [module] = [m for m in JAX_MODULES if m.removesuffix(".py") in parts][:1]
+        outcome = [(c.tag, f"{c.get('message')}\n{c.text}") for c in case if c.tag in OUTCOMES]
+        outcomes[module].append((case.get("name"), *(outcome or [("passed", "")])[0]))
+    return outcomes
+
+
 @pytest.fixture(scope="module")
 def jax_pass(tmp_path_factory):
     """Every module of JAX_MODULES in one JAX pytest run: {module: [(test, outcome, details)]},
@@ -56,7 +69,7 @@ def jax_pass(tmp_path_factory):
     expression = ["-k", selection()] if selection() else []
     result = subprocess.run(
         [sys.executable, "-m", "pytest", *modules, "-q", "-p", "no:cacheprovider"]
-        + [f"--junitxml={report}", *expression],
+        + ["--continue-on-collection-errors", f"--junitxml={report}", *expression],
         cwd=os.path.dirname(TESTS),
         env=env,
         capture_output=True,
@@ -66,15 +79,7 @@ def jax_pass(tmp_path_factory):
     output = f"{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
     assert os.path.exists(report), f"the JAX pass wrote no report:\n{output}"
     assert result.returncode in (0, 1), f"the JAX pass did not run its tests:\n{output}"
-    outcomes = {module: [] for module in JAX_MODULES}
-    for case in ElementTree.parse(report).iter("testcase"):
-        # "tests.test_model" (or "tests.test_model.Class"), "test_x"; a collection error: "tests",
-        # "test_model".
-        parts = f"{case.get('classname')}.{case.get('name')}".split(".")
-        [module] = [m for m in JAX_MODULES if m.removesuffix(".py") in parts][:1]
-        outcome = [(c.tag, f"{c.get('message')}\n{c.text}") for c in case if c.tag in OUTCOMES]
-        outcomes[module].append((case.get("name"), *(outcome or [("passed", "")])[0]))
-    return outcomes, output
+    return outcomes_of(report), output
 
 
 @pytest.mark.tensorflow_only
