@@ -14,6 +14,7 @@ from helpers import tiny_config, write_metadata
 
 import kbert
 from kbert import features
+from kbert.cli import main
 from kbert.errors import DamagedRecordsError
 
 SEQ_LEN, PREDICTIONS = 8, 1
@@ -113,10 +114,20 @@ def error_lines(stderr, command):
     return [line for line in stderr.splitlines() if line.startswith(f"kbert {command}: error:")]
 
 
-def test_train_on_a_truncated_shard_stops_with_one_line_naming_it(shards, config_file, tmp_path):
+def in_this_process(capsys, *args):
+    """`kbert ARGS` in this process (its one-line error needs no fresh one): (exit status,
+    stdout, stderr)."""
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_on_a_truncated_shard_stops_with_one_line_naming_it(
+    shards, config_file, tmp_path, capsys
+):
     data, damaged, readable = shards
     run_dir = str(tmp_path / "run")
-    code, stdout, stderr = kbert_command(*train_args(data, run_dir, config_file))
+    code, stdout, stderr = in_this_process(capsys, *train_args(data, run_dir, config_file))
     assert code == 1, stderr[-3000:]
     assert "Traceback" not in stdout + stderr
     [line] = error_lines(stderr, "train")
@@ -158,10 +169,10 @@ def model_file(tmp_path_factory):
     return path
 
 
-def test_evaluate_on_a_truncated_shard_stops_with_one_line_naming_it(shards, model_file):
+def test_evaluate_on_a_truncated_shard_stops_with_one_line_naming_it(shards, model_file, capsys):
     data, damaged, _ = shards
-    code, stdout, stderr = kbert_command(
-        "evaluate", "--model", model_file, "--eval_files", data, "--batch_size", "1024"
+    code, stdout, stderr = in_this_process(
+        capsys, "evaluate", "--model", model_file, "--eval_files", data, "--batch_size", "1024"
     )
     assert code == 1, stderr[-3000:]
     assert "Traceback" not in stdout + stderr

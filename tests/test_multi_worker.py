@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import sys
 import textwrap
 
@@ -59,16 +60,17 @@ def multi_worker_run(tmp_path_factory):
     return work, data
 
 
-def one_device_on_joint_batches(data, steps, before=None):
-    """The tiny model trained on one device for `steps` SGD updates, each on worker 0's batch of
-    4 then worker 1's, as the cluster's pipelines yield them."""
+def one_device_on_joint_batches(data, steps, before=None, trained=None):
+    """The tiny model trained on one device for the first `trained` (default: all) SGD updates
+    of a `steps`-update run, each on worker 0's batch of 4 then worker 1's, as the cluster's
+    pipelines yield them."""
     joint = joint_worker_batches(data, GLOBAL_BATCH, SEED)
     keras.utils.set_random_seed(SEED)
     model = kbert.build_pretraining_model(tiny_config(), 16, 3)
     kbert.compile_for_pretraining(model, create_optimizer(LEARNING_RATE, steps, optimizer="sgd"))
     if before is not None:
         before.extend(w.numpy() for w in model.weights)
-    model.fit(joint, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
+    model.fit(joint, epochs=1, steps_per_epoch=trained or steps, verbose=0, shuffle=False)
     return model
 
 
@@ -113,54 +115,6 @@ def test_multi_worker_without_a_usable_tf_config_is_a_named_error(monkeypatch, t
         resolve_strategy("multi_worker")
 
 
-KILLED_CHILD = textwrap.dedent("""
-    import json, os, signal, sys
-    import keras
-    sys.path.insert(0, {tests!r})
-    from helpers import tiny_config
-    from kbert.train import pretrain
-
-    data, run_dir, markers = sys.argv[1:4]
-    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-
-    class KillOnceAfterStep2(keras.callbacks.Callback):
-        # Runs after kbert's callbacks: this worker's step-2 checkpoint and backup are on disk.
-        def on_epoch_end(self, epoch, logs=None):
-            marker = os.path.join(markers, f"killed-{{index}}")
-            if int(self.model.optimizer.iterations.numpy()) == 2 and not os.path.exists(marker):
-                open(marker, "w").close()
-                os.kill(os.getpid(), signal.SIGKILL)
-
-    pretrain(tiny_config(), data, run_dir, steps=4, checkpoint_interval=2, batch_size={batch},
-             seed={seed}, optimizer="sgd", learning_rate={learning_rate}, warmup_steps=0,
-             strategy="multi_worker", callbacks=[KillOnceAfterStep2()], verbose=0)
-""")
-
-
-def test_a_killed_cluster_rerun_resumes_where_it_stopped(multi_worker_run, tmp_path):
-    _, data = multi_worker_run
-    child = tmp_path / "child.py"
-    child.write_text(
-        KILLED_CHILD.format(
-            tests=os.path.dirname(__file__),
-            batch=GLOBAL_BATCH,
-            seed=SEED,
-            learning_rate=LEARNING_RATE,
-        )
-    )
-    command = [sys.executable, str(child), data, str(tmp_path / "run"), str(tmp_path)]
-    for returncode, output in run_cluster(command):
-        assert returncode == -9, output[-3000:]  # both killed by SIGKILL after step 2
-    for returncode, output in run_cluster(command):
-        assert returncode == 0, output[-3000:]
-    resumed = keras.saving.load_model(str(tmp_path / "run" / "model.keras"))
-    assert int(resumed.optimizer.iterations.numpy()) == 4
-    # Steps 3 and 4 ran once each on the batches a straight run would have used.
-    reference = one_device_on_joint_batches(data, 4)
-    for a, b in zip(resumed.weights, reference.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
-
-
 def test_auto_picks_multi_worker_only_for_a_cluster_of_workers(monkeypatch, caplog):
     workers = ["127.0.0.1:1", "127.0.0.1:2"]
     monkeypatch.setenv(
@@ -183,7 +137,11 @@ def test_auto_picks_multi_worker_only_for_a_cluster_of_workers(monkeypatch, capl
         resolve_strategy("auto")
 
 
-UNEVEN_CHILD = textwrap.dedent("""
+# A 6-step run killed twice: both workers once their step-2 checkpoint and backup are on disk;
+# then, rerun, once both workers' step-4 backups are current, after worker 1 has put its pointer
+# back on its step-2 state, as a kill between its step-4 manifest and pointer would have left it:
+# the workers stop one interval apart.
+KILLED_TWICE_CHILD = textwrap.dedent("""
     import json, logging, os, signal, sys
     import keras
     sys.path.insert(0, {tests!r})
@@ -194,16 +152,15 @@ UNEVEN_CHILD = textwrap.dedent("""
     data, run_dir, markers = sys.argv[1:4]
     index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
 
-    class KillAfterStep4(keras.callbacks.Callback):
-        # Runs after kbert's callbacks: both workers' step-4 backups are current. Worker 1 then
-        # puts its pointer back on its step-2 state, as a kill between its step-4 manifest and
-        # pointer would have left it: the workers stop one interval apart.
+    class KillAtSteps2And4(keras.callbacks.Callback):
+        # Runs after kbert's callbacks: this worker's checkpoint and backup are on disk.
         def on_epoch_end(self, epoch, logs=None):
-            marker = os.path.join(markers, f"uneven-{{index}}")
-            if int(self.model.optimizer.iterations.numpy()) != 4 or os.path.exists(marker):
+            step = int(self.model.optimizer.iterations.numpy())
+            marker = os.path.join(markers, f"killed-{{step}}-{{index}}")
+            if step not in (2, 4) or os.path.exists(marker):
                 return
             open(marker, "w").close()
-            if index == 1:
+            if step == 4 and index == 1:
                 backup = os.path.join(run_dir, "workers", "worker-1", "backup")
                 pointer = os.path.join(backup, "current.json")
                 with open(pointer) as f:
@@ -216,31 +173,62 @@ UNEVEN_CHILD = textwrap.dedent("""
 
     pretrain(tiny_config(), data, run_dir, steps=6, checkpoint_interval=2, batch_size={batch},
              seed={seed}, optimizer="sgd", learning_rate={learning_rate}, warmup_steps=0,
-             strategy="multi_worker", callbacks=[KillAfterStep4()], verbose=0)
+             strategy="multi_worker", callbacks=[KillAtSteps2And4()], verbose=0)
 """)
 
 
-def test_workers_killed_at_different_intervals_resume_from_the_one_both_finished(
-    multi_worker_run, tmp_path
-):
+@pytest.fixture(scope="module")
+def killed_twice(multi_worker_run, tmp_path_factory):
+    """The cluster killed after step 2, rerun and killed after step 4 with its workers one
+    interval apart, rerun to the end: (run directory, the second run's outputs, its step-4
+    checkpoint, the last run's outputs). One chain: a cluster's start costs more than its run."""
     _, data = multi_worker_run
-    child = tmp_path / "child.py"
+    work = tmp_path_factory.mktemp("killed_twice")
+    child = work / "child.py"
     child.write_text(
-        UNEVEN_CHILD.format(
+        KILLED_TWICE_CHILD.format(
             tests=os.path.dirname(__file__),
             batch=GLOBAL_BATCH,
             seed=SEED,
             learning_rate=LEARNING_RATE,
         )
     )
-    command = [sys.executable, str(child), data, str(tmp_path / "run"), str(tmp_path)]
+    run = work / "run"
+    command = [sys.executable, str(child), data, str(run), str(work)]
     for returncode, output in run_cluster(command):
-        assert returncode == -9, output[-3000:]
-    results = run_cluster(command)
-    for returncode, output in results:
+        assert returncode == -9, output[-3000:]  # both killed by SIGKILL after step 2
+    second = run_cluster(command)
+    for returncode, output in second:
+        assert returncode == -9, output[-3000:]  # both killed by SIGKILL after step 4
+    step_4 = str(work / "ckpt-0000004.weights.h5")
+    shutil.copy(run / "checkpoints" / "ckpt-0000004.weights.h5", step_4)
+    last = run_cluster(command)
+    for returncode, output in last:
         assert returncode == 0, output[-3000:]
+    return run, [output for _, output in second], step_4, [output for _, output in last]
+
+
+def test_a_killed_cluster_rerun_resumes_where_it_stopped(multi_worker_run, killed_twice):
+    _, data = multi_worker_run
+    _, second, step_4, _ = killed_twice
+    for output in second:
+        assert "from step 2 " in output, output[-3000:]
+    # Steps 3 and 4 ran once each on the batches a straight run would have used.
+    resumed = kbert.build_pretraining_model(tiny_config(), 16, 3)
+    resumed.load_weights(step_4)
+    reference = one_device_on_joint_batches(data, 6, trained=4)
+    for a, b in zip(resumed.weights, reference.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
+
+
+def test_workers_killed_at_different_intervals_resume_from_the_one_both_finished(
+    multi_worker_run, killed_twice
+):
+    _, data = multi_worker_run
+    run, _, _, last = killed_twice
+    for output in last:
         assert "from step 2 " in output, output[-3000:]  # worker 0 too, from its previous state
-    resumed = keras.saving.load_model(str(tmp_path / "run" / "model.keras"))
+    resumed = keras.saving.load_model(str(run / "model.keras"))
     assert int(resumed.optimizer.iterations.numpy()) == 6
     reference = one_device_on_joint_batches(data, 6)
     for a, b in zip(resumed.weights, reference.weights):

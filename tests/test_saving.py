@@ -45,8 +45,12 @@ def run_dir(tmp_path_factory):
     return str(run)
 
 
-def test_import_kbert_and_kbert_help_start_neither_keras_nor_tensorflow():
-    loaded = run_python(
+@pytest.fixture(scope="module")
+def fresh_start():
+    """One fresh process: which of Keras, TensorFlow and JAX `import kbert` and `kbert --help`
+    start; then, on the first look-up of a kbert name, the kbert classes Keras knows, and after
+    importing every kbert module, all of them and `kbert.custom_objects()`."""
+    return run_python(
         "import json, sys, contextlib, io\n"
         "import kbert\n"
         "after_import = sorted(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules)\n"
@@ -54,37 +58,64 @@ def test_import_kbert_and_kbert_help_start_neither_keras_nor_tensorflow():
         "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "    main(['--help'])\n"
         "after_help = sorted(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules)\n"
-        "print(json.dumps([after_import, after_help]))"
+        "import importlib, pkgutil\n"
+        "import keras\n"
+        "from kbert.saving import PACKAGE_PREFIX\n"
+        "keras.saving.get_registered_object('kbert>BertPretrainingModel')\n"
+        "def names():\n"
+        "    registry = keras.saving.get_custom_objects()\n"
+        "    return {k: v.__module__ for k, v in registry.items()\n"
+        "            if k.startswith(PACKAGE_PREFIX)}\n"
+        "on_lookup = names()\n"
+        "custom = sorted(kbert.custom_objects())\n"
+        "for info in pkgutil.walk_packages(kbert.__path__, 'kbert.'):\n"
+        "    if not info.name.endswith('__main__'):\n"
+        "        importlib.import_module(info.name)\n"
+        "print(json.dumps({'started': [after_import, after_help],\n"
+        "                  'registered': [on_lookup, names(), custom]}))"
     )
-    assert loaded == [[], []]
+
+
+def test_import_kbert_and_kbert_help_start_neither_keras_nor_tensorflow(fresh_start):
+    assert fresh_start["started"] == [[], []]
 
 
 LOAD = """
 import json, sys
 import keras, kbert, numpy as np
 from helpers import random_batch
-model = keras.saving.load_model({path!r}, compile={compile})
-np.savez({weights!r}, *[keras.ops.convert_to_numpy(w) for w in model.weights])
-result = {{"class": type(model).__name__, "compiled": model.compiled}}
-if {compile}:
-    optimizer = model.optimizer
-    result["optimizer"] = keras.saving.get_registered_name(type(optimizer))
-    result["iterations"] = int(keras.ops.convert_to_numpy(optimizer.iterations))
-    result["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-    x, y, w = random_batch(batch_size=8, seq_len=16, num_predictions=3)
-    history = model.fit(x, y, sample_weight=w, batch_size=8, epochs=1, verbose=0).history
-    result["fit_logs"] = sorted(history)
-    result["fit_loss"] = history["loss"][0]
-    result["iterations_after_fit"] = int(keras.ops.convert_to_numpy(optimizer.iterations))
-print(json.dumps(result))
+results = {{}}
+for compile in (False, True):
+    model = keras.saving.load_model({path!r}, compile=compile)
+    np.savez({weights!r}.format(compile), *[keras.ops.convert_to_numpy(w) for w in model.weights])
+    result = results[str(compile)] = {{"class": type(model).__name__, "compiled": model.compiled}}
+    if compile:
+        optimizer = model.optimizer
+        result["optimizer"] = keras.saving.get_registered_name(type(optimizer))
+        result["iterations"] = int(keras.ops.convert_to_numpy(optimizer.iterations))
+        result["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        x, y, w = random_batch(batch_size=8, seq_len=16, num_predictions=3)
+        history = model.fit(x, y, sample_weight=w, batch_size=8, epochs=1, verbose=0).history
+        result["fit_logs"] = sorted(history)
+        result["fit_loss"] = history["loss"][0]
+        result["iterations_after_fit"] = int(keras.ops.convert_to_numpy(optimizer.iterations))
+print(json.dumps(results))
 """
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+@pytest.fixture(scope="module", params=["tensorflow", "jax"])
+def loaded_in_fresh_process(request, run_dir, tmp_path_factory):
+    """The run's model.keras loaded uncompiled, then compiled (and fitted one step), in one fresh
+    process of each backend: {compile: (what it reported, its weights' .npz file)}."""
+    weights = str(tmp_path_factory.mktemp("loaded") / "weights-{}.npz")
+    path = os.path.join(run_dir, "model.keras")
+    results = run_python(LOAD.format(path=path, weights=weights), request.param)
+    return {compile: (results[str(compile)], weights.format(compile)) for compile in (False, True)}
+
+
 @pytest.mark.parametrize("compile", [False, True], ids=["uncompiled", "compiled"])
-def test_fresh_process_loads_a_kbert_train_model(run_dir, backend, compile, tmp_path):
-    path, weights = os.path.join(run_dir, "model.keras"), str(tmp_path / "weights.npz")
-    loaded = run_python(LOAD.format(path=path, compile=compile, weights=weights), backend)
+def test_fresh_process_loads_a_kbert_train_model(run_dir, loaded_in_fresh_process, compile):
+    loaded, weights = loaded_in_fresh_process[compile]
     assert loaded["class"] == "BertPretrainingModel"
     # The weights are the run's own: those of its last weight checkpoint (an .h5 Keras wrote).
     config = kbert.BertConfig.from_json_file(os.path.join(run_dir, "bert_config.json"))
@@ -143,24 +174,9 @@ def test_custom_objects_loads_inside_a_custom_object_scope(tmp_path):
     assert loaded.compiled
 
 
-def test_every_registered_kbert_class_registers_on_the_first_lookup():
+def test_every_registered_kbert_class_registers_on_the_first_lookup(fresh_start):
     """A class registered in a module that kbert.saving.SERIALIZABLE_MODULES misses fails here."""
-    registered = run_python(
-        "import importlib, json, pkgutil\n"
-        "import keras, kbert\n"
-        "from kbert.saving import PACKAGE_PREFIX\n"
-        "keras.saving.get_registered_object('kbert>BertPretrainingModel')\n"
-        "def names():\n"
-        "    registry = keras.saving.get_custom_objects()\n"
-        "    return {k: v.__module__ for k, v in registry.items()\n"
-        "            if k.startswith(PACKAGE_PREFIX)}\n"
-        "on_lookup = names()\n"
-        "custom = sorted(kbert.custom_objects())\n"
-        "for info in pkgutil.walk_packages(kbert.__path__, 'kbert.'):\n"
-        "    if not info.name.endswith('__main__'):\n"
-        "        importlib.import_module(info.name)\n"
-        "print(json.dumps([on_lookup, names(), custom]))"
-    )
+    registered = fresh_start["registered"]
     on_lookup, everything, custom = registered
     missed = {name: module for name, module in everything.items() if name not in on_lookup}
     assert not missed, f"add their modules to kbert.saving.SERIALIZABLE_MODULES: {missed}"

@@ -1,14 +1,17 @@
 """One update on every placement: with clipping active and gradient accumulation, AdamW and LAMB
 end with the same weights on one device, a 2-replica MirroredStrategy, two MultiWorkerMirrored
-processes on 127.0.0.1 and JAX data parallel over 2 devices (a `kbert train` subprocess).
+processes on 127.0.0.1 and JAX data parallel over 2 devices (a subprocess). Each subprocess trains
+both optimizers' runs, from `kbert train`'s flags (a process start costs more than a run).
 
 The clip norm is far below the tiny model's gradient norm, so every update is clipped: clipping
 each replica's partial gradient (Keras' own order under a strategy) would end elsewhere.
 """
 
+import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import keras
 import numpy as np
@@ -94,27 +97,64 @@ def assert_same_weights(ours, reference, initial):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-@pytest.fixture(scope="module", params=["adamw", "lamb"])
-def runs(request, shared):
-    """The same run on one device, on 2 mirrored replicas and (subprocess) on JAX's 2 devices."""
-    optimizer = request.param
+# `kbert train FLAGS` for each list of flags in argv[1] (JSON), in this process; under TF_CONFIG,
+# with one MultiWorkerMirroredStrategy made first (a process can make only one).
+TRAIN_EACH = textwrap.dedent("""
+    import json, os, sys
+    from kbert.cli import build_parser
+    from kbert.distribute import resolve_strategy
+    from kbert.pretrain_config import PretrainConfig
+    from kbert.train import pretrain
+
+    strategy = resolve_strategy("multi_worker") if "TF_CONFIG" in os.environ else None
+    for argv in json.loads(sys.argv[1]):
+        args = vars(build_parser("train").parse_args(["train", *argv]))
+        settings = {k: v for k, v in args.items() if k not in ("command", "verbose")}
+        pretrain(PretrainConfig(**settings), strategy=strategy, verbose=0)
+""")
+OPTIMIZERS = ("adamw", "lamb")
+
+
+def train_each_optimizer(shared, placement):
+    """The command that trains every optimizer's run in one process, and {optimizer: its run
+    directory}."""
     root, data, config_file, init = shared
+    runs = {optimizer: str(root / optimizer / placement) for optimizer in OPTIMIZERS}
+    argv = [flags(optimizer, data, config_file, init, runs[optimizer]) for optimizer in runs]
+    return [sys.executable, "-c", TRAIN_EACH, json.dumps(argv)], runs
+
+
+@pytest.fixture(scope="module")
+def jax_runs(shared):
+    """{optimizer: run directory} of the runs of JAX over 2 devices (one subprocess)."""
+    command, runs = train_each_optimizer(shared, "jax")
+    jax = subprocess.run(
+        command, env=JAX_ENV, capture_output=True, text=True, timeout=TIMEOUT_SECONDS
+    )
+    assert jax.returncode == 0, jax.stderr[-4000:]
+    return runs
+
+
+@pytest.fixture(scope="module")
+def multi_worker_runs(shared):
+    """{optimizer: chief's run directory} of the runs of two MultiWorkerMirrored processes."""
+    command, runs = train_each_optimizer(shared, "multi_worker")
+    for returncode, output in run_cluster(command, timeout=TIMEOUT_SECONDS):
+        assert returncode == 0, output[-3000:]
+    return runs
+
+
+@pytest.fixture(scope="module", params=OPTIMIZERS)
+def runs(request, shared, jax_runs):
+    """The same run on one device, on 2 mirrored replicas and on JAX's 2 devices."""
+    optimizer = request.param
     one = in_process(shared, optimizer, "one", "cpu")
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     mirrored = in_process(
         shared, optimizer, "mirrored", resolve_strategy("mirrored", devices=devices)
     )
-    jax_dir = str(root / optimizer / "jax")
-    jax = subprocess.run(
-        [sys.executable, "-m", "kbert", "train", *flags(optimizer, *shared[1:], jax_dir)],
-        env=JAX_ENV,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_SECONDS,
-    )
-    assert jax.returncode == 0, jax.stderr[-4000:]
-    initial = [w.numpy() for w in keras.saving.load_model(init).weights]
-    return optimizer, one, mirrored, jax_dir, initial
+    initial = [w.numpy() for w in keras.saving.load_model(shared[3]).weights]
+    return optimizer, one, mirrored, jax_runs[optimizer], initial
 
 
 def test_mirrored_replicas_take_the_one_device_update(runs):
@@ -171,20 +211,11 @@ def one_device_on_joint_batches(optimizer, data, init):
     return model
 
 
-def test_two_multi_worker_processes_take_the_one_device_update(runs, shared):
+def test_two_multi_worker_processes_take_the_one_device_update(runs, shared, multi_worker_runs):
     optimizer, *_, initial = runs
-    root, data, config_file, init = shared
-    run_dir = str(root / optimizer / "multi_worker")
-    command = [
-        sys.executable,
-        "-m",
-        "kbert",
-        "train",
-        *flags(optimizer, data, config_file, init, run_dir),
-        "--strategy=multi_worker",
-    ]
-    for returncode, output in run_cluster(command, timeout=TIMEOUT_SECONDS):
-        assert returncode == 0, output[-3000:]
+    _, data, _, init = shared
     reference = one_device_on_joint_batches(optimizer, data, init)
     assert int(reference.optimizer.iterations.numpy()) == UPDATES
-    assert_same_weights(weights_of(run_dir), [w.numpy() for w in reference.weights], initial)
+    assert_same_weights(
+        weights_of(multi_worker_runs[optimizer]), [w.numpy() for w in reference.weights], initial
+    )
