@@ -22,15 +22,13 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-import subprocess
-import sys
 from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
 from kbert.errors import SettingError
-from kbert.export import EXPORT_SUBPROCESS_TIMEOUT_SECONDS, ExportError, write_version
+from kbert.export import export_in_tensorflow_process, write_version
 from kbert.finetune_data import TextPairEncoder
 from kbert.io import read_json
 from kbert.serving_tokenizer import read_vocab, write_vocab
@@ -145,29 +143,13 @@ def _export_in_tensorflow_process(
 ) -> str:
     """`kbert export` of a fine-tuned model file under KERAS_BACKEND=tensorflow (it reads the
     labels and sequence length from the `finetune_results.json` beside it)."""
-    command = [
-        sys.executable,
-        "-m",
-        "kbert",
-        "export",
-        f"--model={model_file}",
-        f"--vocab_file={vocab_file}",
-        f"--export_base={export_base}",
-        f"--name={name}",
-        "--do_lower_case" if do_lower_case else "--nodo_lower_case",
-        *([f"--version={version}"] if version is not None else []),
-    ]
-    logger.info("exporting with the TensorFlow backend in a subprocess: %s", " ".join(command))
-    result = subprocess.run(
-        command,
-        env=dict(os.environ, KERAS_BACKEND="tensorflow"),
-        capture_output=True,
-        text=True,
-        timeout=EXPORT_SUBPROCESS_TIMEOUT_SECONDS,
+    return export_in_tensorflow_process(
+        [
+            f"--model={model_file}",
+            f"--vocab_file={vocab_file}",
+            f"--export_base={export_base}",
+            f"--name={name}",
+            "--do_lower_case" if do_lower_case else "--nodo_lower_case",
+            *([f"--version={version}"] if version is not None else []),
+        ]
     )
-    if result.returncode != 0 or not result.stdout.strip():
-        raise ExportError(
-            f"the export (KERAS_BACKEND=tensorflow in a subprocess) failed: "
-            f"{result.stderr.strip()[-2000:] or '(no output)'}"
-        )
-    return result.stdout.splitlines()[0]

@@ -217,34 +217,37 @@ def _export_in_tensorflow_process(
             path = os.path.join(local, "model.keras")
             model_or_run_dir.save(path)
             model_or_run_dir = path
-        command = [
-            sys.executable,
-            "-m",
-            "kbert",
-            "export",
+        flags = [
             f"--model={os.fspath(model_or_run_dir)}",
             f"--vocab_file={vocab_file}",
             f"--export_base={export_base}",
             f"--name={name}",
             f"--top_k={top_k}",
             "--do_lower_case" if do_lower_case else "--nodo_lower_case",
+            *([f"--version={version}"] if version is not None else []),
         ]
-        if version is not None:
-            command.append(f"--version={version}")
-        logger.info("exporting with the TensorFlow backend in a subprocess: %s", " ".join(command))
-        try:
-            result = subprocess.run(
-                command,
-                env=dict(os.environ, KERAS_BACKEND="tensorflow"),
-                capture_output=True,
-                text=True,
-                timeout=EXPORT_SUBPROCESS_TIMEOUT_SECONDS,
-            )
-        except subprocess.TimeoutExpired:
-            raise ExportError(
-                f"the export (KERAS_BACKEND=tensorflow in a subprocess) did not finish in "
-                f"{EXPORT_SUBPROCESS_TIMEOUT_SECONDS} s and was stopped: {' '.join(command)}"
-            ) from None
+        return export_in_tensorflow_process(flags)
+
+
+def export_in_tensorflow_process(flags: list[str]) -> str:
+    """Run `kbert export FLAGS` under KERAS_BACKEND=tensorflow (SavedModels are TensorFlow
+    graphs) and return the version directory it printed; its failure, a stall or silence is
+    one `ExportError`."""
+    command = [sys.executable, "-m", "kbert", "export", *flags]
+    logger.info("exporting with the TensorFlow backend in a subprocess: %s", " ".join(command))
+    try:
+        result = subprocess.run(
+            command,
+            env=dict(os.environ, KERAS_BACKEND="tensorflow"),
+            capture_output=True,
+            text=True,
+            timeout=EXPORT_SUBPROCESS_TIMEOUT_SECONDS,
+        )
+    except subprocess.TimeoutExpired:
+        raise ExportError(
+            f"the export (KERAS_BACKEND=tensorflow in a subprocess) did not finish in "
+            f"{EXPORT_SUBPROCESS_TIMEOUT_SECONDS} s and was stopped: {' '.join(command)}"
+        ) from None
     if result.returncode != 0:
         errors = [
             line.split("error: ", 1)[1] for line in result.stderr.splitlines() if "error: " in line

@@ -1,6 +1,8 @@
 """Small fixtures shared by the tests: a tiny BertConfig, one batch as the pipeline yields it,
 records on disk, a walk through a traced step's graph (its function calls and XLA calls), and a
-cluster of processes on 127.0.0.1."""
+cluster of processes on 127.0.0.1, the environment of a JAX subprocess over 2 CPU devices."""
+
+import os
 
 
 def tiny_config(vocab_size: int = 100, dropout: float = 0.0, **overrides):
@@ -95,8 +97,6 @@ def write_pretraining_records(
     Every record has `num_predictions` real predictions (weights 1), [MASK] (id 4) at those
     positions in the input, and NSP label i % 2. Returns the directory.
     """
-    import os
-
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -186,7 +186,6 @@ def run_cluster(command, workers=2, timeout=300):
     """Run `command` as every worker of a TF_CONFIG cluster on 127.0.0.1: [(return code,
     output)]; every worker is killed after `timeout` seconds."""
     import json
-    import os
     import subprocess
 
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(workers)]}
@@ -229,3 +228,13 @@ def joint_worker_batches(data, global_batch, seed, workers=2):
     return tf.data.Dataset.zip(tuple(pipelines)).map(
         lambda *shares: tf.nest.map_structure(lambda *parts: tf.concat(parts, 0), *shares)
     )
+
+
+# A subprocess on Keras' JAX backend over 2 CPU devices (set before JAX starts).
+JAX_ENV = dict(
+    os.environ,
+    KERAS_BACKEND="jax",
+    XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    JAX_PLATFORMS="cpu",
+    TF_CPP_MIN_LOG_LEVEL="2",
+)

@@ -18,18 +18,11 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from helpers import random_batch, tiny_config, write_pretraining_records
+from helpers import JAX_ENV, random_batch, tiny_config, write_pretraining_records
 
 from kbert.optimization import optimizer_step
 from kbert.train import TrainingDivergedError, pretrain
 
-JAX_ENV = dict(
-    os.environ,
-    KERAS_BACKEND="jax",
-    XLA_FLAGS="--xla_force_host_platform_device_count=2",
-    JAX_PLATFORMS="cpu",
-    TF_CPP_MIN_LOG_LEVEL="2",
-)
 TIMEOUT_SECONDS = 600
 LOSSES = ("loss", "mlm_loss", "nsp_loss")
 SEQ_LEN, PREDICTIONS, VOCAB_SIZE = 16, 3, 100

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import JAX_ENV
 
 import kbert
 from kbert.checkpoints.parts import encoder_of
@@ -47,13 +48,6 @@ SETTINGS = dict(FIRST, epochs=2, learning_rate=3e-4)
 # Measured: dev logits within 1.3e-7 of one TensorFlow device's (JAX over 2 devices, Mirrored).
 LOGIT_TOLERANCE = 1e-5
 TIMEOUT_SECONDS = 600
-JAX_ENV = dict(
-    os.environ,
-    KERAS_BACKEND="jax",
-    XLA_FLAGS="--xla_force_host_platform_device_count=2",
-    JAX_PLATFORMS="cpu",
-    TF_CPP_MIN_LOG_LEVEL="2",
-)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import joint_worker_batches, run_cluster, tiny_config, write_pretraining_records
+from helpers import (
+    JAX_ENV,
+    joint_worker_batches,
+    run_cluster,
+    tiny_config,
+    write_pretraining_records,
+)
 
 import kbert
 from kbert.distribute import resolve_strategy
@@ -29,13 +35,6 @@ pytestmark = pytest.mark.tensorflow_only
 UPDATES, ACCUMULATION, GLOBAL_BATCH, CLIP, LEARNING_RATE, SEED = 5, 2, 8, 0.05, 0.01, 3
 SEQ_LEN, PREDICTIONS = 16, 3
 TIMEOUT_SECONDS = 300
-JAX_ENV = dict(
-    os.environ,
-    KERAS_BACKEND="jax",
-    XLA_FLAGS="--xla_force_host_platform_device_count=2",
-    JAX_PLATFORMS="cpu",
-    TF_CPP_MIN_LOG_LEVEL="2",
-)
 
 
 @pytest.fixture(scope="module")
