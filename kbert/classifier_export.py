@@ -1,7 +1,9 @@
 """Export a fine-tuned classifier (`kbert finetune`'s best model) as a TF Serving SavedModel that
 takes raw text, tokenized in the graph by the ops of kbert's pre-training export.
 
-Layout: `<export_base>/<name>/<version>/` (saved_model.pb, variables/, assets/vocab.txt), written
+Layout: `<export_base>/<name>/<version>/` (saved_model.pb, variables/, assets/vocab.txt, and
+TF Serving's warm-up file `assets.extra/tf_serving_warmup_requests`: a request of every signature
+at each of `kbert.export.WARMUP_BATCH_SIZES`, written by the pre-training export's writer), written
 as `kbert.export.write_version` writes every export. Signatures (batch dimension None):
 
     serving_default  text, text_pair string [b] (empty text_pair: a single sentence)
@@ -25,10 +27,17 @@ import posixpath
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from kbert.errors import SettingError
-from kbert.export import export_in_tensorflow_process, write_version
+from kbert.export import (
+    WARMUP_FILE,
+    export_in_tensorflow_process,
+    text_batch,
+    write_version,
+    write_warmup_requests,
+)
 from kbert.finetune_data import TextPairEncoder
 from kbert.io import read_json
 from kbert.serving_tokenizer import read_vocab, write_vocab
@@ -82,10 +91,20 @@ def export_classifier(
         text_encoder = TextPairEncoder(vocab_copy, max_seq_length, do_lower_case)
         module, signatures = _signatures(model, text_encoder, labels)
         tf.saved_model.save(module, tmp_dir, signatures=signatures)
+        write_warmup_requests(posixpath.join(tmp_dir, WARMUP_FILE), name, _warmup_inputs)
 
     export_dir = write_version(export_base, name, version, write)
     logger.info("exported the classifier to %s", export_dir)
     return export_dir
+
+
+def _warmup_inputs(pairs: list[tuple[str, str]]) -> dict[str, dict[str, np.ndarray]]:
+    """The warm-up requests' inputs of both signatures for a batch of (text, text pair)s."""
+    text = text_batch([a for a, _ in pairs])
+    return {
+        SERVING_DEFAULT: {"text": text, "text_pair": text_batch([b for _, b in pairs])},
+        SINGLE_TEXT: {"text": text},
+    }
 
 
 def _signatures(

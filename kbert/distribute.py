@@ -48,7 +48,8 @@ def resolve_strategy(
     `mirrored` returns a `MirroredStrategy` over `devices` (default: every visible GPU);
     `multi_worker` returns a `MultiWorkerMirroredStrategy` over the cluster in the `TF_CONFIG`
     environment variable (every worker runs the same program; it must be created before
-    TensorFlow runs anything else in the process); `cpu` returns the default one-device strategy;
+    TensorFlow runs anything else in the process, and later calls return that one, e.g. a
+    pre-training then a fine-tuning in one program); `cpu` returns the default one-device strategy;
     `auto` picks multi-worker when `TF_CONFIG` names more than one chief or worker task (and no
     parameter servers), else a TPU when one is attached to this machine, else Mirrored when there
     is more than one GPU, else one device. Asking for a local TPU where none is attached raises at
@@ -168,7 +169,15 @@ def _tf_config_tasks() -> list[tuple[str, int]]:
         ) from None
 
 
+# The multi-worker strategy of this process, by its TF_CONFIG: collectives are configured once,
+# at TensorFlow's start, so a second strategy cannot be created.
+_MULTI_WORKER_STRATEGIES: dict[str, tf.distribute.Strategy] = {}
+
+
 def _multi_worker_strategy(why: str) -> tf.distribute.Strategy:
+    created = _MULTI_WORKER_STRATEGIES.get(os.environ.get("TF_CONFIG", ""))
+    if created is not None:
+        return created
     if not _tf_config_tasks():
         raise SettingError(
             "strategy 'multi_worker' needs the TF_CONFIG environment variable: the cluster's "
@@ -183,6 +192,7 @@ def _multi_worker_strategy(why: str) -> tf.distribute.Strategy:
             "strategy 'multi_worker' must be created before TensorFlow runs anything in the "
             f"process (resolve it first thing in the program): {e}"
         ) from None
+    _MULTI_WORKER_STRATEGIES[os.environ["TF_CONFIG"]] = strategy
     resolver = strategy.cluster_resolver
     logger.info(
         "strategy: MultiWorkerMirroredStrategy, %d replica(s) in sync; this is %s %d — %s",

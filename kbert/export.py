@@ -40,7 +40,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
@@ -141,7 +141,9 @@ def export_for_serving(
         )
         module, signatures = _serving_signatures(model, text_encoder, top_k)
         tf.saved_model.save(module, tmp_dir, signatures=signatures)
-        _write_warmup_requests(posixpath.join(tmp_dir, WARMUP_FILE), name, text_encoder)
+        write_warmup_requests(
+            posixpath.join(tmp_dir, WARMUP_FILE), name, _pretraining_warmup_inputs(text_encoder)
+        )
 
     export_dir = write_version(export_base, name, version, write)
     logger.info("exported %s (signatures: %s)", export_dir, ", ".join(SIGNATURES))
@@ -363,9 +365,14 @@ def _serving_signatures(
     return module, signatures
 
 
-def _write_warmup_requests(path: str, model_name: str, text_encoder: ServingTextEncoder) -> int:
-    """Write TF Serving's warm-up file: PredictionLog records for every signature, every
-    batch size in WARMUP_BATCH_SIZES. Returns the number of records."""
+def write_warmup_requests(
+    path: str,
+    model_name: str,
+    inputs_for: Callable[[list[tuple[str, str]]], dict[str, dict[str, np.ndarray]]],
+) -> int:
+    """Write TF Serving's warm-up file: a PredictionLog record of a PredictRequest for every
+    signature and every batch size in WARMUP_BATCH_SIZES. `inputs_for(pairs)` maps the batch's
+    (text, text pair)s to each signature's inputs. Returns the number of records."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     count = 0
@@ -373,23 +380,7 @@ def _write_warmup_requests(path: str, model_name: str, text_encoder: ServingText
     with tf.io.TFRecordWriter(path) as writer:
         for batch_size in WARMUP_BATCH_SIZES:
             pairs = [WARMUP_TEXTS[i % len(WARMUP_TEXTS)] for i in range(batch_size)]
-            texts = {
-                TEXT_INPUTS[0]: np.array([a.encode() for a, _ in pairs], dtype=object),
-                TEXT_INPUTS[1]: np.array([b.encode() for _, b in pairs], dtype=object),
-            }
-            ids = {
-                feature: value.numpy()
-                for feature, value in text_encoder(
-                    tf.constant(texts["text_a"]), tf.constant(texts["text_b"])
-                ).items()
-            }
-            inputs_by_signature = {
-                SERVING_DEFAULT: ids,
-                ENCODE: {feature: ids[feature] for feature in ENCODER_INPUTS},
-                FILL_MASK: texts,
-                TOKENIZE: texts,
-            }
-            for signature, inputs in inputs_by_signature.items():
+            for signature, inputs in inputs_for(pairs).items():
                 request = predict_pb2.PredictRequest(
                     model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature)
                 )
@@ -401,6 +392,37 @@ def _write_warmup_requests(path: str, model_name: str, text_encoder: ServingText
                 writer.write(log.SerializeToString())
                 count += 1
     return count
+
+
+def text_batch(texts: Sequence[str]) -> np.ndarray:
+    """Strings as the object array of UTF-8 bytes that `tf.make_tensor_proto` takes."""
+    return np.array([text.encode() for text in texts], dtype=object)
+
+
+def _pretraining_warmup_inputs(
+    text_encoder: ServingTextEncoder,
+) -> Callable[[list[tuple[str, str]]], dict[str, dict[str, np.ndarray]]]:
+    """The pre-training export's warm-up inputs of every signature for a batch of pairs."""
+
+    def inputs_for(pairs: list[tuple[str, str]]) -> dict[str, dict[str, np.ndarray]]:
+        texts = {
+            TEXT_INPUTS[0]: text_batch([a for a, _ in pairs]),
+            TEXT_INPUTS[1]: text_batch([b for _, b in pairs]),
+        }
+        ids = {
+            feature: value.numpy()
+            for feature, value in text_encoder(
+                tf.constant(texts[TEXT_INPUTS[0]]), tf.constant(texts[TEXT_INPUTS[1]])
+            ).items()
+        }
+        return {
+            SERVING_DEFAULT: ids,
+            ENCODE: {feature: ids[feature] for feature in ENCODER_INPUTS},
+            FILL_MASK: texts,
+            TOKENIZE: texts,
+        }
+
+    return inputs_for
 
 
 def fill_mask(saved_model_dir: str, text_a: str, text_b: str = "") -> dict[str, Any]:

@@ -4,8 +4,9 @@ encoder kbert loads: "did pre-training work?" answered the way BERT's papers ans
 The encoder comes from `kbert.checkpoints.init_from` (a kbert run or `.keras` file, a Google TF1
 checkpoint, a keras-hub preset, a Hugging Face BERT folder) or from random init (`config`, the
 baseline). On it sits keras-hub's `BertTextClassifier` head (dropout, then a dense layer on the
-pooled `[CLS]` output), trained with Google's run_classifier recipe: AdamWeightDecay
-(`create_optimizer`), 10 % warmup then linear decay, 3 epochs, lr 2e-5, batch 32, 128 tokens.
+pooled `[CLS]` output; `kbert.heads.TextClassifier`), trained with Google's run_classifier
+recipe: AdamWeightDecay (`create_optimizer`), 10 % warmup then linear decay, 3 epochs, lr 2e-5,
+batch 32, 128 tokens.
 Every cell of the grid (learning rates × batch sizes × epochs × seeds) is trained and scored on
 the dev set; the best is kept. Outputs (each written atomically) in `output_dir`:
 `finetune_results.json`, `finetune_results.txt` (a table), `best_model.keras`, and
@@ -26,7 +27,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import keras_hub
 import numpy as np
 import tensorflow as tf
 
@@ -45,7 +45,7 @@ from kbert.checkpoints import (
 from kbert.checkpoints.parts import encoder_of
 from kbert.classifier_export import RESULTS_FILE, export_classifier
 from kbert.config import BertConfig, resolve_config
-from kbert.distribute import Placement, as_placement
+from kbert.distribute import Placement, as_placement, initialize_distribution
 from kbert.errors import InputError, MissingFileError, SettingError
 from kbert.finetune_data import (
     Examples,
@@ -56,6 +56,7 @@ from kbert.finetune_data import (
     read_tfds_examples,
     tfds_splits,
 )
+from kbert.heads import TextClassifier
 from kbert.io import atomic_path, check_positive_int, read_json, write_atomically, write_json
 from kbert.losses import GlobalMeanSquaredError, WeightedSparseCrossEntropy
 from kbert.model import build_pretraining_model
@@ -135,6 +136,9 @@ def finetune(
     verbose: int = 0,
     tfds_name: str | None = None,
     tfds_data_dir: str | None = None,
+    job_addresses: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
 ) -> FinetuneResult:
     """Fine-tune an encoder on a labelled train file, score it on the dev file, keep the best.
 
@@ -168,6 +172,11 @@ def finetune(
         tfds_name: a TFDS dataset instead of the files (e.g. "glue/mrpc"): its train, validation
             and test splits (`kbert.finetune_data.tfds_splits`) are read as the three files.
         tfds_data_dir: TFDS' data directory.
+        job_addresses, num_processes, process_id: a JAX run of several processes, as
+            `kbert.distribute.initialize_distribution` takes them (default: Keras'
+            KERAS_DISTRIBUTION_* variables): not supported yet, a `SettingError` (on several
+            hosts use TensorFlow's strategy "multi_worker": every worker runs the same call,
+            only the chief writes).
 
     Returns:
         A `FinetuneResult`; `results["best"]` holds the chosen settings and dev metrics.
@@ -189,6 +198,17 @@ def finetune(
     ['accuracy', 'batch_size', 'epochs', 'f1', 'learning_rate', 'mcc', 'seed']
     """
     check_positive_int("max_seq_length", max_seq_length)
+    # First: JAX processes join before JAX starts, a multi-worker strategy is created before
+    # TensorFlow runs anything.
+    initialize_distribution(job_addresses, num_processes, process_id)
+    placement = as_placement(strategy, tpu=tpu)
+    context = placement.input_context()
+    if context is not None and context.num_input_pipelines > 1:
+        raise SettingError(
+            f"strategy {strategy!r}: fine-tuning under KERAS_BACKEND=jax runs in one process, "
+            f"but this is process {context.input_pipeline_id} of {context.num_input_pipelines} "
+            "(run it in one process, or on TensorFlow's backend with --strategy multi_worker)"
+        )
     grid = {
         "learning_rate": parse_grid(learning_rate, float, "learning_rate"),
         "batch_size": parse_grid(batch_size, int, "batch_size"),
@@ -235,8 +255,10 @@ def finetune(
             f"{encoder_source.vocab_file}: {len(text_encoder.tokens)} tokens, but the encoder's "
             f"vocab_size is {encoder_source.config.vocab_size} (pass its vocab.txt: --vocab_file)"
         )
-    placement = as_placement(strategy, tpu=tpu)
-    tf.io.gfile.makedirs(output_dir)
+    # Every process trains and predicts (collectives); only the chief writes.
+    writes = placement.is_chief
+    if writes:
+        tf.io.gfile.makedirs(output_dir)
 
     baseline = task.baseline(train, dev)
     cells: list[dict[str, Any]] = []
@@ -256,14 +278,19 @@ def finetune(
             placement,
             verbose,
         )
-        metrics = task.metrics(dev, _predict(model, text_encoder, dev, settings["batch_size"]))
+        outputs = _predict(model, text_encoder, dev, settings["batch_size"])
+        metrics = task.metrics(dev, outputs)
         cell = {**settings, **metrics, "train_seconds": round(time.monotonic() - started, 1)}
         cells.append(cell)
         logger.info("dev: %s", metrics)
         if best is None or cell[task.metric] > best[task.metric]:
             best = cell
-            with atomic_path(posixpath.join(output_dir, BEST_MODEL_FILE)) as tmp:
-                model.save(tmp)
+            if writes:
+                with (
+                    placement.this_process_only(),
+                    atomic_path(posixpath.join(output_dir, BEST_MODEL_FILE)) as tmp,
+                ):
+                    model.save(tmp)
             if test is not None:
                 outputs = _predict(model, text_encoder, test, settings["batch_size"])
                 test_predictions = task.prediction_strings(outputs)
@@ -295,11 +322,13 @@ def finetune(
         "best": {key: best[key] for key in (*GRID_SETTINGS, *task.metric_names)},
         "warnings": warnings,
     }
+    table = format_table(results)
+    if not writes:
+        return FinetuneResult(output_dir, results, table, warnings)
     if test is not None and test_predictions is not None:
         rows = "".join(f"{i}\t{p}\n" for i, p in enumerate(test_predictions))
         write_atomically(posixpath.join(output_dir, PREDICTIONS_FILE), "index\tprediction\n" + rows)
         results["test_predictions"] = PREDICTIONS_FILE
-    table = format_table(results)
     write_json(posixpath.join(output_dir, RESULTS_FILE), results)
     if export_base is not None:
         results["export"] = export_classifier(
@@ -557,7 +586,7 @@ def _train_cell(
             # Loaders draw random numbers (building models) as they please: seeding again makes
             # the dropout masks depend on the seed alone, whatever the source's kind.
             keras.utils.set_random_seed(settings["seed"])
-        model = keras_hub.models.BertTextClassifier(
+        model = TextClassifier(
             encoder_of(pretraining),
             num_classes=task.num_outputs,
             preprocessor=None,
@@ -606,7 +635,8 @@ def _initialize_head(model: keras.Model, seed: int) -> None:
 def _predict(
     model: keras.Model, text_encoder: TextPairEncoder, examples: Examples, batch_size: int
 ) -> np.ndarray:
-    """The model's outputs for `examples`, in batches padded to whole ones (JAX shards them)."""
+    """The model's outputs for `examples`, in batches padded to whole ones (JAX shards them);
+    under MultiWorkerMirroredStrategy every worker gets all of them, in order."""
     data = text_encoder.dataset(examples, batch_size, pad=True)
     outputs = model.predict(data, verbose=0)
     return np.asarray(outputs, dtype=np.float64)[: len(examples)]

@@ -1,4 +1,5 @@
-"""The MLM head: keras-hub's MaskedLMHead with its tied vocabulary projection done more cheaply."""
+"""The MLM head: keras-hub's MaskedLMHead with its tied vocabulary projection done more cheaply;
+the fine-tuning classifier: keras-hub's BertTextClassifier with kbert's trainer fixes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 import keras
 import keras_hub
 from keras import ops
+
+from kbert.distribute import TrainerFixes
 
 
 @keras.saving.register_keras_serializable(package="kbert")
@@ -51,3 +54,9 @@ def project_onto_table(x: Any, table: Any) -> Any:
             return ops.matmul(upstream, table), ops.matmul(ops.transpose(upstream), x)
 
     return ops.matmul(x, ops.transpose(table)), grad
+
+
+@keras.saving.register_keras_serializable(package="kbert")
+class TextClassifier(TrainerFixes, keras_hub.models.BertTextClassifier):
+    """keras-hub's `BertTextClassifier` (same layers, same outputs) that also trains under
+    MultiWorkerMirroredStrategy (`kbert.distribute.TrainerFixes`)."""

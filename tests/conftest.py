@@ -16,6 +16,9 @@ os.environ.setdefault("KBERT_MIXED_PRECISION", "none")
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
+# Session fixtures of the fine-tuning placement tests (shared by two modules).
+from finetune_task import finetune_task, one_device_finetuning  # noqa: E402,F401
+
 import kbert  # noqa: E402,F401  (sets kbert's environment defaults before TensorFlow starts)
 
 BACKEND = keras.backend.backend()

@@ -2,23 +2,17 @@
 
 One fine-tuning cell (same encoder, seed, dropout 0) on one device, on a 2-replica
 MirroredStrategy and (a `kbert finetune` subprocess) on JAX's DataParallel over 2 devices gives
-the same dev predictions; the exported SavedModel, fed raw text, gives the best Keras model's.
+the same dev predictions; the exported SavedModel, fed raw text, gives the best Keras model's,
+and TF Serving's warm-up requests written with it run on its signatures.
 
-The task: "which standard-library package is this docstring sentence from" (real text). Two
-things made the placements differ, both fixed: Keras draws a batch before training under a strategy
-and under JAX, which advanced a reshuffling dataset (another data order); and TensorFlow clipped
-the embedding's IndexedSlices gradient by a norm over its duplicate rows (7e-5 off JAX's dense
-norm). Left is float noise (~1e-7), which fine-tuning a tiny encoder from random init amplifies
-where it starts to learn (to 1e-2 in the logits at 3e-3 on one backend, measured), so the encoder
-here already knows the task, as a pre-trained one would: the encoder of a first fine-tuning from
-random init. From it the placements' dev logits agree to 1.3e-7 (measured).
+The task and the reference are tests/finetune_task.py's (shared with the multi-worker cluster
+of tests/test_multi_worker.py). Two things made the placements differ, both fixed: Keras draws a
+batch before training under a strategy and under JAX, which advanced a reshuffling dataset
+(another data order); and TensorFlow clipped the embedding's IndexedSlices gradient by a norm
+over its duplicate rows (7e-5 off JAX's dense norm). Left is float noise (see finetune_task.py).
 """
 
-import csv
-import email
-import json
 import os
-import random
 import subprocess
 import sys
 
@@ -26,113 +20,45 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from finetune_task import (
+    SEQ_LEN,
+    SETTINGS,
+    TOPICS,
+    assert_same_predictions,
+    flags,
+    read_results,
+)
 from helpers import JAX_ENV
 
-import kbert
-from kbert.checkpoints.parts import encoder_of
 from kbert.cli import main
 from kbert.distribute import Placement, resolve_strategy
+from kbert.export import WARMUP_FILE
 from kbert.finetune_data import TextPairEncoder, read_examples
-from kbert.finetuning import BEST_MODEL_FILE, PREDICTIONS_FILE, finetune
+from kbert.finetuning import BEST_MODEL_FILE, finetune
 from kbert.optimization import AdamWeightDecay
-from tfrecords_tools import corpora, vocab
 
 pytestmark = pytest.mark.tensorflow_only
 
-STDLIB = os.path.dirname(os.path.dirname(email.__file__))
-TOPICS = ("email", "asyncio")
-TRAIN_ROWS, DEV_ROWS, SEQ_LEN = 300, 64, 32
-# The first fine-tuning, from random init: the tiny model learns the task (dev accuracy ~0.9).
-FIRST = dict(max_seq_length=SEQ_LEN, batch_size=32, epochs=6, learning_rate=2e-3, dropout=0.0)
-SETTINGS = dict(FIRST, epochs=2, learning_rate=3e-4)
-# Measured: dev logits within 1.3e-7 of one TensorFlow device's (JAX over 2 devices, Mirrored).
-LOGIT_TOLERANCE = 1e-5
 TIMEOUT_SECONDS = 600
 
 
-@pytest.fixture(scope="module")
-def task(tmp_path_factory):
-    """Train and dev CSVs of (text, topic), a vocabulary learned from them, and an encoder that
-    knows the task (`.keras`): the encoder of a first fine-tuning from random init."""
-    root = tmp_path_factory.mktemp("placements")
-    rows = [
-        (" ".join(sentence.split()), package)
-        for package in TOPICS
-        for document in corpora.python_docstring_documents([os.path.join(STDLIB, package)])
-        for sentence in document
-    ]
-    random.Random(1).shuffle(rows)
-    vocab_file = str(root / "vocab.txt")
-    vocab.learn_vocab([text for text, _ in rows], vocab_file, 1000)
-    files = {}
-    for name, part in (
-        ("train", rows[:TRAIN_ROWS]),
-        ("dev", rows[TRAIN_ROWS : TRAIN_ROWS + DEV_ROWS]),
-    ):
-        files[name] = str(root / f"{name}.csv")
-        with open(files[name], "w", newline="", encoding="utf-8") as f:
-            csv.writer(f).writerows([("text", "topic"), *part])
-    config = kbert.BertConfig(
-        vocab_size=len(open(vocab_file).read().splitlines()),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=SEQ_LEN,
-    )
-    keras.utils.set_random_seed(0)
-    random_init = kbert.build_pretraining_model(config, SEQ_LEN, 1)
-    random_init.save(str(root / "random.keras"))
-    first = str(root / "first")
-    columns = dict(text_column="text", label_column="topic")
-    finetune(
-        files["train"],
-        files["dev"],
-        first,
-        init_from=str(root / "random.keras"),
-        vocab_file=vocab_file,
-        strategy="cpu",
-        **columns,
-        **FIRST,
-    )
-    classifier = keras.saving.load_model(os.path.join(first, BEST_MODEL_FILE))
-    encoder_of(random_init).set_weights(classifier.backbone.get_weights())
-    encoder = str(root / "encoder.keras")
-    random_init.save(encoder)
-    return dict(root=root, vocab=vocab_file, encoder=encoder, **files)
+@pytest.fixture
+def task(finetune_task):
+    """The shared task: train and dev CSVs, vocabulary, an encoder that knows the task."""
+    return finetune_task
 
 
-def flags(task, output_dir):
-    """`kbert finetune`'s flags for the task: dev rows scored and predicted."""
-    return [
-        f"--init_from={task['encoder']}",
-        f"--vocab_file={task['vocab']}",
-        f"--train_file={task['train']}",
-        f"--eval_file={task['dev']}",
-        f"--test_file={task['dev']}",
-        "--text_column=text",
-        "--label_column=topic",
-        f"--output_dir={output_dir}",
-        *(f"--{name}={value}" for name, value in SETTINGS.items()),
-        "--verbose=0",
-    ]
+@pytest.fixture
+def one_device(one_device_finetuning):
+    """The shared one-device reference: (output directory, results, dev logits)."""
+    return one_device_finetuning
 
 
-def dev_logits(task, output_dir):
-    """The saved best model's dev logits, as TensorFlow-backend Keras reloads it."""
-    model = keras.saving.load_model(os.path.join(output_dir, BEST_MODEL_FILE))
-    dev = read_examples(task["dev"], text_column="text", label_column="topic")
-    return model.predict(TextPairEncoder(task["vocab"], SEQ_LEN).dataset(dev, 16), verbose=0)
-
-
-def read_results(output_dir):
-    return json.load(open(os.path.join(output_dir, "finetune_results.json")))
-
-
-@pytest.fixture(scope="module")
-def jax_run(task):
-    """`kbert finetune` under JAX over 2 devices, started at once (it runs beside the
-    TensorFlow runs); the test waits for it."""
+@pytest.fixture(scope="module", autouse=True)
+def jax_run(finetune_task):
+    """`kbert finetune` under JAX over 2 devices, started with the module's first test (it runs
+    beside the TensorFlow runs); the test waits for it."""
+    task = finetune_task
     output_dir = str(task["root"] / "jax")
     process = subprocess.Popen(
         [
@@ -153,30 +79,6 @@ def jax_run(task):
     if process.poll() is None:
         process.kill()
         process.communicate()
-
-
-@pytest.fixture(scope="module")
-def one_device(task, jax_run):
-    """The reference: `kbert finetune` on one TensorFlow device, exporting its best model."""
-    output_dir = str(task["root"] / "one")
-    command = [*flags(task, output_dir), "--strategy=cpu", f"--export_base={task['root']}/served"]
-    assert main(["finetune", *command]) == 0
-    results = read_results(output_dir)
-    # The model knows the task: predictions are not constant, none sits on the boundary.
-    assert results["best"]["accuracy"] > results["baseline"]["accuracy"] + 0.25, results
-    logits = dev_logits(task, output_dir)
-    assert np.abs(logits[:, 0] - logits[:, 1]).min() > 2 * LOGIT_TOLERANCE
-    return output_dir, results, logits
-
-
-def assert_same_predictions(output_dir, reference, task):
-    reference_dir, reference_results, reference_logits = reference
-    assert read_results(output_dir)["best"] == reference_results["best"]
-    predictions = open(os.path.join(output_dir, PREDICTIONS_FILE)).read()
-    assert predictions == open(os.path.join(reference_dir, PREDICTIONS_FILE)).read()
-    logits = dev_logits(task, output_dir)
-    np.testing.assert_allclose(logits, reference_logits, atol=LOGIT_TOLERANCE)
-    return np.abs(logits - reference_logits).max()
 
 
 def test_the_training_order_is_the_same_on_every_pass(task):
@@ -262,6 +164,31 @@ PAIRS = [
 ]
 
 
+def assert_tf_serving_replays_the_warmup_requests(export_dir, signatures):
+    """Each request of the warm-up file, read as TF Serving reads it (PredictionLog records of
+    PredictRequests), runs on its signature and returns that signature's outputs."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    records = tf.data.TFRecordDataset(os.path.join(export_dir, WARMUP_FILE))
+    requests = [
+        prediction_log_pb2.PredictionLog.FromString(r.numpy()).predict_log.request for r in records
+    ]
+    names = [r.model_spec.signature_name for r in requests]
+    assert sorted(set(names)) == sorted(signatures) == ["serving_default", "single_text"]
+    assert {r.model_spec.name for r in requests} == {"classifier"}
+    batch_sizes = set()
+    for request in requests:
+        signature = signatures[request.model_spec.signature_name]
+        inputs = {key: tf.make_ndarray(value) for key, value in request.inputs.items()}
+        assert set(inputs) == set(signature.structured_input_signature[1])
+        [batch_size] = {len(value) for value in inputs.values()}
+        outputs = signature(**{key: tf.constant(value) for key, value in inputs.items()})
+        assert set(outputs) == set(signature.structured_outputs) == {"probabilities", "label"}
+        assert outputs["probabilities"].shape == (batch_size, len(TOPICS))
+        batch_sizes.add(batch_size)
+    assert batch_sizes == {1, 8}
+
+
 def test_the_saved_model_serves_raw_text_as_the_keras_model_predicts(task, one_device):
     import tensorflow_text  # noqa: F401  (the tokenizer ops of the SavedModel)
 
@@ -288,6 +215,7 @@ def test_the_saved_model_serves_raw_text_as_the_keras_model_predicts(task, one_d
     np.testing.assert_allclose(
         single["probabilities"].numpy(), served["probabilities"].numpy()[:16], atol=1e-6
     )
+    assert_tf_serving_replays_the_warmup_requests(export_dir, signatures)
 
 
 @pytest.mark.parametrize("strategy", ["mirrored", "cpu"])

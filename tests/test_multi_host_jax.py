@@ -426,19 +426,41 @@ def test_processes_whose_backups_are_at_different_steps_resume_together_from_the
     assert_same_weights(run / "encoder.weights.h5", work / "two" / "encoder.weights.h5")
 
 
-def test_one_device_strategy_over_two_processes_is_a_clear_error(runs):
+# `kbert train --strategy cpu` with the arguments given, then `kbert finetune` (which does not
+# run in several JAX processes yet), in one process: both must fail with one line.
+TRAIN_THEN_FINETUNE = textwrap.dedent("""
+    import sys
+    from kbert.cli import main
+
+    work, argv = sys.argv[1], sys.argv[2:]
+    finetune = [f"--train_file={work}/train.csv", f"--eval_file={work}/train.csv",
+                f"--output_dir={work}/finetune", f"--config={work}/bert_config.json",
+                f"--vocab_file={work}/vocab.txt"]
+    sys.exit(main(["train", *argv]) + main(["finetune", *finetune]))
+""")
+
+
+def test_one_device_strategy_and_finetune_over_two_processes_are_clear_errors(runs):
     work, _ = runs
-    command = [sys.executable, "-m", "kbert", "train", "--strategy", "cpu"]
+    child = work / "train_then_finetune.py"
+    child.write_text(TRAIN_THEN_FINETUNE)
+    command = [sys.executable, str(child), str(work), "--strategy", "cpu"]
     group = two_processes(work, "cpu", command, work / "cpu")
     try:
-        assert group.wait(time.monotonic() + TIMEOUT_SECONDS) == [1, 1], group.output()
+        assert group.wait(time.monotonic() + TIMEOUT_SECONDS) == [2, 2], group.output()
     finally:
         group.kill()
     for process, log in enumerate(group.logs):
-        error = log.read_text().strip().splitlines()[-1]
-        assert error.startswith(
+        errors = [line for line in log.read_text().splitlines() if ": error: " in line]
+        assert len(errors) == 2, errors
+        assert errors[0].startswith(
             f"kbert train: error: strategy 'cpu' is one device, but this is process {process} of 2"
-        ), error
+        ), errors
+        assert errors[1].startswith(
+            "kbert finetune: error: strategy 'auto': fine-tuning under KERAS_BACKEND=jax runs in "
+            f"one process, but this is process {process} of 2"
+        ), errors
+    assert not (work / "finetune").exists()
 
 
 def test_without_the_variables_nothing_is_initialised(monkeypatch):

@@ -1,4 +1,6 @@
-"""MultiWorkerMirroredStrategy: two `kbert train` workers on 127.0.0.1 (the multi-host proxy)."""
+"""MultiWorkerMirroredStrategy: two workers on 127.0.0.1 (the multi-host proxy), each running
+`kbert train` then, in the same process (a cluster's start costs more than its runs), `kbert
+finetune` of tests/finetune_task.py's task."""
 
 import json
 import os
@@ -9,6 +11,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+from finetune_task import assert_same_predictions, flags, read_results
 from helpers import joint_worker_batches, run_cluster, tiny_config, write_pretraining_records
 
 import kbert
@@ -16,20 +19,31 @@ from kbert.distribute import resolve_strategy
 from kbert.optimization import create_optimizer
 
 STEPS, GLOBAL_BATCH, SEED, LEARNING_RATE = 3, 8, 3, 0.5
+# Each worker: `kbert train` with the arguments before "--then", `kbert finetune` with the rest.
+TRAIN_THEN_FINETUNE = textwrap.dedent("""
+    import sys
+    from kbert.cli import main
+
+    split = sys.argv.index("--then")
+    status = main(["train", *sys.argv[1:split]])
+    sys.exit(status or main(["finetune", *sys.argv[split + 1 :]]))
+""")
 
 
 @pytest.fixture(scope="module")
-def multi_worker_run(tmp_path_factory):
-    """Two workers of one cluster train the tiny config for 3 SGD steps of global batch 8."""
+def multi_worker_run(tmp_path_factory, finetune_task):
+    """Two workers of one cluster train the tiny config for 3 SGD steps of global batch 8, then
+    fine-tune the shared task's encoder (and export it): (work directory, data, each worker's
+    output)."""
     work = tmp_path_factory.mktemp("multi_worker")
     data = write_pretraining_records(str(work / "data"))
     config_file = str(work / "bert_config.json")
     tiny_config().to_json_file(config_file)
+    child = work / "train_then_finetune.py"
+    child.write_text(TRAIN_THEN_FINETUNE)
     command = [
         sys.executable,
-        "-m",
-        "kbert",
-        "train",
+        str(child),
         "--config",
         config_file,
         "--train_files",
@@ -54,10 +68,16 @@ def multi_worker_run(tmp_path_factory):
         data,
         "--verbose",
         "0",
+        "--then",
+        *flags(finetune_task, str(work / "finetune")),
+        "--strategy=multi_worker",
+        f"--export_base={work / 'served'}",
     ]
+    outputs = []
     for returncode, output in run_cluster(command):
         assert returncode == 0, output[-3000:]
-    return work, data
+        outputs.append(output)
+    return work, data, outputs
 
 
 def one_device_on_joint_batches(data, steps, before=None, trained=None):
@@ -75,7 +95,7 @@ def one_device_on_joint_batches(data, steps, before=None, trained=None):
 
 
 def test_two_workers_train_the_weights_of_one_device_on_their_joint_batches(multi_worker_run):
-    work, data = multi_worker_run
+    work, data, _ = multi_worker_run
     chief = keras.saving.load_model(str(work / "run" / "model.keras"))
     assert int(chief.optimizer.iterations.numpy()) == STEPS
     # The other worker holds the same weights and wrote to its own directory.
@@ -92,7 +112,7 @@ def test_two_workers_train_the_weights_of_one_device_on_their_joint_batches(mult
 
 
 def test_multi_worker_evaluation_equals_one_device(multi_worker_run):
-    work, data = multi_worker_run
+    work, data, _ = multi_worker_run
     with open(work / "run" / "eval_results.json") as f:
         distributed = json.load(f)
     single = kbert.evaluate(
@@ -101,6 +121,31 @@ def test_multi_worker_evaluation_equals_one_device(multi_worker_run):
     assert distributed["num_sequences"] == single["num_sequences"] == 64
     for name in ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy"):
         assert distributed[name] == pytest.approx(single[name], abs=1e-5), name
+
+
+def test_two_workers_fine_tune_as_one_device_and_only_the_chief_writes(
+    multi_worker_run, finetune_task, one_device_finetuning
+):
+    work, _, outputs = multi_worker_run
+    output_dir = work / "finetune"
+    difference = assert_same_predictions(str(output_dir), one_device_finetuning, finetune_task)
+    print(f"largest dev logit difference, 2 workers against one device: {difference:.2e}")
+    # The chief's files are complete; the other worker wrote none (no second export either).
+    results = read_results(str(output_dir))
+    assert sorted(os.listdir(output_dir)) == [
+        "best_model.keras",
+        "finetune_results.json",
+        "finetune_results.txt",
+        "test_predictions.tsv",
+    ]
+    assert results["export"] == str(work / "served" / "classifier" / "1")
+    assert os.listdir(work / "served" / "classifier") == ["1"]
+    assert os.path.exists(os.path.join(results["export"], "saved_model.pb"))
+    # Both workers chose the same cell on the same dev scores.
+    chosen = [
+        [line for line in output.splitlines() if line.startswith('{"best"')] for output in outputs
+    ]
+    assert chosen[0] == chosen[1] == [json.dumps({"best": results["best"]}, sort_keys=True)]
 
 
 @pytest.mark.parametrize(
@@ -182,7 +227,7 @@ def killed_twice(multi_worker_run, tmp_path_factory):
     """The cluster killed after step 2, rerun and killed after step 4 with its workers one
     interval apart, rerun to the end: (run directory, the second run's outputs, its step-4
     checkpoint, the last run's outputs). One chain: a cluster's start costs more than its run."""
-    _, data = multi_worker_run
+    _, data, _ = multi_worker_run
     work = tmp_path_factory.mktemp("killed_twice")
     child = work / "child.py"
     child.write_text(
@@ -209,7 +254,7 @@ def killed_twice(multi_worker_run, tmp_path_factory):
 
 
 def test_a_killed_cluster_rerun_resumes_where_it_stopped(multi_worker_run, killed_twice):
-    _, data = multi_worker_run
+    _, data, _ = multi_worker_run
     _, second, step_4, _ = killed_twice
     for output in second:
         assert "from step 2 " in output, output[-3000:]
@@ -224,7 +269,7 @@ def test_a_killed_cluster_rerun_resumes_where_it_stopped(multi_worker_run, kille
 def test_workers_killed_at_different_intervals_resume_from_the_one_both_finished(
     multi_worker_run, killed_twice
 ):
-    _, data = multi_worker_run
+    _, data, _ = multi_worker_run
     run, _, _, last = killed_twice
     for output in last:
         assert "from step 2 " in output, output[-3000:]  # worker 0 too, from its previous state

@@ -71,6 +71,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where to train (as kbert train)",
     )
     add_flag(grid, "tpu", default="local", help="TPU for --strategy tpu")
+    add_flag(
+        grid,
+        "job_addresses",
+        help="JAX run of several processes: host:port of process 0 (as kbert train; default: "
+        "KERAS_DISTRIBUTION_JOB_ADDRESSES); process 0 writes output_dir, the others nothing",
+    )
+    add_flag(
+        grid,
+        "num_processes",
+        type=int,
+        help="JAX run of several processes: how many (default: KERAS_DISTRIBUTION_NUM_PROCESSES)",
+    )
+    add_flag(
+        grid,
+        "process_id",
+        type=int,
+        help="JAX run of several processes: this one's id (default: KERAS_DISTRIBUTION_PROCESS_ID)",
+    )
     export = parser.add_argument_group("export")
     add_flag(
         export,
@@ -85,6 +103,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Fine-tune every grid cell, print the table and where the results are (a score within
     noise of the majority-class baseline is logged as a warning)."""
+    from kbert.distribute import initialize_distribution
+
+    # Before anything (the device report) starts JAX: a run of several processes joins first.
+    initialize_distribution(args.job_addresses, args.num_processes, args.process_id)
     report_devices("finetune")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from kbert.finetuning import RESULTS_FILE, finetune
