@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from kbert.errors import SettingError
@@ -602,6 +603,36 @@ class Placement:
                 f"of devices it is split across ({self.num_replicas}: {self.description})"
             )
 
+    def share_of_batches(self, dataset: tf.data.Dataset, global_batch_size: int) -> tf.data.Dataset:
+        """This process's part of `dataset`'s global batches: under JAX with several processes
+        rows p·B/P to (p+1)·B/P of each (the global batch is the processes' slices in process
+        order); `dataset` itself elsewhere (a `tf.distribute` strategy splits batches itself)."""
+        self.check_global_batch_size(global_batch_size)
+        context = self.input_context()
+        if context is None or context.num_input_pipelines == 1:
+            return dataset
+        share = global_batch_size // context.num_input_pipelines
+        start = context.input_pipeline_id * share
+        return dataset.map(
+            lambda *batch: tf.nest.map_structure(lambda t: t[start : start + share], batch)
+        ).apply(tf.data.experimental.assert_cardinality(dataset.cardinality()))
+
+    def predict(
+        self, model: keras.Model, dataset: tf.data.Dataset, global_batch_size: int
+    ) -> np.ndarray:
+        """`model`'s outputs for every row of `dataset` (whole global batches), in order and the
+        same on every process (TensorFlow workers, JAX processes); every process calls it."""
+        data = self.share_of_batches(dataset, global_batch_size)
+        with self.scope():
+            if data is not dataset:
+                # Keras' `predict` reads each batch's outputs as numpy, which a JAX process
+                # holding only its slice of them cannot: gathered onto every device in the
+                # compiled step, they are whole on every process.
+                outputs = _Replicated(self.distribution.device_mesh)(model.outputs[0])
+                model = keras.Model(model.inputs, outputs)
+                model.jit_compile = True
+            return np.asarray(model.predict(data, verbose=0))
+
     def distribute_dataset(
         self,
         dataset_fn: Callable[[tf.distribute.InputContext], tf.data.Dataset],
@@ -618,6 +649,18 @@ class Placement:
         if self.strategy is not None:
             return self.strategy.distribute_datasets_from_function(dataset_fn)
         return dataset_fn(self.input_context())
+
+
+class _Replicated(keras.layers.Layer):
+    """Its input placed whole on every device of `mesh` (under JAX's jit: an all-gather)."""
+
+    def __init__(self, mesh: keras.distribution.DeviceMesh, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.mesh = mesh
+
+    def call(self, inputs: Any) -> Any:
+        layout = keras.distribution.TensorLayout([None] * len(inputs.shape), self.mesh)
+        return keras.distribution.distribute_tensor(inputs, layout)
 
 
 JAX_STRATEGY_KINDS = ("auto", "cpu", "tpu")

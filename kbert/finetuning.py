@@ -45,6 +45,7 @@ from kbert.checkpoints import (
 from kbert.checkpoints.parts import encoder_of
 from kbert.classifier_export import RESULTS_FILE, export_classifier
 from kbert.config import BertConfig, resolve_config
+from kbert.device_defaults import resolve_settings
 from kbert.distribute import Placement, as_placement, initialize_distribution
 from kbert.errors import InputError, MissingFileError, SettingError
 from kbert.finetune_data import (
@@ -174,9 +175,9 @@ def finetune(
         tfds_data_dir: TFDS' data directory.
         job_addresses, num_processes, process_id: a JAX run of several processes, as
             `kbert.distribute.initialize_distribution` takes them (default: Keras'
-            KERAS_DISTRIBUTION_* variables): not supported yet, a `SettingError` (on several
-            hosts use TensorFlow's strategy "multi_worker": every worker runs the same call,
-            only the chief writes).
+            KERAS_DISTRIBUTION_* variables). Every process (every TensorFlow worker of
+            strategy "multi_worker") runs the same call and trains on its share of each batch;
+            all score the whole dev set and choose the same cell; only the chief writes.
 
     Returns:
         A `FinetuneResult`; `results["best"]` holds the chosen settings and dev metrics.
@@ -202,13 +203,6 @@ def finetune(
     # TensorFlow runs anything.
     initialize_distribution(job_addresses, num_processes, process_id)
     placement = as_placement(strategy, tpu=tpu)
-    context = placement.input_context()
-    if context is not None and context.num_input_pipelines > 1:
-        raise SettingError(
-            f"strategy {strategy!r}: fine-tuning under KERAS_BACKEND=jax runs in one process, "
-            f"but this is process {context.input_pipeline_id} of {context.num_input_pipelines} "
-            "(run it in one process, or on TensorFlow's backend with --strategy multi_worker)"
-        )
     grid = {
         "learning_rate": parse_grid(learning_rate, float, "learning_rate"),
         "batch_size": parse_grid(batch_size, int, "batch_size"),
@@ -278,7 +272,7 @@ def finetune(
             placement,
             verbose,
         )
-        outputs = _predict(model, text_encoder, dev, settings["batch_size"])
+        outputs = _predict(model, text_encoder, dev, settings["batch_size"], placement)
         metrics = task.metrics(dev, outputs)
         cell = {**settings, **metrics, "train_seconds": round(time.monotonic() - started, 1)}
         cells.append(cell)
@@ -292,7 +286,7 @@ def finetune(
                 ):
                     model.save(tmp)
             if test is not None:
-                outputs = _predict(model, text_encoder, test, settings["batch_size"])
+                outputs = _predict(model, text_encoder, test, settings["batch_size"], placement)
                 test_predictions = task.prediction_strings(outputs)
         keras.backend.clear_session()
 
@@ -443,17 +437,21 @@ class _Task:
             return [f"{value:.6g}" for value in outputs[:, 0]]
         return [self.labels[i] for i in np.argmax(outputs, axis=-1)]
 
-    def compile(self, model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
+    def compile(
+        self, model: keras.Model, optimizer: keras.optimizers.Optimizer, jit_compile: bool
+    ) -> None:
         # kbert's losses divide by the global batch: the same gradients on any number of
         # replicas (Keras' mean per replica, summed by the strategy, would scale them).
         if self.labels is None:
-            model.compile(optimizer=optimizer, loss=GlobalMeanSquaredError(), jit_compile=False)
+            model.compile(
+                optimizer=optimizer, loss=GlobalMeanSquaredError(), jit_compile=jit_compile
+            )
         else:
             model.compile(
                 optimizer=optimizer,
                 loss=WeightedSparseCrossEntropy(),
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                jit_compile=False,
+                jit_compile=jit_compile,
             )
 
 
@@ -596,7 +594,10 @@ def _train_cell(
         optimizer = create_optimizer(
             settings["learning_rate"], steps, int(steps * warmup_proportion)
         )
-        task.compile(model, optimizer)
+        # kbert's device defaults: XLA under JAX (several processes: one collective program per
+        # step, not one per op), none on CPU or under a tf.distribute strategy.
+        _, jit_compile, _ = resolve_settings("none", "auto", placement)
+        task.compile(model, optimizer, jit_compile)
     rows = text_encoder.rows(train, task.targets(train))
     for epoch in range(epochs):
         # One fit per epoch, each on an order fixed by (seed, epoch): see `batches`.
@@ -607,7 +608,14 @@ def _train_cell(
             shuffle_seed=_epoch_seed(settings["seed"], epoch),
             pad=True,
         )
-        model.fit(data, initial_epoch=epoch, epochs=epoch + 1, shuffle=False, verbose=verbose)
+        with placement.scope():
+            model.fit(
+                placement.share_of_batches(data, batch_size),
+                initial_epoch=epoch,
+                epochs=epoch + 1,
+                shuffle=False,
+                verbose=verbose,
+            )
     return model
 
 
@@ -633,10 +641,14 @@ def _initialize_head(model: keras.Model, seed: int) -> None:
 
 
 def _predict(
-    model: keras.Model, text_encoder: TextPairEncoder, examples: Examples, batch_size: int
+    model: keras.Model,
+    text_encoder: TextPairEncoder,
+    examples: Examples,
+    batch_size: int,
+    placement: Placement,
 ) -> np.ndarray:
-    """The model's outputs for `examples`, in batches padded to whole ones (JAX shards them);
-    under MultiWorkerMirroredStrategy every worker gets all of them, in order."""
+    """The model's outputs for `examples`, in batches padded to whole ones (JAX shards them),
+    all of them on every worker or process."""
     data = text_encoder.dataset(examples, batch_size, pad=True)
-    outputs = model.predict(data, verbose=0)
+    outputs = placement.predict(model, data, batch_size)
     return np.asarray(outputs, dtype=np.float64)[: len(examples)]
