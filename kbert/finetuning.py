@@ -82,12 +82,14 @@ class FinetuneResult:
         results: the content of `finetune_results.json`.
         table: the readable table (`finetune_results.txt`).
         warnings: e.g. a best score within noise of the majority-class baseline.
+        written: whether this process wrote `output_dir` (the chief of several processes).
     """
 
     output_dir: str
     results: dict[str, Any]
     table: str
     warnings: list[str]
+    written: bool = True
 
 
 def parse_grid(value: Any, parse: type, name: str) -> list[Any]:
@@ -318,7 +320,7 @@ def finetune(
     }
     table = format_table(results)
     if not writes:
-        return FinetuneResult(output_dir, results, table, warnings)
+        return FinetuneResult(output_dir, results, table, warnings, written=False)
     if test is not None and test_predictions is not None:
         rows = "".join(f"{i}\t{p}\n" for i, p in enumerate(test_predictions))
         write_atomically(posixpath.join(output_dir, PREDICTIONS_FILE), "index\tprediction\n" + rows)

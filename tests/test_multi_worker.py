@@ -146,6 +146,11 @@ def test_two_workers_fine_tune_as_one_device_and_only_the_chief_writes(
         [line for line in output.splitlines() if line.startswith('{"best"')] for output in outputs
     ]
     assert chosen[0] == chosen[1] == [json.dumps({"best": results["best"]}, sort_keys=True)]
+    # Only the chief (worker 0) says where the results are: the other wrote none.
+    said = [
+        [line for line in output.splitlines() if line.startswith("results: ")] for output in outputs
+    ]
+    assert said == [[f"results: {output_dir}/finetune_results.json"], []]
 
 
 @pytest.mark.parametrize(

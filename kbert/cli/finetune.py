@@ -115,5 +115,6 @@ def run(args: argparse.Namespace) -> int:
     result = finetune(**settings)
     print(result.table, end="")
     print(json.dumps({"best": result.results["best"]}, sort_keys=True))
-    print(f"results: {result.output_dir}/{RESULTS_FILE}")
+    if result.written:
+        print(f"results: {result.output_dir}/{RESULTS_FILE}")
     return 0
