@@ -45,7 +45,7 @@ from kbert.checkpoints import (
 from kbert.checkpoints.parts import encoder_of
 from kbert.classifier_export import RESULTS_FILE, export_classifier
 from kbert.config import BertConfig, resolve_config
-from kbert.distribute import Placement, as_placement
+from kbert.distribute import Placement, as_placement, build_optimizer
 from kbert.errors import InputError, MissingFileError, SettingError
 from kbert.finetune_data import (
     Examples,
@@ -568,6 +568,7 @@ def _train_cell(
             settings["learning_rate"], steps, int(steps * warmup_proportion)
         )
         task.compile(model, optimizer)
+        build_optimizer(model)
     rows = text_encoder.rows(train, task.targets(train))
     for epoch in range(epochs):
         # One fit per epoch, each on an order fixed by (seed, epoch): see `batches`.
