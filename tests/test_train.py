@@ -11,10 +11,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import tiny_config, write_pretraining_records
+from helpers import count_traces, tiny_config, write_pretraining_records
 
 import kbert
-from kbert.model import BertPretrainingModel
 from kbert.train import TrainingDivergedError, evaluate, pretrain, training_input
 
 
@@ -336,19 +335,7 @@ def test_each_step_function_is_traced_once_in_a_run_of_several_intervals(
     """A traced step runs its Python once per trace. Keras builds an unbuilt optimizer inside
     the first train step on one device, and a tf.function whose first trace creates variables is
     traced again: twice the start-up, unless `pretrain` builds it before `fit`."""
-    traces = {"train_step": 0, "test_step": 0}
-
-    def counted(name):
-        step = getattr(BertPretrainingModel, name)
-
-        def counting(self, *args):
-            traces[name] += 1
-            return step(self, *args)
-
-        return counting
-
-    for name in traces:
-        monkeypatch.setattr(BertPretrainingModel, name, counted(name))
+    traces = count_traces(monkeypatch, "train_step", "test_step")
     result = quick(data, tmp_path / "run", steps=3, checkpoint_interval=1, eval_files=data)
     assert result.history["step"] == [1, 2, 3]
     assert traces == {"train_step": 1, "test_step": 1}
