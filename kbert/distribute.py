@@ -302,6 +302,16 @@ def _compiled_sparse_cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.T
     return tf.reshape(ce, tf.shape(labels))
 
 
+def build_optimizer(model: keras.Model) -> None:
+    """Creates the compiled `model`'s optimizer variables now (call it in the placement's scope).
+
+    Keras' TensorFlow trainer without a strategy creates them in `fit`'s first step, and a
+    `tf.function` whose first trace creates variables is traced a second time to run: twice the
+    start-up. Built before, the train step is traced once (tests/test_train.py counts it).
+    """
+    model.optimizer.build(model.trainable_variables)
+
+
 def _on_tpu() -> bool:
     return tf.distribute.has_strategy() and isinstance(
         tf.distribute.get_strategy(), tf.distribute.TPUStrategy

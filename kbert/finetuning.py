@@ -46,7 +46,7 @@ from kbert.checkpoints.parts import encoder_of
 from kbert.classifier_export import RESULTS_FILE, export_classifier
 from kbert.config import BertConfig, resolve_config
 from kbert.device_defaults import resolve_settings
-from kbert.distribute import Placement, as_placement, initialize_distribution
+from kbert.distribute import Placement, as_placement, build_optimizer, initialize_distribution
 from kbert.errors import InputError, MissingFileError, SettingError
 from kbert.finetune_data import (
     Examples,
@@ -600,6 +600,7 @@ def _train_cell(
         # step, not one per op), none on CPU or under a tf.distribute strategy.
         _, jit_compile, _ = resolve_settings("none", "auto", placement)
         task.compile(model, optimizer, jit_compile)
+        build_optimizer(model)
     rows = text_encoder.rows(train, task.targets(train))
     for epoch in range(epochs):
         # One fit per epoch, each on an order fixed by (seed, epoch): see `batches`.

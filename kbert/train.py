@@ -60,7 +60,7 @@ from kbert.callbacks import (
 from kbert.config import PRESET_SIZES, BertConfig, resolve_config
 from kbert.data import SkippedRecords, describe, pretraining_dataset
 from kbert.device_defaults import resolve_settings
-from kbert.distribute import Placement, as_placement, initialize_distribution
+from kbert.distribute import Placement, as_placement, build_optimizer, initialize_distribution
 from kbert.errors import DamagedRecordsError, InputError, KbertError, SettingError
 from kbert.evaluation import evaluate, evaluation_dataset, load_model
 from kbert.io import MODEL_FILE, atomic_path, read_json, sweep_temporaries
@@ -369,7 +369,7 @@ class ResumeMismatchError(KbertError, ValueError):
 
 
 def _compile(model: BertPretrainingModel, run: PretrainConfig) -> None:
-    """The run's optimizer (with loss scaling under fp16), compiled for pre-training."""
+    """The run's optimizer (with loss scaling under fp16), compiled for pre-training and built."""
     optimizer = create_optimizer(
         run.learning_rate,
         num_train_steps=run.steps,
@@ -384,6 +384,7 @@ def _compile(model: BertPretrainingModel, run: PretrainConfig) -> None:
     compile_for_pretraining(
         model, optimizer, jit_compile=run.jit_compile, steps_per_execution=run.steps_per_execution
     )
+    build_optimizer(model)
 
 
 def _damaged_training_data(

@@ -7,11 +7,20 @@ JAX starts (tests/test_jax_backend.py runs the JAX pass that way). Tests marked
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # mixed_precision "auto" picks bf16 on CPUs with fast bf16 matmul (kbert.device_defaults): the
 # tests compare numbers at fp32 tolerances, so "auto" means fp32 here (also in subprocesses).
 os.environ.setdefault("KBERT_MIXED_PRECISION", "none")
+# JAX's persistent compilation cache, one for the session and every process it starts (the JAX
+# pass, `kbert` subprocesses): the tests build the same small models again and again, and each
+# new model's train step is a new compilation (~10 s on CI's CPU) unless XLA finds it here.
+_OWN_JAX_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if _OWN_JAX_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="kbert-tests-jax-cache-")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import keras  # noqa: E402
 import pytest  # noqa: E402
@@ -50,6 +59,11 @@ def pytest_configure(config):
     config.addinivalue_line(
         "filterwarnings", "ignore:__array__ implementation doesn't accept a copy keyword"
     )
+
+
+def pytest_unconfigure(config):
+    if _OWN_JAX_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture

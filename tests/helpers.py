@@ -1,8 +1,30 @@
-"""Small fixtures shared by the tests: a tiny BertConfig, one batch as the pipeline yields it,
-records on disk, a walk through a traced step's graph (its function calls and XLA calls), and a
-cluster of processes on 127.0.0.1, the environment of a JAX subprocess over 2 CPU devices."""
+"""Small fixtures shared by the tests: a tiny BertConfig, a count of step traces, one batch as the
+pipeline yields it, records on disk, a walk through a traced step's graph (its function calls and
+XLA calls), and a cluster of processes on 127.0.0.1, the environment of a JAX subprocess over 2
+CPU devices."""
 
 import os
+
+
+def count_traces(monkeypatch, *names: str) -> dict[str, int]:
+    """{name: calls} of `BertPretrainingModel`'s step methods `names`, counted from now on: a
+    traced step (tf.function, jax.jit) runs its Python once per trace."""
+    from kbert.model import BertPretrainingModel
+
+    traces = dict.fromkeys(names, 0)
+
+    def counted(name):
+        step = getattr(BertPretrainingModel, name)
+
+        def counting(self, *args):
+            traces[name] += 1
+            return step(self, *args)
+
+        return counting
+
+    for name in names:
+        monkeypatch.setattr(BertPretrainingModel, name, counted(name))
+    return traces
 
 
 def tiny_config(vocab_size: int = 100, dropout: float = 0.0, **overrides):

@@ -18,7 +18,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from helpers import JAX_ENV, random_batch, tiny_config, write_pretraining_records
+from helpers import JAX_ENV, count_traces, random_batch, tiny_config, write_pretraining_records
 
 from kbert.optimization import optimizer_step
 from kbert.train import TrainingDivergedError, pretrain
@@ -209,8 +209,9 @@ def data(tmp_path_factory):
 
 
 @pytest.mark.jax_only
-def test_under_jax_a_run_over_two_devices_writes_every_run_file(data, tmp_path):
+def test_under_jax_a_run_over_two_devices_writes_every_run_file(data, tmp_path, monkeypatch):
     run = tmp_path / "run"
+    traces = count_traces(monkeypatch, "train_step")
     result = quick(
         data,
         run,
@@ -220,6 +221,7 @@ def test_under_jax_a_run_over_two_devices_writes_every_run_file(data, tmp_path):
         eval_interval=2,
         eval_batch_size=6,
     )
+    assert traces == {"train_step": 1}  # one jit trace (and compilation) for both intervals
     facts = run_facts(str(run))
     assert (facts["backend"], facts["num_replicas"]) == ("jax", 2)
     with open(run / "run_config.json") as f:

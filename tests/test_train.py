@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import tiny_config, write_pretraining_records
+from helpers import count_traces, tiny_config, write_pretraining_records
 
 import kbert
 from kbert.train import TrainingDivergedError, evaluate, pretrain, training_input
@@ -327,6 +327,18 @@ def test_an_interval_that_does_not_divide_the_steps_ends_with_a_shorter_one(data
     # The intervals do not change the numbers: the weights of intervals of 5.
     even = quick(data, tmp_path / "even", steps=10, checkpoint_interval=5, **SGD)
     assert_same_weights(uneven.model, even.model, atol=1e-6)
+
+
+def test_each_step_function_is_traced_once_in_a_run_of_several_intervals(
+    data, tmp_path, monkeypatch
+):
+    """A traced step runs its Python once per trace. Keras builds an unbuilt optimizer inside
+    the first train step on one device, and a tf.function whose first trace creates variables is
+    traced again: twice the start-up, unless `pretrain` builds it before `fit`."""
+    traces = count_traces(monkeypatch, "train_step", "test_step")
+    result = quick(data, tmp_path / "run", steps=3, checkpoint_interval=1, eval_files=data)
+    assert result.history["step"] == [1, 2, 3]
+    assert traces == {"train_step": 1, "test_step": 1}
 
 
 def test_bad_arguments_are_named(data, tmp_path):
