@@ -18,6 +18,7 @@ import random
 import keras
 import numpy as np
 import pytest
+from helpers import tiny_config
 
 import kbert
 from kbert.checkpoints.parts import encoder_of
@@ -59,12 +60,9 @@ def finetune_task(tmp_path_factory):
         files[name] = str(root / f"{name}.csv")
         with open(files[name], "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows([("text", "topic"), *part])
-    config = kbert.BertConfig(
+    config = tiny_config(
         vocab_size=len(open(vocab_file).read().splitlines()),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
+        dropout=0.1,
         max_position_embeddings=SEQ_LEN,
     )
     keras.utils.set_random_seed(0)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import sklearn.metrics
+from helpers import tiny_config
 
 import kbert
 from kbert import glue_metrics
@@ -44,45 +45,49 @@ def documents(packages):
     return [d for d in found if len(d) >= 2]
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
-    """A short kbert pre-training run (its directory, vocab.txt and BertConfig)."""
-    root = tmp_path_factory.mktemp("pretraining")
-    docs = documents(PRETRAINING_PACKAGES + TOPICS)
+def pretrain_on(docs, root, vocab_size, max_seq_length, dupe_factor, architecture, **run):
+    """A kbert run pre-trained on `docs` (shuffled, seed 0) in `root`: a WordPiece vocabulary
+    learned from them, records masked as Google's script does, then `kbert.pretrain(**run)`; its
+    directory, vocab.txt and BertConfig (`tiny_config` with `architecture`, dropout 0.1)."""
     random.Random(0).shuffle(docs)
     corpora.write_google_layout(docs, str(root / "corpus.txt"))
     vocab_file = str(root / "vocab.txt")
-    vocab.learn_vocab(corpora.sentences_of(docs), vocab_file, 2000)
+    vocab.learn_vocab(corpora.sentences_of(docs), vocab_file, vocab_size)
     create_pretraining_data(
         str(root / "corpus.txt"),
         str(root / "records" / "records.tfrecord"),
         vocab_file,
-        max_seq_length=32,
-        max_predictions_per_seq=5,
-        dupe_factor=2,
+        max_seq_length=max_seq_length,
+        max_predictions_per_seq=round(0.15 * max_seq_length),
+        dupe_factor=dupe_factor,
         random_seed=0,
     )
-    config = kbert.BertConfig(
+    config = tiny_config(
         vocab_size=len(open(vocab_file).read().splitlines()),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
+        dropout=0.1,
+        max_position_embeddings=max_seq_length,
+        **architecture,
     )
     run_dir = str(root / "run")
-    kbert.pretrain(
-        config,
-        str(root / "records"),
-        run_dir,
+    kbert.pretrain(config, str(root / "records"), run_dir, seed=0, verbose=0, **run)
+    return {"run": run_dir, "vocab": vocab_file, "config": config, "root": root}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A short kbert pre-training run (its directory, vocab.txt and BertConfig)."""
+    return pretrain_on(
+        documents(PRETRAINING_PACKAGES + TOPICS),
+        tmp_path_factory.mktemp("pretraining"),
+        vocab_size=2000,
+        max_seq_length=32,
+        dupe_factor=2,
+        architecture={},
         steps=400,
         batch_size=32,
         learning_rate=2e-3,
         warmup_steps=40,
-        seed=0,
-        verbose=0,
     )
-    return {"run": run_dir, "vocab": vocab_file, "config": config, "root": root}
 
 
 def write_rows(path, rows, columns):
@@ -428,7 +433,10 @@ def test_a_released_encoder_beats_a_short_run_and_random_init(
 # 0.65 against 0.76). Such a run's token outputs do hold the topic (a logistic regression on the
 # mean of a 2,000-step variant's: 0.73 against random init's 0.53, 96 training sentences), but
 # fine-tuning through [CLS] learns the task less well from them than from random init.
-LONGER_RUN = dict(steps=3000, batch_size=32, learning_rate=1e-3, warmup_steps=300, seed=0)
+LONGER_ARCHITECTURE = dict(
+    hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256
+)
+LONGER_RUN = dict(steps=3000, batch_size=32, learning_rate=1e-3, warmup_steps=300)
 LONGER_GRID = dict(learning_rate="3e-4,1e-3", epochs=10, seed=0)
 PRETRAINING_EXCLUDED = ("site-packages", "test", "tests", "idlelib", "lib2to3")
 # Measured: 0.098 (float32) and 0.065 (bf16) between the arms' best cells; 0.03 is 1.3 standard
@@ -461,34 +469,17 @@ def unseen_documents_task(tmp_path_factory):
 def test_a_longer_kbert_run_beats_random_init_at_each_arms_best_learning_rate(
     unseen_documents_task, tmp_path
 ):
-    docs = [
-        d
-        for d in corpora.python_docstring_documents([STDLIB], exclude_dirs=PRETRAINING_EXCLUDED)
-        if len(d) >= 2
-    ]
-    random.Random(0).shuffle(docs)
-    corpora.write_google_layout(docs, str(tmp_path / "corpus.txt"))
-    vocab_file = str(tmp_path / "vocab.txt")
-    vocab.learn_vocab(corpora.sentences_of(docs), vocab_file, 4000)
-    create_pretraining_data(
-        str(tmp_path / "corpus.txt"),
-        str(tmp_path / "records" / "records.tfrecord"),
-        vocab_file,
+    docs = corpora.python_docstring_documents([STDLIB], exclude_dirs=PRETRAINING_EXCLUDED)
+    run = pretrain_on(
+        [d for d in docs if len(d) >= 2],
+        tmp_path,
+        vocab_size=4000,
         max_seq_length=64,
-        max_predictions_per_seq=10,
         dupe_factor=3,
-        random_seed=0,
+        architecture=LONGER_ARCHITECTURE,
+        **LONGER_RUN,
     )
-    config = kbert.BertConfig(
-        vocab_size=len(open(vocab_file).read().splitlines()),
-        hidden_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=256,
-        max_position_embeddings=64,
-    )
-    run_dir = str(tmp_path / "run")
-    kbert.pretrain(config, str(tmp_path / "records"), run_dir, verbose=0, **LONGER_RUN)
+    run_dir, vocab_file = run["run"], run["vocab"]
     settings = dict(LONGER_GRID, vocab_file=vocab_file)
     random_init = finetune_and_check_metrics(
         unseen_documents_task,
